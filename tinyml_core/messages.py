@@ -1,0 +1,733 @@
+"""Typed messages and their wire format (docs/protocol.md is the prose version).
+
+Each message is a frozen dataclass that validates itself on construction, with
+``encode() -> bytes`` and ``decode(bytes) -> message``. Sensor messages are SenML
+packs (RFC 8428, JSON); predictions, errors and availability are small JSON
+documents or plain words. Decoding is strict: anything malformed, out of range or
+unexpected raises :class:`~tinyml_core.errors.PayloadError` with a readable reason,
+and nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Self, TypeAlias
+
+import numpy as np
+
+from .errors import PayloadError
+from .topics import (
+    ERRORS_ROOT,
+    PREDICTIONS_ROOT,
+    SENSORS_ROOT,
+    STATUS_ROOT,
+    PredictionKind,
+    SensorKind,
+    SensorTopic,
+    validate_id,
+)
+
+# --- limits -------------------------------------------------------------------------------------
+# Timestamps are seconds since the Unix epoch (UTC). Recorded datasets go back to 2009, so the
+# floor is 2000-01-01; anything past 2100 is a unit mistake (milliseconds) rather than a date.
+MIN_TIME_S = 946_684_800.0
+MAX_TIME_S = 4_102_444_800.0
+# Physically possible near-surface air (the DHT11 itself reads 0-50 °C).
+MIN_TEMPERATURE_C = -80.0
+MAX_TEMPERATURE_C = 80.0
+MIN_SAMPLE_RATE_HZ = 4_000
+MAX_SAMPLE_RATE_HZ = 96_000
+MAX_CLIP_SECONDS = 10.0
+# Sequence numbers and counters must survive a JSON round trip through any parser (2**53).
+MAX_SEQ = 2**53 - 1
+# Checked before parsing, so a 10 MB payload costs nothing but a len().
+MAX_CLIMATE_PAYLOAD_BYTES = 4_096
+MAX_AUDIO_PAYLOAD_BYTES = 2 * 1024 * 1024
+MAX_RESULT_PAYLOAD_BYTES = 64 * 1024
+MAX_LABEL_COUNT = 64
+
+SAMPLE_FORMAT = "s16le"  # signed 16-bit little-endian PCM, one channel
+UNIT_CELSIUS = "Cel"
+UNIT_RELATIVE_HUMIDITY = "%RH"
+UNIT_HERTZ = "Hz"
+UNIT_SECOND = "s"
+UNKNOWN_LABEL = "unknown"
+
+_JSON: TypeAlias = Any
+_LABEL_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_BASE64URL_PATTERN = re.compile(r"[A-Za-z0-9_-]*")
+
+
+# --- JSON helpers -------------------------------------------------------------------------------
+def _reject_constant(name: str) -> float:
+    raise PayloadError(f"{name} is not a number JSON allows")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, _JSON]]) -> dict[str, _JSON]:
+    result: dict[str, _JSON] = {}
+    for key, value in pairs:
+        if key in result:
+            raise PayloadError(f"key {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _parse_json(payload: bytes, max_bytes: int, what: str) -> _JSON:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise PayloadError(f"{what} payload must be bytes, not {type(payload).__name__}")
+    if len(payload) == 0:
+        raise PayloadError(f"{what} payload is empty")
+    if len(payload) > max_bytes:
+        raise PayloadError(f"{what} payload is {len(payload)} bytes; the limit is {max_bytes}")
+    try:
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{what} payload is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
+        )
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"{what} payload is not valid JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise PayloadError(f"{what} payload is nested too deeply") from None
+
+
+def _dump_json(document: _JSON) -> bytes:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# --- value checks (shared by constructors and decoders) -----------------------------------------
+def _number(value: object, name: str, low: float, high: float) -> float:
+    # bool is an int subclass: True must not pass as 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise PayloadError(f"must be a number, not {type(value).__name__}", field=name)
+    number = float(value)
+    if not math.isfinite(number):
+        raise PayloadError(f"must be finite, not {number}", field=name)
+    if not low <= number <= high:
+        raise PayloadError(f"{number:g} is outside [{low:g}, {high:g}]", field=name)
+    return number
+
+
+def _integer(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise PayloadError("must be an integer, not a boolean", field=name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # SenML "v" is a JSON number; 42.0 is a fine sequence number
+    if not isinstance(value, int | np.integer):
+        raise PayloadError(f"must be an integer, not {value!r}", field=name)
+    number = int(value)
+    if not low <= number <= high:
+        raise PayloadError(f"{number} is outside [{low}, {high}]", field=name)
+    return number
+
+
+def _text(value: object, name: str, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"must be a string, not {type(value).__name__}", field=name)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise PayloadError(f"{value[:40]!r} is not allowed here", field=name)
+    return value
+
+
+def _timestamp(value: object, name: str = "time") -> float:
+    return _number(value, name, MIN_TIME_S, MAX_TIME_S)
+
+
+def _node_id(value: object, name: str = "node_id") -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"must be a string, not {type(value).__name__}", field=name)
+    return validate_id(value)
+
+
+def _object(
+    document: _JSON, what: str, required: set[str], optional: frozenset[str] = frozenset()
+) -> dict[str, _JSON]:
+    if not isinstance(document, dict):
+        raise PayloadError(f"{what} must be a JSON object, not {type(document).__name__}")
+    missing = required - document.keys()
+    if missing:
+        raise PayloadError(f"{what} lacks {', '.join(sorted(missing))}")
+    unknown = document.keys() - required - optional
+    if unknown:
+        raise PayloadError(f"{what} has unknown keys {', '.join(sorted(unknown))}")
+    return document
+
+
+# --- SenML --------------------------------------------------------------------------------------
+_SENML_RECORD_KEYS = {"bn", "bt", "n", "u", "v", "vs", "vd", "t"}
+_SENML_VALUE_KEYS = ("v", "vs", "vd")
+
+
+@dataclass(frozen=True)
+class _SenmlPack:
+    """A resolved SenML pack whose records all describe one node at one instant."""
+
+    node_id: str
+    time: float
+    records: dict[str, dict[str, _JSON]]  # short name -> record
+
+    def value(self, name: str, key: str, unit: str | None = None) -> _JSON:
+        record = self.records.get(name)
+        if record is None:
+            raise PayloadError(f"SenML pack has no '{name}' record")
+        if record.get("u") != unit:
+            expected = f"unit {unit!r}" if unit else "no unit"
+            raise PayloadError(f"'{name}' record must have {expected}, not {record.get('u')!r}")
+        present = [k for k in _SENML_VALUE_KEYS if k in record]
+        if present != [key]:
+            raise PayloadError(f"'{name}' record must carry exactly one value in '{key}'")
+        return record[key]
+
+    def expect_names(self, names: set[str]) -> None:
+        unknown = self.records.keys() - names
+        if unknown:
+            raise PayloadError(f"SenML pack has unexpected records {', '.join(sorted(unknown))}")
+
+
+def _base_name(node_id: str) -> str:
+    return f"{node_id}/"
+
+
+def _parse_senml(payload: bytes, max_bytes: int, what: str) -> _SenmlPack:
+    document = _parse_json(payload, max_bytes, what)
+    if not isinstance(document, list) or not document:
+        raise PayloadError(f"{what} payload must be a non-empty SenML pack (a JSON array)")
+    if len(document) > 16:
+        raise PayloadError(f"{what} SenML pack has {len(document)} records; at most 16 expected")
+    first = document[0]
+    if not isinstance(first, dict):
+        raise PayloadError(f"{what} SenML record 0 must be a JSON object")
+    base_name = _text(first.get("bn"), "bn")
+    if not base_name.endswith("/"):
+        raise PayloadError(f"base name {base_name[:40]!r} must be '<node_id>/'", field="bn")
+    node_id = validate_id(base_name[:-1])
+    base_time = _timestamp(first.get("bt"), "bt")
+    records: dict[str, dict[str, _JSON]] = {}
+    for index, record in enumerate(document):
+        if not isinstance(record, dict):
+            raise PayloadError(f"{what} SenML record {index} must be a JSON object")
+        unknown = record.keys() - _SENML_RECORD_KEYS
+        if unknown:
+            raise PayloadError(
+                f"SenML record {index} has unsupported fields {', '.join(sorted(unknown))}"
+            )
+        if index > 0 and ("bn" in record or "bt" in record):
+            raise PayloadError(f"SenML record {index} may not change the base name or time")
+        if record.get("t", 0) != 0:
+            raise PayloadError(f"SenML record {index} has a time offset; all records share bt")
+        name = _text(record.get("n"), f"record {index} name")
+        if name in records:
+            raise PayloadError(f"SenML record '{name}' appears twice")
+        records[name] = record
+    return _SenmlPack(node_id, base_time, records)
+
+
+def _encode_base64url(data: bytes) -> str:
+    # RFC 8428 section 4.3: "vd" is base64url with the padding omitted.
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _decode_base64url(text: str) -> bytes:
+    if not _BASE64URL_PATTERN.fullmatch(text) or len(text) % 4 == 1:
+        raise PayloadError("is not base64url without padding (RFC 8428 'vd')", field="audio")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise PayloadError("is not decodable base64url", field="audio") from None
+
+
+# --- sensor messages ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClimateReading:
+    """One temperature/humidity reading of a node.
+
+    ``time`` is seconds since the epoch (UTC), ``temperature`` °C, ``humidity`` %RH,
+    ``seq`` the node's own counter, so the collector can see gaps and duplicates.
+    """
+
+    node_id: str
+    time: float
+    seq: int
+    temperature: float
+    humidity: float
+
+    kind: ClassVar[SensorKind] = SensorKind.CLIMATE
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        object.__setattr__(self, "time", _timestamp(self.time))
+        object.__setattr__(self, "seq", _integer(self.seq, "seq", 0, MAX_SEQ))
+        object.__setattr__(
+            self,
+            "temperature",
+            _number(self.temperature, "temperature", MIN_TEMPERATURE_C, MAX_TEMPERATURE_C),
+        )
+        object.__setattr__(self, "humidity", _number(self.humidity, "humidity", 0.0, 100.0))
+
+    def encode(self) -> bytes:
+        return _dump_json(
+            [
+                {
+                    "bn": _base_name(self.node_id),
+                    "bt": self.time,
+                    "n": "temperature",
+                    "u": UNIT_CELSIUS,
+                    "v": self.temperature,
+                },
+                {"n": "humidity", "u": UNIT_RELATIVE_HUMIDITY, "v": self.humidity},
+                {"n": "seq", "v": self.seq},
+            ]
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        pack = _parse_senml(payload, MAX_CLIMATE_PAYLOAD_BYTES, "climate")
+        pack.expect_names({"temperature", "humidity", "seq"})
+        return cls(
+            node_id=pack.node_id,
+            time=pack.time,
+            seq=pack.value("seq", "v"),
+            temperature=pack.value("temperature", "v", UNIT_CELSIUS),
+            humidity=pack.value("humidity", "v", UNIT_RELATIVE_HUMIDITY),
+        )
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """A mono audio clip recorded by a node.
+
+    ``pcm`` holds signed 16-bit little-endian samples at ``sample_rate`` Hz; ``time`` is
+    the clip's start in seconds since the epoch. Use :meth:`from_samples` and
+    :attr:`samples` to go to and from numpy.
+    """
+
+    node_id: str
+    time: float
+    seq: int
+    sample_rate: int
+    pcm: bytes = field(repr=False)
+
+    kind: ClassVar[SensorKind] = SensorKind.AUDIO
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        object.__setattr__(self, "time", _timestamp(self.time))
+        object.__setattr__(self, "seq", _integer(self.seq, "seq", 0, MAX_SEQ))
+        rate = _integer(self.sample_rate, "sample_rate", MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
+        object.__setattr__(self, "sample_rate", rate)
+        if not isinstance(self.pcm, bytes):
+            raise PayloadError("must be bytes of s16le samples", field="audio")
+        if not self.pcm:
+            raise PayloadError("clip holds no samples", field="audio")
+        if len(self.pcm) % 2:
+            raise PayloadError(f"{len(self.pcm)} bytes is not a whole number of 16-bit samples",
+                               field="audio")
+        if self.duration > MAX_CLIP_SECONDS:
+            raise PayloadError(f"clip lasts {self.duration:.2f} s; at most {MAX_CLIP_SECONDS:g} s",
+                               field="audio")
+
+    @classmethod
+    def from_samples(
+        cls, node_id: str, time: float, seq: int, sample_rate: int, samples: np.ndarray
+    ) -> Self:
+        """Build a clip from a one-dimensional int16 array (no silent conversion from float)."""
+        array = np.asarray(samples)
+        if array.ndim != 1 or array.dtype != np.int16:
+            raise PayloadError(
+                f"samples must be a 1-D int16 array, not {array.ndim}-D {array.dtype}",
+                field="audio",
+            )
+        return cls(node_id, time, seq, sample_rate, array.astype("<i2", copy=False).tobytes())
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The samples as a read-only int16 numpy array."""
+        return np.frombuffer(self.pcm, dtype="<i2")
+
+    @property
+    def duration(self) -> float:
+        """Length of the clip in seconds."""
+        return len(self.pcm) / 2 / self.sample_rate
+
+    def encode(self) -> bytes:
+        return _dump_json(
+            [
+                {
+                    "bn": _base_name(self.node_id),
+                    "bt": self.time,
+                    "n": "audio",
+                    "vd": _encode_base64url(self.pcm),
+                },
+                {"n": "sample_rate", "u": UNIT_HERTZ, "v": self.sample_rate},
+                {"n": "sample_format", "vs": SAMPLE_FORMAT},
+                {"n": "channels", "v": 1},
+                {"n": "duration", "u": UNIT_SECOND, "v": self.duration},
+                {"n": "seq", "v": self.seq},
+            ]
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        pack = _parse_senml(payload, MAX_AUDIO_PAYLOAD_BYTES, "audio")
+        pack.expect_names({"audio", "sample_rate", "sample_format", "channels", "duration", "seq"})
+        sample_format = _text(pack.value("sample_format", "vs"), "sample_format")
+        if sample_format != SAMPLE_FORMAT:
+            raise PayloadError(f"{sample_format[:20]!r} is not supported; only {SAMPLE_FORMAT!r}",
+                               field="sample_format")
+        channels = _integer(pack.value("channels", "v"), "channels", 0, 2**31)
+        if channels != 1:
+            raise PayloadError(f"{channels} channels; only mono (1) is supported", field="channels")
+        encoded = _text(pack.value("audio", "vd"), "audio")
+        clip = cls(
+            node_id=pack.node_id,
+            time=pack.time,
+            seq=pack.value("seq", "v"),
+            sample_rate=pack.value("sample_rate", "v", UNIT_HERTZ),
+            pcm=_decode_base64url(encoded),
+        )
+        stated = _number(pack.value("duration", "v", UNIT_SECOND), "duration", 0.0, MAX_CLIP_SECONDS)
+        # The stated duration is redundant on purpose: it catches truncated or mislabelled clips.
+        if abs(stated - clip.duration) > 1.0 / clip.sample_rate + 1e-9:
+            raise PayloadError(
+                f"states {stated:g} s but the data holds {clip.duration:g} s "
+                f"at {clip.sample_rate} Hz",
+                field="duration",
+            )
+        return clip
+
+
+SensorMessage: TypeAlias = ClimateReading | AudioClip
+_SENSOR_CODECS: dict[SensorKind, type[ClimateReading] | type[AudioClip]] = {
+    SensorKind.CLIMATE: ClimateReading,
+    SensorKind.AUDIO: AudioClip,
+}
+
+
+def sensor_message_topic(message: SensorMessage) -> str:
+    """The topic a sensor message is published on."""
+    return str(SensorTopic(message.node_id, message.kind))
+
+
+def decode_sensor_message(topic: str, payload: bytes) -> SensorMessage:
+    """Decode what arrived on ``sensors/<node_id>/<kind>``.
+
+    The node id inside the payload must match the one in the topic, so a node cannot
+    speak for another one through a topic it is allowed to use.
+    """
+    parsed = SensorTopic.parse(topic)
+    message = _SENSOR_CODECS[parsed.kind].decode(payload)
+    if message.node_id != parsed.node_id:
+        raise PayloadError(
+            f"payload is from node {message.node_id!r} but was published on {topic!r}",
+            field="bn",
+        )
+    return message
+
+
+# --- predictions --------------------------------------------------------------------------------
+def _model_fields(document: Mapping[str, _JSON]) -> tuple[str, str, str, float, float]:
+    return (
+        _node_id(document["node_id"]),
+        _text(document["model"], "model", _LABEL_PATTERN),
+        _text(document["model_version"], "model_version"),
+        _timestamp(document["input_time"], "input_time"),
+        _number(document["latency_ms"], "latency_ms", 0.0, 3_600_000.0),
+    )
+
+
+@dataclass(frozen=True)
+class ForecastStep:
+    """One future step of a forecast: time (s since epoch), °C, %RH."""
+
+    time: float
+    temperature: float
+    humidity: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time", _timestamp(self.time))
+        # Model output is not clamped to the sensor's physical range; still finite and sane.
+        object.__setattr__(self, "temperature", _number(self.temperature, "temperature", -200, 200))
+        object.__setattr__(self, "humidity", _number(self.humidity, "humidity", -100, 200))
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """``predictions/<node_id>/forecast``: the next steps after the reading at ``input_time``."""
+
+    node_id: str
+    model: str
+    model_version: str
+    input_time: float
+    latency_ms: float
+    steps: tuple[ForecastStep, ...]
+
+    kind: ClassVar[PredictionKind] = PredictionKind.FORECAST
+    UNITS: ClassVar[dict[str, str]] = {
+        "time": UNIT_SECOND,
+        "temperature": UNIT_CELSIUS,
+        "humidity": UNIT_RELATIVE_HUMIDITY,
+    }
+
+    def __post_init__(self) -> None:
+        _model_fields(
+            {
+                "node_id": self.node_id,
+                "model": self.model,
+                "model_version": self.model_version,
+                "input_time": self.input_time,
+                "latency_ms": self.latency_ms,
+            }
+        )
+        steps = tuple(self.steps)
+        if not 1 <= len(steps) <= 1000:
+            raise PayloadError(f"{len(steps)} steps; expected 1 to 1000", field="steps")
+        if not all(isinstance(step, ForecastStep) for step in steps):
+            raise PayloadError("must be ForecastStep values", field="steps")
+        object.__setattr__(self, "steps", steps)
+
+    def encode(self) -> bytes:
+        return _dump_json(
+            {
+                "node_id": self.node_id,
+                "model": self.model,
+                "model_version": self.model_version,
+                "input_time": self.input_time,
+                "latency_ms": self.latency_ms,
+                "units": self.UNITS,
+                "steps": [
+                    {"time": s.time, "temperature": s.temperature, "humidity": s.humidity}
+                    for s in self.steps
+                ],
+            }
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(
+            _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "forecast"),
+            "forecast",
+            {"node_id", "model", "model_version", "input_time", "latency_ms", "units", "steps"},
+        )
+        if document["units"] != cls.UNITS:
+            raise PayloadError(f"units must be {cls.UNITS}", field="units")
+        raw_steps = document["steps"]
+        if not isinstance(raw_steps, list):
+            raise PayloadError("must be a list", field="steps")
+        steps = tuple(
+            ForecastStep(**_object(step, f"step {i}", {"time", "temperature", "humidity"}))
+            for i, step in enumerate(raw_steps)
+        )
+        node_id, model, version, input_time, latency = _model_fields(document)
+        return cls(node_id, model, version, input_time, latency, steps)
+
+
+@dataclass(frozen=True)
+class KeywordResult:
+    """``predictions/<node_id>/keyword``: the word heard in the clip that started at ``input_time``.
+
+    ``label`` is ``"unknown"`` when no probability reached the collector's confidence floor.
+    ``latency_ms`` covers resampling, features and inference; ``inference_ms`` only the model.
+    """
+
+    node_id: str
+    model: str
+    model_version: str
+    input_time: float
+    latency_ms: float
+    inference_ms: float
+    label: str
+    probabilities: Mapping[str, float]
+
+    kind: ClassVar[PredictionKind] = PredictionKind.KEYWORD
+
+    def __post_init__(self) -> None:
+        _model_fields(
+            {
+                "node_id": self.node_id,
+                "model": self.model,
+                "model_version": self.model_version,
+                "input_time": self.input_time,
+                "latency_ms": self.latency_ms,
+            }
+        )
+        _number(self.inference_ms, "inference_ms", 0.0, 3_600_000.0)
+        if not isinstance(self.probabilities, Mapping) or not self.probabilities:
+            raise PayloadError("must be a non-empty mapping of label to probability",
+                               field="probabilities")
+        if len(self.probabilities) > MAX_LABEL_COUNT:
+            raise PayloadError(f"more than {MAX_LABEL_COUNT} labels", field="probabilities")
+        probabilities = {
+            _text(label, "label", _LABEL_PATTERN): _number(p, f"probabilities.{label}", 0.0, 1.0)
+            for label, p in self.probabilities.items()
+        }
+        # Quantized softmax outputs do not sum to exactly 1; a larger error is a broken model.
+        if abs(sum(probabilities.values()) - 1.0) > 0.05:
+            raise PayloadError("probabilities must sum to 1", field="probabilities")
+        if self.label != UNKNOWN_LABEL and self.label not in probabilities:
+            raise PayloadError(f"{self.label!r} is neither a model label nor {UNKNOWN_LABEL!r}",
+                               field="label")
+        object.__setattr__(self, "probabilities", probabilities)
+
+    @property
+    def probability(self) -> float:
+        """Probability of the chosen label (0 for ``unknown``)."""
+        return self.probabilities.get(self.label, 0.0)
+
+    def encode(self) -> bytes:
+        return _dump_json(
+            {
+                "node_id": self.node_id,
+                "model": self.model,
+                "model_version": self.model_version,
+                "input_time": self.input_time,
+                "latency_ms": self.latency_ms,
+                "inference_ms": self.inference_ms,
+                "label": self.label,
+                "probability": self.probability,
+                "probabilities": dict(self.probabilities),
+            }
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(
+            _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "keyword"),
+            "keyword result",
+            {"node_id", "model", "model_version", "input_time", "latency_ms", "inference_ms",
+             "label", "probability", "probabilities"},
+        )
+        if not isinstance(document["probabilities"], dict):
+            raise PayloadError("must be a JSON object", field="probabilities")
+        node_id, model, version, input_time, latency = _model_fields(document)
+        result = cls(
+            node_id, model, version, input_time, latency,
+            inference_ms=document["inference_ms"],
+            label=_text(document["label"], "label"),
+            probabilities=document["probabilities"],
+        )
+        stated = _number(document["probability"], "probability", 0.0, 1.0)
+        if stated != result.probability:
+            raise PayloadError("does not match probabilities[label]", field="probability")
+        return result
+
+
+PredictionMessage: TypeAlias = Forecast | KeywordResult
+
+
+# --- availability and errors --------------------------------------------------------------------
+class Availability(str, Enum):
+    """Retained payload of ``status/<client_id>``: plain words, as Home Assistant expects."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+    def encode(self) -> bytes:
+        return self.value.encode("ascii")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Availability:
+        try:
+            return cls(bytes(payload).decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise PayloadError(
+                f"status must be 'online' or 'offline', not {bytes(payload)[:20]!r}"
+            ) from None
+
+
+MAX_ERROR_REASON_CHARS = 500
+_PAYLOAD_HEAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """``errors/<node_id>``: one rejected input, and why.
+
+    ``payload_head`` shows the first bytes of what was received (escaped), enough to find it in
+    a recording without echoing a hostile payload back onto the broker.
+    """
+
+    node_id: str
+    time: float
+    topic: str
+    reason: str
+    payload_size: int
+    payload_head: str
+    field: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        _timestamp(self.time)
+        _text(self.topic, "topic")
+        _text(self.reason, "reason")
+        object.__setattr__(self, "reason", self.reason[:MAX_ERROR_REASON_CHARS])
+        object.__setattr__(self, "topic", self.topic[:256])
+        _integer(self.payload_size, "payload_size", 0, 2**40)
+        _text(self.payload_head, "payload_head")
+        if self.field is not None:
+            _text(self.field, "field")
+
+    @classmethod
+    def for_rejected(
+        cls, node_id: str, time: float, topic: str, payload: bytes, error: PayloadError
+    ) -> Self:
+        text = bytes(payload[:_PAYLOAD_HEAD_BYTES]).decode("ascii", errors="backslashreplace")
+        head = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+        return cls(node_id, time, topic, error.reason, len(payload), head, error.field)
+
+    def encode(self) -> bytes:
+        return _dump_json(
+            {
+                "node_id": self.node_id,
+                "time": self.time,
+                "topic": self.topic,
+                "reason": self.reason,
+                "field": self.field,
+                "payload_size": self.payload_size,
+                "payload_head": self.payload_head,
+            }
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(
+            _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "error record"),
+            "error record",
+            {"node_id", "time", "topic", "reason", "field", "payload_size", "payload_head"},
+        )
+        return cls(**document)
+
+
+# --- any topic ----------------------------------------------------------------------------------
+AnyMessage: TypeAlias = SensorMessage | PredictionMessage | Availability | ErrorRecord
+_PREDICTION_CODECS: dict[str, Callable[[bytes], PredictionMessage]] = {
+    PredictionKind.FORECAST.value: Forecast.decode,
+    PredictionKind.KEYWORD.value: KeywordResult.decode,
+}
+
+
+def decode_message(topic: str, payload: bytes) -> AnyMessage:
+    """Decode a message from any topic of docs/protocol.md (for recorders and dashboards)."""
+    parts: Sequence[str] = topic.split("/")
+    root = parts[0]
+    if root == STATUS_ROOT and len(parts) == 2:
+        validate_id(parts[1], "client id")
+        return Availability.decode(payload)
+    if root == ERRORS_ROOT and len(parts) == 2:
+        return ErrorRecord.decode(payload)
+    if root == PREDICTIONS_ROOT and len(parts) == 3 and parts[2] in _PREDICTION_CODECS:
+        prediction = _PREDICTION_CODECS[parts[2]](payload)
+        if prediction.node_id != validate_id(parts[1]):
+            raise PayloadError(f"payload is for node {prediction.node_id!r}, topic is {topic!r}")
+        return prediction
+    if root == SENSORS_ROOT:
+        return decode_sensor_message(topic, payload)
+    raise PayloadError(f"topic {topic[:80]!r} is not part of the protocol")

@@ -1,0 +1,354 @@
+"""The one place that talks to paho-mqtt.
+
+:class:`MqttClient` wraps a paho 2.x client (callback API version 2) behind a small
+blocking interface: ``connect`` (with retry and backoff), ``subscribe`` (waits for the
+SUBACK), ``publish`` (QoS 1 by default), ``receive`` (from a bounded queue) and ``close``.
+paho's network thread only hands messages to that queue; all work happens in the caller's
+thread. Availability follows Home Assistant's conventions: a retained ``offline`` Last Will
+on ``status/<client_id>``, a retained ``online`` after every CONNACK, and ``offline`` on a
+clean shutdown. A configured topic prefix is added and removed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from .config import BrokerConfig
+from .errors import MqttConnectError, MqttError
+from .messages import Availability
+from .topics import status_topic
+
+log = logging.getLogger("tinyml.mqtt")
+
+DEFAULT_QOS = 1
+_SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A message as it arrived: topic without the deployment prefix, raw payload bytes."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    received_at: float  # time.time() when paho handed it over
+    mid: int
+
+
+class PublishHandle:
+    """What :meth:`MqttClient.publish` returns: wait for the broker's acknowledgement."""
+
+    def __init__(self, info: paho.MQTTMessageInfo) -> None:
+        self._info = info
+
+    @property
+    def mid(self) -> int:
+        return int(self._info.mid)
+
+    def is_acknowledged(self) -> bool:
+        """True once the broker has acknowledged (QoS 1) or the message left the socket (QoS 0)."""
+        return bool(self._info.is_published())
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the acknowledgement; False when it did not come."""
+        deadline = time.monotonic() + timeout
+        while not self._info.is_published():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # wait_for_publish raises while disconnected; poll instead so a reconnect can finish it.
+            time.sleep(min(0.005, remaining))
+        return True
+
+
+@dataclass
+class ClientStats:
+    received: int = 0
+    dropped: int = 0  # arrived while the inbound queue was full
+    connects: int = 0
+
+
+class MqttClient:
+    """A paho-mqtt 2.x client with retry, availability and a bounded inbound queue.
+
+    ``persistent_session=True`` asks the broker to keep subscriptions and queue QoS 1
+    messages while this client is away (needs a fixed ``client_id``).
+    ``manual_ack=True`` defers each QoS 1 PUBACK until :meth:`ack` is called, so a message
+    is only taken off the broker once it has been handled.
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        *,
+        persistent_session: bool = False,
+        publish_availability: bool = True,
+        manual_ack: bool = False,
+        queue_size: int = 10_000,
+        max_inflight: int = 100,
+    ) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.stats = ClientStats()
+        self._persistent = persistent_session
+        self._status_topic = status_topic(client_id) if publish_availability else None
+        self._inbound: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
+        self._subscriptions: dict[str, int] = {}
+        self._pending_subacks: dict[int, tuple[threading.Event, list[Any]]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._connack_seen = threading.Event()
+        self._refusal: str | None = None
+        self._closing = threading.Event()
+        self._loop_running = False
+
+        self._v5 = config.protocol == "5"
+        protocol = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
+        self._paho = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if self._v5 else not persistent_session,
+            manual_ack=manual_ack,
+            reconnect_on_failure=True,
+        )
+        self._paho.enable_logger(logging.getLogger("tinyml.mqtt.paho"))
+        self._paho.max_inflight_messages_set(max_inflight)  # must precede connect
+        self._paho.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
+        if config.username:
+            self._paho.username_pw_set(config.username, config.password or None)
+        if config.tls.enabled:
+            self._configure_tls()
+        if self._status_topic is not None:
+            self._paho.will_set(
+                self._full_topic(self._status_topic),
+                Availability.OFFLINE.encode(),
+                qos=DEFAULT_QOS,
+                retain=True,
+            )
+        self._paho.on_connect = self._on_connect
+        self._paho.on_disconnect = self._on_disconnect
+        self._paho.on_message = self._on_message
+        self._paho.on_subscribe = self._on_subscribe
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def _configure_tls(self) -> None:
+        tls = self.config.tls
+        for label, name in (("CA", tls.ca_file), ("certificate", tls.cert_file),
+                            ("key", tls.key_file)):
+            if name and not Path(name).is_file():
+                raise MqttError(f"TLS {label} file {name!r} does not exist")
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise MqttError("TLS client certificate and key must be given together")
+        try:
+            self._paho.tls_set(
+                ca_certs=tls.ca_file,
+                certfile=tls.cert_file or None,
+                keyfile=tls.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise MqttError(f"TLS files could not be loaded: {exc}") from exc
+
+    def connect(self, timeout: float | None = None) -> Self:
+        """Connect, retrying with exponential backoff until ``timeout`` (default from config).
+
+        Returns once the broker has accepted the connection; raises MqttConnectError when it
+        refused (bad credentials, ...) or could not be reached in time. Later losses of the
+        connection are retried in the background for as long as the client lives.
+        """
+        timeout = self.config.connect_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        delay = self.config.reconnect_min_s
+        address = self.config.address
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = _SESSION_NEVER_EXPIRES if self._persistent else 0
+        while True:
+            try:
+                self._paho.connect(
+                    self.config.host,
+                    self.config.port,
+                    keepalive=self.config.keepalive_s,
+                    clean_start=not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                    properties=properties,
+                )
+                break
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                reason = _describe_socket_error(exc)
+                if isinstance(exc, ssl.SSLError):  # retrying will not mend a certificate
+                    raise MqttConnectError(f"TLS handshake with {address} failed: {reason}") from exc
+                if time.monotonic() + delay > deadline or self._closing.is_set():
+                    raise MqttConnectError(
+                        f"broker {address} unreachable for {timeout:g} s: {reason}"
+                    ) from exc
+                log.warning("broker %s unreachable (%s); retrying in %.1f s", address, reason, delay)
+                if self._closing.wait(delay):
+                    raise MqttConnectError("closed while connecting") from exc
+                delay = min(delay * 2, self.config.reconnect_max_s)
+
+        self._paho.loop_start()
+        self._loop_running = True
+        remaining = max(0.0, deadline - time.monotonic())
+        if not self._connack_seen.wait(max(remaining, 1.0)) or self._refusal is not None:
+            reason = self._refusal or "no answer to CONNECT"
+            self._stop_loop()
+            raise MqttConnectError(f"broker {address} refused the connection: {reason}")
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish ``offline`` (when connected), disconnect and stop the network thread."""
+        self._closing.set()
+        if not self._loop_running:
+            return
+        if self._status_topic is not None and self._connected.is_set():
+            handle = self.publish(self._status_topic, Availability.OFFLINE.encode(), retain=True)
+            if not handle.wait(timeout):
+                log.warning("could not confirm 'offline' on %s before closing", self._status_topic)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._paho.disconnect()
+        self._paho.loop_stop()
+        self._loop_running = False
+        self._connected.clear()
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # --- traffic --------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, *, qos: int = DEFAULT_QOS,
+                retain: bool = False) -> PublishHandle:
+        """Queue a message for the broker; paho sends it now or after the next reconnect."""
+        info = self._paho.publish(self._full_topic(topic), payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        return PublishHandle(info)
+
+    def subscribe(self, topic_filter: str, *, qos: int = DEFAULT_QOS, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the broker's SUBACK; raises MqttError when refused.
+
+        The subscription is remembered and sent again after every reconnect.
+        """
+        full_filter = self._full_filter(topic_filter)
+        with self._lock:
+            self._subscriptions[full_filter] = qos
+            result, mid = self._paho.subscribe(full_filter, qos=qos)
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise MqttError(f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}")
+            done: tuple[threading.Event, list[Any]] = (threading.Event(), [])
+            self._pending_subacks[mid] = done
+        if not done[0].wait(timeout):
+            raise MqttError(f"no SUBACK for {topic_filter!r} within {timeout:g} s")
+        granted = done[1]
+        if any(getattr(code, "is_failure", False) for code in granted):
+            with self._lock:
+                self._subscriptions.pop(full_filter, None)
+            raise MqttError(f"broker refused the subscription to {topic_filter!r}: {granted[0]}")
+
+    def receive(self, timeout: float | None = None) -> InboundMessage | None:
+        """The next inbound message, or None after ``timeout`` seconds."""
+        try:
+            return self._inbound.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def ack(self, message: InboundMessage) -> None:
+        """Acknowledge a handled QoS 1 message (only has an effect with ``manual_ack=True``)."""
+        if message.qos > 0:
+            self._paho.ack(message.mid, message.qos)
+
+    # --- topic prefix ---------------------------------------------------------------------------
+    def _full_topic(self, topic: str) -> str:
+        return self.config.topic_prefix + topic
+
+    def _full_filter(self, topic_filter: str) -> str:
+        prefix = self.config.topic_prefix
+        if topic_filter.startswith("$share/"):
+            _, group, rest = topic_filter.split("/", 2)
+            return f"$share/{group}/{prefix}{rest}"
+        return prefix + topic_filter
+
+    # --- paho callbacks (network thread: hand over, never block) --------------------------------
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self._refusal = str(reason)
+            log.error("broker %s refused the connection: %s", self.config.address, reason)
+            self._connack_seen.set()
+            return
+        self._refusal = None
+        self.stats.connects += 1
+        log.info("connected to %s as %s%s", self.config.address, self.client_id,
+                 " (session resumed)" if flags.session_present else "")
+        if self._status_topic is not None:
+            client.publish(self._full_topic(self._status_topic), Availability.ONLINE.encode(),
+                           qos=DEFAULT_QOS, retain=True)
+        with self._lock:
+            for topic_filter, qos in self._subscriptions.items():
+                client.subscribe(topic_filter, qos=qos)
+        self._connected.set()
+        self._connack_seen.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self._connected.clear()
+        if self._closing.is_set():
+            log.info("disconnected from %s", self.config.address)
+        else:
+            log.warning("lost the connection to %s (%s); reconnecting", self.config.address, reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        prefix = self.config.topic_prefix
+        if prefix and topic.startswith(prefix):
+            topic = topic[len(prefix):]
+        inbound = InboundMessage(topic, bytes(message.payload), message.qos, bool(message.retain),
+                                 time.time(), message.mid)
+        try:
+            self._inbound.put_nowait(inbound)
+            self.stats.received += 1
+        except queue.Full:
+            self.stats.dropped += 1
+            log.warning("inbound queue full (%d): dropped a message on %s (%d dropped so far)",
+                        self._inbound.maxsize, topic, self.stats.dropped)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        with self._lock:
+            pending = self._pending_subacks.pop(mid, None)
+        if pending is not None:
+            pending[1].extend(reason_codes)
+            pending[0].set()
+
+
+def _describe_socket_error(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text)
