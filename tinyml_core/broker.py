@@ -89,7 +89,10 @@ class LocalMosquitto:
         self._process: subprocess.Popen[bytes] | None = None
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
         listener_block = listener or f"listener {self.port} {self.host}\nallow_anonymous true\n"
+        # Started as root, Mosquitto drops to the 'mosquitto' user, which cannot write here.
+        run_as = "user root\n" if os.geteuid() == 0 else ""
         self.config_path.write_text(
+            f"{run_as}"
             "per_listener_settings false\n"
             f"{listener_block}"
             "persistence true\n"
@@ -237,9 +240,11 @@ class EmbeddedBroker:
         self.stop()
 
 
-def start_private_broker(directory: Path | None = None) -> LocalMosquitto | EmbeddedBroker:
-    """A private Mosquitto when the binary exists, else the embedded Python broker."""
-    if mosquitto_binary() is not None:
+def start_private_broker(
+    directory: Path | None = None, *, embedded: bool = False
+) -> LocalMosquitto | EmbeddedBroker:
+    """A private Mosquitto when the binary exists (and ``embedded`` is false), else amqtt."""
+    if not embedded and mosquitto_binary() is not None:
         return LocalMosquitto(directory).start()
     log.info("mosquitto not found; starting the embedded amqtt broker (MQTT 3.1.1)")
     return EmbeddedBroker().start()

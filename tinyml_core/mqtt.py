@@ -127,7 +127,11 @@ class MqttClient:
             manual_ack=manual_ack,
             reconnect_on_failure=True,
         )
-        self._paho.enable_logger(logging.getLogger("tinyml.mqtt.paho"))
+        paho_log = logging.getLogger(f"tinyml.mqtt.paho.{client_id}")
+        # paho's loop thread may log "not connected" in the instant between our DISCONNECT and
+        # loop_stop(); that is the shutdown we asked for, not an error.
+        paho_log.addFilter(lambda record: not self._closing.is_set())
+        self._paho.enable_logger(paho_log)
         self._paho.max_inflight_messages_set(max_inflight)  # must precede connect
         self._paho.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
         if config.username:

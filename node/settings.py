@@ -1,0 +1,49 @@
+"""The node's configuration schema (config/node.toml documents every key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinyml_core.config import BrokerConfig, setting
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    id: str = setting("node-1", "node id: one topic level, also the MQTT client id")
+    spool_path: str = setting("var/node-spool.sqlite3",
+                              "on-disk spool of messages the broker has not acknowledged")
+    spool_max_mb: float = setting(64.0, "spool size cap; past it the oldest audio goes first",
+                                  min=1, max=100_000)
+    flush_rate_per_s: float = setting(200.0, "backlog messages sent per second after a reconnect",
+                                      min=1, max=100_000)
+
+
+@dataclass(frozen=True)
+class ClimateSource:
+    source: str = setting("dht11", "where readings come from", choices=("dht11", "none"))
+    pin: str = setting("D4", "board pin of the DHT11 data line (adafruit-blinka name)")
+    period_s: float = setting(10.0, "seconds between readings (the DHT11 allows one per second)",
+                              min=2.0, max=86_400)
+    retries: int = setting(3, "read attempts per period before counting a failure", min=1, max=20)
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    source: str = setting("none", "where clips come from", choices=("microphone", "none"))
+    device_index: int = setting(-1, "PyAudio input device index; -1: the default device",
+                                min=-1, max=1024)
+    sample_rate: int = setting(16_000, "capture rate in Hz (use the device's native rate)",
+                               min=4_000, max=96_000)
+    clip_seconds: float = setting(1.0, "length of one published clip", min=0.1, max=10.0)
+    gate_dbfs: float = setting(-40.0, "publish a clip when its level exceeds this (dBFS)",
+                               min=-120.0, max=0.0)
+    every_s: float = setting(0.0, "also publish a clip every N seconds; 0: only when gated",
+                             min=0.0, max=86_400)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    broker: BrokerConfig = setting(BrokerConfig(), "MQTT broker")
+    node: NodeIdentity = setting(NodeIdentity(), "identity and spool")
+    climate: ClimateSource = setting(ClimateSource(), "temperature/humidity sensor")
+    audio: AudioSource = setting(AudioSource(), "microphone")

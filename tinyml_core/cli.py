@@ -1,0 +1,83 @@
+"""Command-line plumbing shared by ``python -m node``, ``python -m collector`` and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import describe_settings
+from .errors import TinyMLError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type for ``HOST:PORT`` (``[::1]:1883`` for IPv6)."""
+    host, separator, port = text.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. localhost:1883)")
+    return host.strip("[]"), int(port)
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser, default_config: str | None) -> None:
+    """--config and the flags that override the [broker] section."""
+    parser.add_argument("--config", type=Path, default=default_config,
+                        help=f"TOML settings file (default: {default_config or 'none'})")
+    group = parser.add_argument_group("broker (overrides the file and TINYML_BROKER_*)")
+    group.add_argument("--broker", type=host_port, metavar="HOST:PORT", help="broker address")
+    group.add_argument("--username", help="MQTT user name")
+    group.add_argument("--password", help="MQTT password (visible to `ps`: prefer the "
+                                          "TINYML_BROKER_PASSWORD environment variable)")
+    group.add_argument("--ca-file", help="CA certificate (PEM); enables TLS")
+    group.add_argument("--cert-file", help="client certificate (PEM)")
+    group.add_argument("--key-file", help="client certificate's private key (PEM)")
+
+
+def broker_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted-key overrides from the flags of :func:`add_broker_arguments` (None: not given)."""
+    host, port = args.broker if args.broker else (None, None)
+    return {
+        "broker.host": host,
+        "broker.port": port,
+        "broker.username": args.username,
+        "broker.password": args.password,
+        "broker.tls.ca_file": args.ca_file,
+        "broker.tls.cert_file": args.cert_file,
+        "broker.tls.key_file": args.key_file,
+    }
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO + 10 * (args.quiet - args.verbose)
+    logging.basicConfig(level=max(logging.DEBUG, level), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def print_settings(settings: object) -> None:
+    """The effective settings as a table: key, value, what it means."""
+    rows = describe_settings(settings)
+    width = max(len(key) for key, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
+    for key, value, help_text in rows:
+        print(f"{key:<{width}}  {value:<{value_width}}  # {help_text}")
+
+
+def run_main(main: Callable[[Sequence[str] | None], int],
+             argv: Sequence[str] | None = None) -> int:
+    """Run a command's main: our errors become one readable line and exit status 1."""
+    try:
+        return main(argv)
+    except TinyMLError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
