@@ -213,10 +213,9 @@ class EmbeddedBroker:
 
         self._thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
         self._thread.start()
+        # No probe connection here: amqtt logs an error for every client that sends nothing.
         if not self._started.wait(timeout) or self._error is not None:
             raise MqttError(f"embedded broker did not start on {self.address}: {self._error}")
-        if not wait_for_port(self.host, self.port, timeout):
-            raise MqttError(f"embedded broker is not listening on {self.address}")
         return self
 
     def stop(self) -> None:
