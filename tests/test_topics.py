@@ -14,6 +14,7 @@ from tinyml_core.topics import (
     errors_topic,
     matches,
     prediction_topic,
+    reporting_node_id,
     sensor_filter,
     shared_filter,
     status_topic,
@@ -59,3 +60,12 @@ def test_sensor_topic_parse_round_trip() -> None:
 )
 def test_matches(topic_filter: str, topic: str, expected: bool) -> None:
     assert matches(topic_filter, topic) is expected
+
+
+@pytest.mark.parametrize(
+    ("topic", "node"),
+    [("sensors/pi-1/climate", "pi-1"), ("sensors/pi 1/climate", "unknown"),
+     ("sensors", "unknown"), ("sensors/pi-1/x/y", "pi-1")],
+)
+def test_reporting_node_id(topic: str, node: str) -> None:
+    assert reporting_node_id(topic) == node

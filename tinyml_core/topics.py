@@ -131,3 +131,17 @@ def matches(topic_filter: str, topic: str) -> bool:
         if level != "+" and level != topic_levels[index]:
             return False
     return len(filter_levels) == len(topic_levels)
+
+
+UNKNOWN_NODE = "unknown"
+
+
+def reporting_node_id(topic: str) -> str:
+    """The node an input on ``topic`` is reported against in ``errors/<node_id>``.
+
+    The second level of the topic when it is a valid id, else ``unknown``.
+    """
+    parts = topic.split("/")
+    if len(parts) >= 2 and _ID_PATTERN.fullmatch(parts[1]):
+        return parts[1]
+    return UNKNOWN_NODE

@@ -1,0 +1,25 @@
+"""The README's demo command, end to end on the bundled samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from demo.__main__ import main
+from tests.conftest import _require_mosquitto
+
+
+def test_demo_with_private_mosquitto(capsys: pytest.CaptureFixture[str]) -> None:
+    _require_mosquitto()
+    assert main([]) == 0
+    output = capsys.readouterr().out
+    assert "broker: private Mosquitto" in output
+    assert "node published 304 messages" in output and "broker acknowledged 304" in output
+    assert "status/demo-node               offline" in output
+    assert "the sample says 'yes'" in output
+
+
+def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("amqtt")
+    assert main(["--embedded-broker", "--rate", "2000"]) == 0
+    output = capsys.readouterr().out
+    assert "broker: embedded amqtt" in output and "dashboard decoded 304 sensor messages" in output
