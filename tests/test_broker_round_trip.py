@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
     AnyMessage,
     AudioClip,
@@ -19,7 +20,6 @@ from tinyml_core.messages import (
     decode_message,
 )
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.errors import PayloadError
 from tinyml_core.topics import (
     PredictionKind,
     errors_topic,
@@ -38,7 +38,8 @@ def _messages() -> list[tuple[str, AnyMessage]]:
                                   rng.integers(-32768, 32767, 16000, dtype=np.int16))
     reading = ClimateReading("pi-1", T0, 1, 21.25, 48.5)
     forecast = Forecast("pi-1", "forecast_b", "1+abc", T0, 0.3,
-                        tuple(ForecastStep(T0 + 600 * i, 21 + 0.1 * i, 48 - i) for i in range(1, 10)))
+                        tuple(ForecastStep(T0 + 600 * i, 21 + 0.1 * i, 48 - i)
+                              for i in range(1, 10)))
     keyword = KeywordResult("pi-1", "kws_b", "1+abc", T0, 2.5, 0.03, "go",
                             {"go": 0.75, "no": 0.25})
     error = ErrorRecord.for_rejected("pi-1", T0, "sensors/pi-1/climate", b"\x00garbage",
@@ -72,7 +73,7 @@ def test_every_message_type_survives_the_broker(connect: Callable[..., MqttClien
 
     received = receive_all(listener, len(sent))
     assert [m.topic for m in received] == [topic for topic, _ in sent]
-    for (topic, original), inbound in zip(sent, received, strict=True):
+    for (_topic, original), inbound in zip(sent, received, strict=True):
         assert inbound.qos == 1
         assert decode_message(inbound.topic, inbound.payload) == original
 

@@ -91,7 +91,7 @@ def test_wrong_type_or_value_names_the_key(tmp_path: Path, text: str, key: str,
 
 
 def test_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="environment variable TINYML_BROKER_PORT.*integer"):
+    with pytest.raises(ConfigError, match=r"environment variable TINYML_BROKER_PORT.*integer"):
         load_settings(NodeSettings, None, environment={"TINYML_BROKER_PORT": "eighteen"})
 
 

@@ -44,7 +44,8 @@ def test_last_will_announces_a_crashed_client(mosquitto: LocalMosquitto) -> None
         import os
         from tinyml_core.config import BrokerConfig
         from tinyml_core.mqtt import MqttClient
-        client = MqttClient(BrokerConfig(host="{mosquitto.host}", port={mosquitto.port}), "pi-crash")
+        config = BrokerConfig(host="{mosquitto.host}", port={mosquitto.port})
+        client = MqttClient(config, "pi-crash")
         client.connect()
         print("connected", flush=True)
         os._exit(0)
@@ -172,7 +173,7 @@ def test_refused_credentials_fail_fast(mosquitto_factory: Callable[..., LocalMos
 
 def test_missing_tls_file_is_a_clear_error(mosquitto: LocalMosquitto, tmp_path: Path) -> None:
     config = broker_config(mosquitto, tls=TlsConfig(ca_file=str(tmp_path / "absent-ca.pem")))
-    with pytest.raises(MqttError, match="TLS CA file .*absent-ca.pem.* does not exist"):
+    with pytest.raises(MqttError, match=r"TLS CA file .*absent-ca\.pem.* does not exist"):
         MqttClient(config, "pi-1")
 
 

@@ -198,10 +198,10 @@ def _build(schema: type[T], table: Mapping[str, Any], origins: _Origins, prefix:
 def _set_dotted(table: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for depth, part in enumerate(parents):
-        table = table.setdefault(part, {})
-        if not isinstance(table, dict):
-            key = ".".join(parents[: depth + 1])
-            raise ConfigError("expected a table", key=key)
+        child: Any = table.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError("expected a table", key=".".join(parents[: depth + 1]))
+        table = child
     table[leaf] = value
 
 

@@ -394,7 +394,8 @@ class AudioClip:
             sample_rate=pack.value("sample_rate", "v", UNIT_HERTZ),
             pcm=_decode_base64url(encoded),
         )
-        stated = _number(pack.value("duration", "v", UNIT_SECOND), "duration", 0.0, MAX_CLIP_SECONDS)
+        stated = _number(pack.value("duration", "v", UNIT_SECOND), "duration", 0.0,
+                         MAX_CLIP_SECONDS)
         # The stated duration is redundant on purpose: it catches truncated or mislabelled clips.
         if abs(stated - clip.duration) > 1.0 / clip.sample_rate + 1e-9:
             raise PayloadError(
@@ -624,14 +625,14 @@ PredictionMessage: TypeAlias = Forecast | KeywordResult
 
 
 # --- availability and errors --------------------------------------------------------------------
-class Availability(str, Enum):
+class Availability(Enum):
     """Retained payload of ``status/<client_id>``: plain words, as Home Assistant expects."""
 
     ONLINE = "online"
     OFFLINE = "offline"
 
     def encode(self) -> bytes:
-        return self.value.encode("ascii")
+        return str(self.value).encode("ascii")
 
     @classmethod
     def decode(cls, payload: bytes) -> Availability:

@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .config import BrokerConfig
 from .errors import MqttConnectError, MqttError
@@ -181,8 +181,10 @@ class MqttClient:
         delay = self.config.reconnect_min_s
         address = self.config.address
         properties = None
+        clean_start: bool | Literal[3] = paho.MQTT_CLEAN_START_FIRST_ONLY  # unused by MQTT 3.1.1
         if self._v5:
-            properties = Properties(PacketTypes.CONNECT)
+            clean_start = not self._persistent
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = _SESSION_NEVER_EXPIRES if self._persistent else 0
         while True:
             try:
@@ -190,19 +192,22 @@ class MqttClient:
                     self.config.host,
                     self.config.port,
                     keepalive=self.config.keepalive_s,
-                    clean_start=not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                    clean_start=clean_start,
                     properties=properties,
                 )
                 break
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 reason = _describe_socket_error(exc)
                 if isinstance(exc, ssl.SSLError):  # retrying will not mend a certificate
-                    raise MqttConnectError(f"TLS handshake with {address} failed: {reason}") from exc
+                    raise MqttConnectError(
+                        f"TLS handshake with {address} failed: {reason}"
+                    ) from exc
                 if time.monotonic() + delay > deadline or self._closing.is_set():
                     raise MqttConnectError(
                         f"broker {address} unreachable for {timeout:g} s: {reason}"
                     ) from exc
-                log.warning("broker %s unreachable (%s); retrying in %.1f s", address, reason, delay)
+                log.warning("broker %s unreachable (%s); retrying in %.1f s",
+                            address, reason, delay)
                 if self._closing.wait(delay):
                     raise MqttConnectError("closed while connecting") from exc
                 delay = min(delay * 2, self.config.reconnect_max_s)
@@ -256,7 +261,8 @@ class MqttClient:
             raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         return PublishHandle(info)
 
-    def subscribe(self, topic_filter: str, *, qos: int = DEFAULT_QOS, timeout: float = 10.0) -> None:
+    def subscribe(self, topic_filter: str, *, qos: int = DEFAULT_QOS,
+                  timeout: float = 10.0) -> None:
         """Subscribe and wait for the broker's SUBACK; raises MqttError when refused.
 
         The subscription is remembered and sent again after every reconnect.
@@ -265,8 +271,10 @@ class MqttClient:
         with self._lock:
             self._subscriptions[full_filter] = qos
             result, mid = self._paho.subscribe(full_filter, qos=qos)
-            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise MqttError(f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}")
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise MqttError(
+                    f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}"
+                )
             done: tuple[threading.Event, list[Any]] = (threading.Event(), [])
             self._pending_subacks[mid] = done
         if not done[0].wait(timeout):

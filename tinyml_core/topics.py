@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from .errors import PayloadError
 
@@ -18,14 +18,14 @@ from .errors import PayloadError
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class SensorKind(str, Enum):
+class SensorKind(StrEnum):
     """What a node publishes under ``sensors/<node_id>/<kind>``."""
 
     CLIMATE = "climate"
     AUDIO = "audio"
 
 
-class PredictionKind(str, Enum):
+class PredictionKind(StrEnum):
     """What the collector publishes under ``predictions/<node_id>/<kind>``."""
 
     FORECAST = "forecast"

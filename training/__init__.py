@@ -1,0 +1,4 @@
+"""Model building: datasets → Keras (tf_keras) → pruning → quantization → models/.
+
+The only package that imports TensorFlow.
+"""
