@@ -8,14 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from tinyml_core.cli import (
-    add_broker_arguments,
-    add_logging_arguments,
-    broker_overrides,
+    add_config_command,
+    load_from_args,
     print_settings,
     run_main,
     setup_logging,
 )
-from tinyml_core.config import load_settings
 
 from .settings import CollectorSettings
 
@@ -29,19 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "docs/protocol.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    show = commands.add_parser("config", help="print the effective settings and exit",
-                               description="Load the settings file, apply TINYML_BROKER_* "
-                                           "variables and flags, and print every key.")
-    add_broker_arguments(show, DEFAULT_CONFIG)
+    show = add_config_command(commands, DEFAULT_CONFIG)
     show.add_argument("--models", help="models folder (overrides [collector] models_dir)")
-    add_logging_arguments(show)
     return parser
 
 
 def load(args: argparse.Namespace) -> CollectorSettings:
-    overrides = broker_overrides(args) | {"collector.models_dir": args.models}
-    return load_settings(CollectorSettings, args.config, environment=os.environ,
-                         overrides=overrides)
+    return load_from_args(CollectorSettings, args, {"collector.models_dir": args.models})
 
 
 def _main(argv: Sequence[str] | None) -> int:

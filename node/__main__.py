@@ -8,14 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from tinyml_core.cli import (
-    add_broker_arguments,
-    add_logging_arguments,
-    broker_overrides,
+    add_config_command,
+    load_from_args,
     print_settings,
     run_main,
     setup_logging,
 )
-from tinyml_core.config import load_settings
 
 from .settings import NodeSettings
 
@@ -29,18 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "over MQTT (see docs/protocol.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    show = commands.add_parser("config", help="print the effective settings and exit",
-                               description="Load the settings file, apply TINYML_BROKER_* "
-                                           "variables and flags, and print every key.")
-    add_broker_arguments(show, DEFAULT_CONFIG)
+    show = add_config_command(commands, DEFAULT_CONFIG)
     show.add_argument("--node-id", help="node id (overrides [node] id)")
-    add_logging_arguments(show)
     return parser
 
 
 def load(args: argparse.Namespace) -> NodeSettings:
-    overrides = broker_overrides(args) | {"node.id": args.node_id}
-    return load_settings(NodeSettings, args.config, environment=os.environ, overrides=overrides)
+    return load_from_args(NodeSettings, args, {"node.id": args.node_id})
 
 
 def _main(argv: Sequence[str] | None) -> int:

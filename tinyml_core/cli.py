@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .config import describe_settings
+from .config import describe_settings, load_settings
 from .errors import TinyMLError
+
+T = TypeVar("T")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -49,6 +52,25 @@ def broker_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "broker.tls.cert_file": args.cert_file,
         "broker.tls.key_file": args.key_file,
     }
+
+
+def add_config_command(commands: Any, default_config: str | None) -> argparse.ArgumentParser:
+    """The ``config`` subcommand every daemon has: print the effective settings and exit."""
+    show: argparse.ArgumentParser = commands.add_parser(
+        "config", help="print the effective settings and exit",
+        description="Load the settings file, apply TINYML_BROKER_* variables and flags, "
+                    "and print every key with its meaning.",
+    )
+    add_broker_arguments(show, default_config)
+    add_logging_arguments(show)
+    return show
+
+
+def load_from_args(schema: type[T], args: argparse.Namespace,
+                   extra_overrides: dict[str, Any] | None = None) -> T:
+    """Settings from ``--config``, the environment and the broker flags (plus ``extra``)."""
+    overrides = broker_overrides(args) | (extra_overrides or {})
+    return load_settings(schema, args.config, environment=os.environ, overrides=overrides)
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:

@@ -435,14 +435,35 @@ def decode_sensor_message(topic: str, payload: bytes) -> SensorMessage:
 
 
 # --- predictions --------------------------------------------------------------------------------
-def _model_fields(document: Mapping[str, _JSON]) -> tuple[str, str, str, float, float]:
-    return (
-        _node_id(document["node_id"]),
-        _text(document["model"], "model", _LABEL_PATTERN),
-        _text(document["model_version"], "model_version"),
-        _timestamp(document["input_time"], "input_time"),
-        _number(document["latency_ms"], "latency_ms", 0.0, 3_600_000.0),
-    )
+_HEADER_KEYS = ("node_id", "model", "model_version", "input_time", "latency_ms")
+_MAX_LATENCY_MS = 3_600_000.0
+
+
+@dataclass(frozen=True)
+class _PredictionHeader:
+    """What every prediction states: node, model and version, input time, latency in ms."""
+
+    node_id: str
+    model: str
+    model_version: str
+    input_time: float
+    latency_ms: float
+
+    def __post_init__(self) -> None:
+        _node_id(self.node_id)
+        _text(self.model, "model", _LABEL_PATTERN)
+        _text(self.model_version, "model_version")
+        object.__setattr__(self, "input_time", _timestamp(self.input_time, "input_time"))
+        object.__setattr__(
+            self, "latency_ms", _number(self.latency_ms, "latency_ms", 0.0, _MAX_LATENCY_MS)
+        )
+
+    def _header_json(self) -> dict[str, _JSON]:
+        return {key: getattr(self, key) for key in _HEADER_KEYS}
+
+    @staticmethod
+    def _header_from(document: Mapping[str, _JSON]) -> dict[str, _JSON]:
+        return {key: document[key] for key in _HEADER_KEYS}
 
 
 @dataclass(frozen=True)
@@ -461,14 +482,9 @@ class ForecastStep:
 
 
 @dataclass(frozen=True)
-class Forecast:
+class Forecast(_PredictionHeader):
     """``predictions/<node_id>/forecast``: the next steps after the reading at ``input_time``."""
 
-    node_id: str
-    model: str
-    model_version: str
-    input_time: float
-    latency_ms: float
     steps: tuple[ForecastStep, ...]
 
     kind: ClassVar[PredictionKind] = PredictionKind.FORECAST
@@ -479,15 +495,7 @@ class Forecast:
     }
 
     def __post_init__(self) -> None:
-        _model_fields(
-            {
-                "node_id": self.node_id,
-                "model": self.model,
-                "model_version": self.model_version,
-                "input_time": self.input_time,
-                "latency_ms": self.latency_ms,
-            }
-        )
+        super().__post_init__()
         steps = tuple(self.steps)
         if not 1 <= len(steps) <= 1000:
             raise PayloadError(f"{len(steps)} steps; expected 1 to 1000", field="steps")
@@ -496,27 +504,16 @@ class Forecast:
         object.__setattr__(self, "steps", steps)
 
     def encode(self) -> bytes:
-        return _dump_json(
-            {
-                "node_id": self.node_id,
-                "model": self.model,
-                "model_version": self.model_version,
-                "input_time": self.input_time,
-                "latency_ms": self.latency_ms,
-                "units": self.UNITS,
-                "steps": [
-                    {"time": s.time, "temperature": s.temperature, "humidity": s.humidity}
-                    for s in self.steps
-                ],
-            }
-        )
+        steps = [{"time": s.time, "temperature": s.temperature, "humidity": s.humidity}
+                 for s in self.steps]
+        return _dump_json(self._header_json() | {"units": self.UNITS, "steps": steps})
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         document = _object(
             _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "forecast"),
             "forecast",
-            {"node_id", "model", "model_version", "input_time", "latency_ms", "units", "steps"},
+            {*_HEADER_KEYS, "units", "steps"},
         )
         if document["units"] != cls.UNITS:
             raise PayloadError(f"units must be {cls.UNITS}", field="units")
@@ -527,23 +524,17 @@ class Forecast:
             ForecastStep(**_object(step, f"step {i}", {"time", "temperature", "humidity"}))
             for i, step in enumerate(raw_steps)
         )
-        node_id, model, version, input_time, latency = _model_fields(document)
-        return cls(node_id, model, version, input_time, latency, steps)
+        return cls(**cls._header_from(document), steps=steps)
 
 
 @dataclass(frozen=True)
-class KeywordResult:
+class KeywordResult(_PredictionHeader):
     """``predictions/<node_id>/keyword``: the word heard in the clip that started at ``input_time``.
 
     ``label`` is ``"unknown"`` when no probability reached the collector's confidence floor.
     ``latency_ms`` covers resampling, features and inference; ``inference_ms`` only the model.
     """
 
-    node_id: str
-    model: str
-    model_version: str
-    input_time: float
-    latency_ms: float
     inference_ms: float
     label: str
     probabilities: Mapping[str, float]
@@ -551,16 +542,10 @@ class KeywordResult:
     kind: ClassVar[PredictionKind] = PredictionKind.KEYWORD
 
     def __post_init__(self) -> None:
-        _model_fields(
-            {
-                "node_id": self.node_id,
-                "model": self.model,
-                "model_version": self.model_version,
-                "input_time": self.input_time,
-                "latency_ms": self.latency_ms,
-            }
+        super().__post_init__()
+        object.__setattr__(
+            self, "inference_ms", _number(self.inference_ms, "inference_ms", 0.0, _MAX_LATENCY_MS)
         )
-        _number(self.inference_ms, "inference_ms", 0.0, 3_600_000.0)
         if not isinstance(self.probabilities, Mapping) or not self.probabilities:
             raise PayloadError("must be a non-empty mapping of label to probability",
                                field="probabilities")
@@ -573,6 +558,7 @@ class KeywordResult:
         # Quantized softmax outputs do not sum to exactly 1; a larger error is a broken model.
         if abs(sum(probabilities.values()) - 1.0) > 0.05:
             raise PayloadError("probabilities must sum to 1", field="probabilities")
+        _text(self.label, "label")
         if self.label != UNKNOWN_LABEL and self.label not in probabilities:
             raise PayloadError(f"{self.label!r} is neither a model label nor {UNKNOWN_LABEL!r}",
                                field="label")
@@ -585,12 +571,8 @@ class KeywordResult:
 
     def encode(self) -> bytes:
         return _dump_json(
-            {
-                "node_id": self.node_id,
-                "model": self.model,
-                "model_version": self.model_version,
-                "input_time": self.input_time,
-                "latency_ms": self.latency_ms,
+            self._header_json()
+            | {
                 "inference_ms": self.inference_ms,
                 "label": self.label,
                 "probability": self.probability,
@@ -603,16 +585,12 @@ class KeywordResult:
         document = _object(
             _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "keyword"),
             "keyword result",
-            {"node_id", "model", "model_version", "input_time", "latency_ms", "inference_ms",
-             "label", "probability", "probabilities"},
+            {*_HEADER_KEYS, "inference_ms", "label", "probability", "probabilities"},
         )
-        if not isinstance(document["probabilities"], dict):
-            raise PayloadError("must be a JSON object", field="probabilities")
-        node_id, model, version, input_time, latency = _model_fields(document)
         result = cls(
-            node_id, model, version, input_time, latency,
+            **cls._header_from(document),
             inference_ms=document["inference_ms"],
-            label=_text(document["label"], "label"),
+            label=document["label"],
             probabilities=document["probabilities"],
         )
         stated = _number(document["probability"], "probability", 0.0, 1.0)
