@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from .errors import MqttError
 
@@ -57,13 +57,6 @@ def mosquitto_binary() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-class Broker(Protocol):
-    host: str
-    port: int
-
-    def stop(self) -> None: ...
 
 
 class LocalMosquitto:

@@ -148,15 +148,13 @@ def _node_id(value: object, name: str = "node_id") -> str:
     return validate_id(value)
 
 
-def _object(
-    document: _JSON, what: str, required: set[str], optional: frozenset[str] = frozenset()
-) -> dict[str, _JSON]:
+def _object(document: _JSON, what: str, required: set[str]) -> dict[str, _JSON]:
     if not isinstance(document, dict):
         raise PayloadError(f"{what} must be a JSON object, not {type(document).__name__}")
     missing = required - document.keys()
     if missing:
         raise PayloadError(f"{what} lacks {', '.join(sorted(missing))}")
-    unknown = document.keys() - required - optional
+    unknown = document.keys() - required
     if unknown:
         raise PayloadError(f"{what} has unknown keys {', '.join(sorted(unknown))}")
     return document
