@@ -33,6 +33,16 @@ from .topics import status_topic
 
 log = logging.getLogger("tinyml.mqtt")
 
+
+def _not_the_shutdown_race(record: logging.LogRecord) -> bool:
+    # paho's loop thread logs "Client is not connected" at ERROR when it runs once more between
+    # our DISCONNECT and loop_stop(). Connection losses are logged by _on_disconnect instead.
+    return not record.getMessage().startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("tinyml.mqtt.paho")
+_paho_log.addFilter(_not_the_shutdown_race)
+
 DEFAULT_QOS = 1
 _SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
@@ -127,11 +137,7 @@ class MqttClient:
             manual_ack=manual_ack,
             reconnect_on_failure=True,
         )
-        paho_log = logging.getLogger(f"tinyml.mqtt.paho.{client_id}")
-        # paho's loop thread may log "not connected" in the instant between our DISCONNECT and
-        # loop_stop(); that is the shutdown we asked for, not an error.
-        paho_log.addFilter(lambda record: not self._closing.is_set())
-        self._paho.enable_logger(paho_log)
+        self._paho.enable_logger(_paho_log)
         self._paho.max_inflight_messages_set(max_inflight)  # must precede connect
         self._paho.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
         if config.username:
