@@ -1,0 +1,292 @@
+"""Models as the collector and the evaluators see them: models/manifest.json plus .tflite.zlib.
+
+The manifest is the contract between training and inference. Loading a model checks it
+end to end (the file's sha256 and size, zlib, that the interpreter accepts it, that its
+input and output shapes are the manifest's) and hides which TFLite runtime is installed:
+LiteRT (``ai-edge-litert``) first, then ``tflite_runtime``. Every failure is a
+:class:`~tinyml_core.errors.ModelLoadError` that names the model and the reason.
+
+Forecasters take windows in physical units (the normalisation is inside the model) and
+return °C and %RH; keyword spotters take a clip at any rate and run the shared front end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelLoadError, TinyMLError
+from .frontend import FrontEnd, MfccParams
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+MODEL_SUFFIX = ".tflite.zlib"
+FORECAST_TASK = "forecast"
+KEYWORD_TASK = "keyword"
+# A tiny model's manifest never needs more; a larger file is not ours.
+MAX_MANIFEST_BYTES = 1_000_000
+MAX_MODEL_BYTES = 10_000_000
+
+
+def interpreter_class() -> Any:
+    """The TFLite Interpreter class of whichever runtime is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ModelLoadError(
+                "no TFLite runtime: install the collector extra (pip install "
+                "'tinyml-mqtt[collector]', which brings ai-edge-litert) or tflite-runtime"
+            ) from None
+    return Interpreter
+
+
+def runtime_name() -> str:
+    return interpreter_class().__module__.split(".")[0]
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(models_dir: Path | str) -> dict[str, dict[str, Any]]:
+    """All manifest entries by model name; a missing or malformed manifest raises."""
+    path = Path(models_dir) / MANIFEST_NAME
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ModelLoadError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no model manifest (build models with "
+                             "`python -m training.build all`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable manifest ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
+        raise ModelLoadError(f"{path}: not a format-{MANIFEST_FORMAT} model manifest")
+    models = document.get("models")
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise ModelLoadError(f"{path}: 'models' must map names to entries")
+    return models
+
+
+def write_manifest_entry(models_dir: Path | str, name: str, entry: dict[str, Any]) -> None:
+    """Add or replace one entry, keeping the others; the file is replaced atomically."""
+    directory = Path(models_dir)
+    try:
+        models = read_manifest(directory)
+    except ModelLoadError:
+        if (directory / MANIFEST_NAME).exists():
+            raise
+        models = {}
+    models[name] = entry
+    document = {"format": MANIFEST_FORMAT, "models": dict(sorted(models.items()))}
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temporary, directory / MANIFEST_NAME)
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- contracts
+
+
+@dataclass(frozen=True)
+class ForecastContract:
+    """Input: ``window`` readings ``step_s`` apart, features in ``features`` order, physical
+    units. Output: ``steps`` future readings, same features and units."""
+
+    window: int
+    step_s: float
+    features: tuple[str, ...]
+    steps: int
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> ForecastContract:
+        return cls(window=int(entry["input"]["window"]), step_s=float(entry["input"]["step_s"]),
+                   features=tuple(entry["input"]["features"]),
+                   steps=int(entry["output"]["steps"]))
+
+
+@dataclass(frozen=True)
+class KeywordContract:
+    """Input: MFCCs of the front end, standardised per coefficient with ``mean``/``std``
+    (training-split statistics). Output: the probability of each label."""
+
+    front_end: MfccParams
+    mean: np.ndarray
+    std: np.ndarray
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> KeywordContract:
+        front_end = MfccParams.from_dict(entry["input"]["front_end"])
+        normalization = entry["input"]["normalization"]
+        mean = np.array(normalization["mean"], dtype=np.float32)
+        std = np.array(normalization["std"], dtype=np.float32)
+        if mean.shape != std.shape != (front_end.num_coefficients,) or not (std > 0).all():
+            raise ValueError("normalization needs one mean and one positive std per coefficient")
+        return cls(front_end=front_end, mean=mean, std=std,
+                   labels=tuple(entry["output"]["labels"]))
+
+
+# ---------------------------------------------------------------- interpreter
+
+
+class TfliteModel:
+    """One interpreter; ``predict`` takes a float32 batch and returns the float32 output."""
+
+    def __init__(self, model_bytes: bytes, name: str = "model", num_threads: int = 1) -> None:
+        self.name = name
+        try:
+            self._interpreter = interpreter_class()(model_content=model_bytes,
+                                                    num_threads=num_threads)
+            self._interpreter.allocate_tensors()
+        except TinyMLError:
+            raise
+        except Exception as exc:  # the runtimes raise ValueError/RuntimeError with details
+            raise ModelLoadError(f"{name}: the TFLite runtime refused it ({exc})") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in self._input["shape"])
+        self.output_shape = tuple(int(d) for d in self._output["shape"])
+        self._batch = self.input_shape[0]
+        self.last_invoke_ms = 0.0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.shape[1:] != self.input_shape[1:]:
+            raise ModelLoadError(f"{self.name}: input of shape {batch.shape[1:]}, the model "
+                                 f"takes {self.input_shape[1:]}")
+        if len(batch) != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], batch.shape)
+            self._interpreter.allocate_tensors()
+            self._input = self._interpreter.get_input_details()[0]
+            self._output = self._interpreter.get_output_details()[0]
+            self._batch = len(batch)
+        started = time.perf_counter()
+        self._interpreter.set_tensor(self._input["index"], batch)
+        self._interpreter.invoke()
+        output = self._interpreter.get_tensor(self._output["index"])
+        self.last_invoke_ms = (time.perf_counter() - started) * 1000
+        return np.array(output, dtype=np.float32)
+
+
+def load_model_bytes(models_dir: Path | str, name: str,
+                     entry: dict[str, Any] | None = None) -> bytes:
+    """The decompressed .tflite of ``name`` after checking its size and sha256."""
+    directory = Path(models_dir)
+    entry = entry if entry is not None else _entry(directory, name)
+    file_name = entry.get("file")
+    if not isinstance(file_name, str) or "/" in file_name or not file_name.endswith(MODEL_SUFFIX):
+        raise ModelLoadError(f"{name}: manifest names no valid model file ({file_name!r})")
+    path = directory / file_name
+    try:
+        if path.stat().st_size > MAX_MODEL_BYTES:
+            raise ModelLoadError(f"{name}: {path} is larger than {MAX_MODEL_BYTES} bytes")
+        compressed = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{name}: model file {path} is missing") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{name}: {path} cannot be read ({exc.strerror})") from None
+    digest = file_sha256(compressed)
+    if digest != entry.get("sha256"):
+        raise ModelLoadError(f"{name}: {path} has sha256 {digest[:12]}…, the manifest says "
+                             f"{str(entry.get('sha256'))[:12]}…; refusing a changed model")
+    try:
+        return zlib.decompress(compressed)
+    except zlib.error as exc:
+        raise ModelLoadError(f"{name}: {path} is not zlib data ({exc})") from None
+
+
+def _entry(directory: Path, name: str) -> dict[str, Any]:
+    models = read_manifest(directory)
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ModelLoadError(f"{name}: not in {directory / MANIFEST_NAME} (it has {known})")
+    return models[name]
+
+
+def _check_shape(name: str, what: str, actual: Sequence[int], expected: Sequence[int]) -> None:
+    if tuple(actual[1:]) != tuple(expected):
+        raise ModelLoadError(f"{name}: the model's {what} shape is {tuple(actual[1:])}, the "
+                             f"manifest's contract says {tuple(expected)}")
+
+
+class Forecaster:
+    """A forecasting model: windows of readings in, future readings out (physical units)."""
+
+    def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel) -> None:
+        if entry.get("task") != FORECAST_TASK:
+            raise ModelLoadError(f"{name}: a {entry.get('task')!r} model, not a forecaster")
+        try:
+            self.contract = ForecastContract.from_entry(entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{name}: manifest input/output contract is incomplete "
+                                 f"({exc})") from None
+        features = len(self.contract.features)
+        _check_shape(name, "input", model.input_shape, (self.contract.window, features))
+        _check_shape(name, "output", model.output_shape, (self.contract.steps, features))
+        self.name, self.entry, self.model = name, entry, model
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """[N, window, features] → [N, steps, features]."""
+        return self.model.predict(windows)
+
+
+class KeywordSpotter:
+    """A keyword model with its front end: a clip at any rate in, label probabilities out."""
+
+    def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel) -> None:
+        if entry.get("task") != KEYWORD_TASK:
+            raise ModelLoadError(f"{name}: a {entry.get('task')!r} model, not a keyword spotter")
+        try:
+            self.contract = KeywordContract.from_entry(entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{name}: manifest input/output contract is incomplete "
+                                 f"({exc})") from None
+        self.front_end = FrontEnd(self.contract.front_end)
+        _check_shape(name, "input", model.input_shape, self.contract.front_end.feature_shape)
+        _check_shape(name, "output", model.output_shape, (len(self.contract.labels),))
+        self.name, self.entry, self.model = name, entry, model
+        self.labels = self.contract.labels
+
+    def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The model's input for one clip: standardised MFCCs."""
+        mfcc = self.front_end(samples, sample_rate)
+        return (mfcc - self.contract.mean) / self.contract.std
+
+    def classify_features(self, features: np.ndarray) -> np.ndarray:
+        """[N, frames, coefficients] → [N, labels] probabilities."""
+        return self.model.predict(features)
+
+    def classify(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Probabilities of every label for one clip (int16 or float audio)."""
+        return self.classify_features(self.features(samples, sample_rate)[None])[0]
+
+
+def load_forecaster(models_dir: Path | str, name: str, num_threads: int = 1) -> Forecaster:
+    entry = _entry(Path(models_dir), name)
+    model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads)
+    return Forecaster(name, entry, model)
+
+
+def load_keyword_spotter(models_dir: Path | str, name: str,
+                         num_threads: int = 1) -> KeywordSpotter:
+    entry = _entry(Path(models_dir), name)
+    model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads)
+    return KeywordSpotter(name, entry, model)

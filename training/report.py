@@ -1,0 +1,205 @@
+"""models/REPORT.md and its figures, made from models/manifest.json after every build.
+
+Tables follow the published ones (architecture, width multiplier, sparsity schedule,
+quantization, training time, metrics, size) with the baselines beside each model; figures:
+forecast against truth over a test week, and each keyword model's confusion matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml_core.errors import ModelLoadError
+from tinyml_core.models import read_manifest
+
+log = logging.getLogger(__name__)
+
+FIGURES = "figures"
+
+
+def write_report(models_dir: Path, datasets: dict[str, Any]) -> Path:
+    try:
+        manifest = read_manifest(models_dir)
+    except ModelLoadError:
+        manifest = {}
+    figures = models_dir / FIGURES
+    figures.mkdir(exist_ok=True)
+    lines = ["# Model report", "",
+             "Made by `python -m training.build` from models/manifest.json. Every number is "
+             "measured on the test split by the shipped `.tflite.zlib` file through the "
+             "collector's loader and interpreter.", ""]
+    forecasters = {k: v for k, v in manifest.items() if v.get("task") == "forecast"}
+    keyword = {k: v for k, v in manifest.items() if v.get("task") == "keyword"}
+    if forecasters:
+        lines += forecast_section(forecasters, models_dir, datasets.get("climate"))
+    if keyword:
+        lines += keyword_section(keyword, models_dir)
+    path = models_dir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _recipe_cells(recipe: dict[str, Any]) -> list[str]:
+    model, pruning = recipe.get("model", {}), recipe.get("pruning", {})
+    sparsity = (f"{pruning.get('initial_sparsity', 0):.2f} → {pruning.get('final_sparsity', 0):.2f}"
+                f" (ep. {pruning.get('begin_epoch')}–{pruning.get('end_epoch')})"
+                if pruning.get("final_sparsity") else "none")
+    return [str(model.get("architecture")), f"{model.get('width', 1):g}", sparsity,
+            recipe.get("quantization", {}).get("mode", "none")]
+
+
+def forecast_section(entries: dict[str, dict[str, Any]], models_dir: Path,
+                     data: Any) -> list[str]:
+    lines = ["## Forecasters (6 past readings, 10-minute step)", "",
+             "| model | architecture | width | sparsity | quantization | training | "
+             "MAE T (°C) | MAE RH (%) | size (B) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, entry in entries.items():
+        metrics = entry["metrics"]
+        mae, persistence = metrics["mae"], metrics["persistence"]
+        lines.append("| " + " | ".join([
+            f"**{name}**", *_recipe_cells(entry["recipe"]),
+            f"{entry['training']['training_seconds']:.0f} s",
+            f"{mae['temperature']:.3f}", f"{mae['humidity']:.3f}", str(entry["size_bytes"])]) + " |")
+        published = entry.get("baselines", {}).get("published")
+        if published:
+            lines.append("| " + " | ".join([
+                f"{name} published recipe", *_recipe_cells(published["recipe"]),
+                f"{published['training_seconds']:.0f} s",
+                f"{published['mae']['temperature']:.3f}", f"{published['mae']['humidity']:.3f}",
+                str(published["size_bytes"])]) + " |")
+        lines.append("| " + " | ".join([
+            f"{name} persistence", "repeat last reading", "", "", "", "",
+            f"{persistence['temperature']:.3f}", f"{persistence['humidity']:.3f}", ""]) + " |")
+        margin_t = 1 - mae["temperature"] / persistence["temperature"]
+        margin_h = 1 - mae["humidity"] / persistence["humidity"]
+        limits = entry.get("constraints", {})
+        notes.append(f"- {name} ({entry['output']['steps']} steps): {margin_t:.1%} lower MAE "
+                     f"than persistence on temperature, {margin_h:.1%} on humidity; "
+                     f"constraints {_limits(limits)}: "
+                     f"{'met' if entry.get('constraints_met') else 'NOT met'}. Test split: "
+                     f"{metrics['windows']} windows, "
+                     f"{' to '.join(entry['data']['test_period'])}.")
+        if data is not None:
+            figure = plot_forecast_week(name, models_dir, data)
+            if figure:
+                notes.append(f"  ![{name} forecast vs truth]({FIGURES}/{figure.name})")
+    data_files = next(iter(entries.values()))["data"]["files"]
+    return [*lines, "", *notes, "",
+            "Data: " + ", ".join(f"`{item['file']}`" for item in data_files)
+            + " (Max Planck Institute for Biogeochemistry, Jena roof station, CC BY 4.0).", ""]
+
+
+def _limits(limits: dict[str, float]) -> str:
+    return ", ".join(f"{key} < {value:g}" if key != "min_accuracy" else f"accuracy > {value:g}"
+                     for key, value in limits.items()) or "none"
+
+
+def plot_forecast_week(name: str, models_dir: Path, data: Any) -> Path | None:
+    """Truth against the forecast of the last step, over the first week of the test split."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from tinyml_core.models import load_forecaster
+
+    from . import climate
+
+    forecaster = load_forecaster(models_dir, name)
+    steps = forecaster.contract.steps
+    segment = max(data.parts["test"], key=len)
+    week = segment.values[: 7 * 24 * 6 + climate.WINDOW + steps]
+    inputs, labels = climate.windows([climate.Segment(segment.source, segment.start_time, week)],
+                                     steps)
+    predicted = forecaster.predict(inputs)
+    hours = (np.arange(len(labels)) + climate.WINDOW + steps - 1) / 6
+    figure, axes = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
+    for axis, feature, unit in ((axes[0], 0, "°C"), (axes[1], 1, "%RH")):
+        axis.plot(hours, labels[:, -1, feature], color="black", lw=1, label="measured")
+        axis.plot(hours, predicted[:, -1, feature], color="tab:orange", lw=1,
+                  label=f"forecast {steps * 10} min ahead")
+        axis.set_ylabel(unit)
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="upper right")
+    axes[0].set_title(f"{name}: first test week from "
+                      f"{time.strftime('%Y-%m-%d', time.gmtime(segment.start_time))}")
+    axes[1].set_xlabel("hours")
+    figure.tight_layout()
+    path = models_dir / FIGURES / f"{name}_test_week.png"
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> list[str]:
+    lines = ["## Keyword spotting (8 words, mini speech commands, 800 test clips)", "",
+             "| model | front end | architecture | width | sparsity | quantization | training |"
+             " latency (ms) | accuracy | size (kB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, entry in entries.items():
+        front = entry["input"]["front_end"]
+        front_cells = (f"{front['sample_rate'] // 1000} kHz, {front['frame_length']}/"
+                       f"{front['frame_step']}, {front['num_mel_bins']} mel, "
+                       f"{front['num_coefficients']} MFCC")
+        latency = entry.get("latency", {}).get("total_ms")
+        lines.append("| " + " | ".join([
+            f"**{name}**", front_cells, *_recipe_cells(entry["recipe"]),
+            f"{entry['training']['training_seconds'] / 60:.1f} min",
+            f"{latency:.2f}" if latency else "–",
+            f"{entry['metrics']['accuracy']:.2%}", f"{entry['size_bytes'] / 1000:.1f}"]) + " |")
+        published = entry.get("baselines", {}).get("published")
+        if published:
+            lines.append("| " + " | ".join([
+                f"{name} published recipe", front_cells, *_recipe_cells(published["recipe"]),
+                f"{published['training_seconds'] / 60:.1f} min", "",
+                f"{published['accuracy']:.2%}", f"{published['size_bytes'] / 1000:.1f}"]) + " |")
+        figure = plot_confusion(name, entry, models_dir)
+        notes.append(f"- {name}: constraints {_limits(entry.get('constraints', {}))}: "
+                     f"{'met' if entry.get('constraints_met') else 'NOT met'}. "
+                     f"![{name} confusion matrix]({FIGURES}/{figure.name})" if figure else "")
+    return [*lines, "", *notes, "",
+            "Data: mini speech commands (Speech Commands, Pete Warden, Google, CC BY 4.0), the "
+            "fixed 6400/800/800 split in training/kws_split/.", ""]
+
+
+def plot_confusion(name: str, entry: dict[str, Any], models_dir: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    matrix = np.array(entry["metrics"]["confusion"])
+    labels = entry["output"]["labels"]
+    path = models_dir / FIGURES / f"{name}_confusion.png"
+    save_confusion_png(matrix, labels, f"{name}: {entry['metrics']['accuracy']:.2%} on "
+                                       f"{matrix.sum()} test clips", path, plt)
+    return path
+
+
+def save_confusion_png(matrix: np.ndarray, labels: list[str], title: str, path: Path,
+                       plt: Any) -> None:
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    axis.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                  color="white" if count > matrix.max() / 2 else "black")
+    axis.set_xticks(range(len(labels)), labels, rotation=45)
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

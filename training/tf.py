@@ -1,0 +1,27 @@
+"""The one place training imports TensorFlow, set up for tfmot.
+
+tensorflow-model-optimization prunes only tf_keras (Keras 2) models, so the legacy Keras
+switch must be set before TensorFlow is first imported; every training module gets
+``tf``, ``keras`` and ``tfmot`` from here.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same data order and initial weights (single-threaded ops stay deterministic)."""
+    keras.utils.set_random_seed(seed)
+
+
+__all__ = ["keras", "seed_everything", "tf", "tfmot"]
