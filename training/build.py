@@ -73,7 +73,9 @@ def with_epochs(recipe: Recipe, epochs: int | None) -> Recipe:
     if pruning.enabled:
         pruning = Pruning(pruning.initial_sparsity, pruning.final_sparsity,
                           min(pruning.begin_epoch, max(0, epochs - 1)), epochs)
-    return replace(recipe, train=recipe.train | {"epochs": epochs}, pruning=pruning)
+    train = recipe.train | {"epochs": epochs,
+                            "select_after_epoch": min(epochs, recipe.train.get("select_after_epoch", 0))}
+    return replace(recipe, train=train, pruning=pruning)
 
 
 def check_constraints(recipe: Recipe, entry: dict[str, Any]) -> list[str]:
@@ -119,6 +121,10 @@ def build_one(name: str, recipes: dict[str, Recipe], args: argparse.Namespace,
         with tempfile.TemporaryDirectory() as scratch:
             base = task.build(baseline, data, Path(scratch), show_progress=not args.no_progress)
         entry["baselines"] = {"published": task.baseline_summary(base)}
+    if recipe.task == "keyword":
+        from .latency import measure
+
+        entry["latency"] = measure(args.models, name, runs=100)
     entry["constraints"] = recipe.constraints
     failed = check_constraints(recipe, entry)
     entry["constraints_met"] = not failed

@@ -174,7 +174,8 @@ def split_segments(parts: Sequence[Segment], fractions: Sequence[float] = SPLIT
                    ) -> dict[str, list[Segment]]:
     """Chronological split by reading count: the first 70 % of readings train, and so on."""
     total = sum(len(segment) for segment in parts)
-    bounds = np.floor(np.cumsum([0.0, *fractions]) * total).astype(int)
+    # round first: 0.7 + 0.2 is 0.8999… in binary, which would move a reading
+    bounds = np.floor(np.round(np.cumsum([0.0, *fractions]) * total, 6)).astype(int)
     bounds[-1] = total
     result: dict[str, list[Segment]] = {name: [] for name in PARTS}
     offset = 0

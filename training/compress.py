@@ -29,7 +29,7 @@ def apply_pruning(model: keras.Model, pruning: Pruning, steps_per_epoch: int) ->
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=pruning.initial_sparsity, final_sparsity=pruning.final_sparsity,
         begin_step=pruning.begin_epoch * steps_per_epoch,
-        end_step=max(pruning.end_epoch * steps_per_epoch, pruning.begin_epoch * steps_per_epoch + 1))
+        end_step=max(pruning.end_epoch, pruning.begin_epoch + 1) * steps_per_epoch)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, PRUNABLE) and not isinstance(layer, keras.layers.DepthwiseConv2D):

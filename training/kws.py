@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinyml_core.frontend import FrontEnd, MfccParams, fit_length, resample, to_float
-from tinyml_core.models import KEYWORD_TASK, MODEL_SUFFIX, file_sha256, load_keyword_spotter
+from tinyml_core.models import KEYWORD_TASK, MODEL_SUFFIX, file_sha256
 from tinyml_core.recordings import RecordingError, read_wav
 
 from .climate import DataError, cache_dir
@@ -39,6 +39,7 @@ from .compress import (
     to_tflite,
     zlib_compress,
 )
+from .evaluate import evaluate_clips
 from .progress import EpochProgress
 from .recipes import Recipe
 from .tf import keras, seed_everything
@@ -389,26 +390,9 @@ def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool =
     write_manifest_entry(out_dir, recipe.name, entry)
     metrics = evaluate_clips(out_dir, recipe.name, data.clips["test"], data.targets["test"],
                              show_progress)
+    metrics["split"] = "test"
     return entry | {"metrics": metrics, "training": training, "seed": recipe.seed,
                     "recipe": recipe.raw, "data": data.describe()}
-
-
-def evaluate_clips(models_dir: Path, name: str, clips: list[tuple[int, np.ndarray]],
-                   targets: np.ndarray, show_progress: bool = False) -> dict[str, Any]:
-    """Accuracy, per-class recall and confusion matrix of the shipped file on ``clips``."""
-    spotter = load_keyword_spotter(models_dir, name)
-    batch = np.stack([spotter.features(clip, rate) for rate, clip in
-                      tqdm(clips, desc=f"evaluate {name}", unit="clip", leave=False,
-                           disable=not show_progress)])
-    predicted = spotter.classify_features(batch).argmax(axis=1)
-    count = len(spotter.labels)
-    confusion = np.zeros((count, count), dtype=int)
-    np.add.at(confusion, (targets, predicted), 1)
-    recall = {label: float(confusion[i, i] / max(1, confusion[i].sum()))
-              for i, label in enumerate(spotter.labels)}
-    return {"split": "test", "clips": int(len(targets)),
-            "accuracy": float(np.trace(confusion) / max(1, len(targets))),
-            "recall": recall, "confusion": confusion.tolist()}
 
 
 def baseline_summary(entry: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ class EpochProgress(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        shown = {key: f"{value:.4g}" for key, value in logs.items() if "loss" in key or "acc" in key}
+        shown = {key: f"{value:.4g}" for key, value in logs.items()
+                 if "loss" in key or "acc" in key}
         self._bar.set_postfix(shown, refresh=False)
         self._bar.update(1)
 

@@ -66,7 +66,8 @@ def forecast_section(entries: dict[str, dict[str, Any]], models_dir: Path,
         lines.append("| " + " | ".join([
             f"**{name}**", *_recipe_cells(entry["recipe"]),
             f"{entry['training']['training_seconds']:.0f} s",
-            f"{mae['temperature']:.3f}", f"{mae['humidity']:.3f}", str(entry["size_bytes"])]) + " |")
+            f"{mae['temperature']:.3f}", f"{mae['humidity']:.3f}",
+            str(entry["size_bytes"])]) + " |")
         published = entry.get("baselines", {}).get("published")
         if published:
             lines.append("| " + " | ".join([

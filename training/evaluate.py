@@ -1,0 +1,168 @@
+"""``python -m training.evaluate MODEL ...``: measure a shipped model on your own data.
+
+Forecasters on climate CSVs in the Jena format (MAE per feature next to persistence),
+keyword models on a folder of ``<word>/*.wav`` at any sample rate (accuracy, per-class
+recall, confusion matrix, also as PNG). Needs no TensorFlow: numpy, the TFLite runtime
+and the shared loader, exactly what the collector runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
+from tinyml_core.models import load_forecaster, load_keyword_spotter, read_manifest
+from tinyml_core.recordings import RecordingError, read_wav
+
+from . import climate
+
+log = logging.getLogger("training.evaluate")
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path]) -> dict[str, Any]:
+    """MAE per feature over every window of ``files`` (no split), next to persistence."""
+    forecaster = load_forecaster(models_dir, name)
+    steps = forecaster.contract.steps
+    inputs, labels = climate.windows(climate.load_segments(files, forecaster.contract.step_s),
+                                     steps, forecaster.contract.window)
+    if not len(inputs):
+        raise climate.DataError(f"no gap-free run of {forecaster.contract.window + steps} "
+                                f"readings in {', '.join(map(str, files))}")
+    predictions = forecaster.predict(inputs)
+    return {"model": name, "windows": len(inputs),
+            "mae": climate.mae_per_feature(predictions, labels),
+            "persistence": climate.mae_per_feature(climate.persistence(inputs, steps), labels)}
+
+
+def evaluate_clips(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
+                   targets: np.ndarray, show_progress: bool = False) -> dict[str, Any]:
+    """Accuracy, per-class recall and confusion matrix of the shipped file on ``clips``."""
+    from tqdm.auto import tqdm
+
+    spotter = load_keyword_spotter(models_dir, name)
+    batch = np.stack([spotter.features(clip, rate) for rate, clip in
+                      tqdm(clips, desc=f"evaluate {name}", unit="clip", leave=False,
+                           disable=not show_progress)])
+    predicted = spotter.classify_features(batch).argmax(axis=1)
+    count = len(spotter.labels)
+    confusion = np.zeros((count, count), dtype=int)
+    np.add.at(confusion, (np.asarray(targets), predicted), 1)
+    recall = {label: float(confusion[i, i] / max(1, confusion[i].sum()))
+              for i, label in enumerate(spotter.labels)}
+    return {"model": name, "clips": len(targets),
+            "accuracy": float(np.trace(confusion) / max(1, len(targets))),
+            "recall": recall, "confusion": confusion.tolist()}
+
+
+def speech_folder(speech_dir: Path, labels: Sequence[str]
+                  ) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
+    """Clips of every ``<label>/*.wav`` under ``speech_dir``; other folders are skipped."""
+    if not speech_dir.is_dir():
+        raise climate.DataError(f"{speech_dir}: not a folder")
+    clips, targets = [], []
+    for folder in sorted(p for p in speech_dir.iterdir() if p.is_dir()):
+        if folder.name not in labels:
+            log.warning("skipping %s: not one of the model's labels", folder)
+            continue
+        for path in sorted(folder.glob("*.wav")):
+            try:
+                clips.append(read_wav(path))
+            except RecordingError as exc:
+                raise climate.DataError(f"unusable clip: {exc}") from None
+            targets.append(labels.index(folder.name))
+    if not clips:
+        raise climate.DataError(f"{speech_dir}: no <word>/*.wav with a word in "
+                                f"{', '.join(labels)}")
+    return clips, np.array(targets)
+
+
+def print_forecast(result: dict[str, Any]) -> None:
+    print(f"{result['model']} on {result['windows']} windows")
+    print(f"{'':<12}{'model':>10}{'persistence':>14}")
+    for feature, unit in (("temperature", "°C"), ("humidity", "%RH")):
+        print(f"{feature:<12}{result['mae'][feature]:>8.3f} {unit:<3}"
+              f"{result['persistence'][feature]:>10.3f} {unit}")
+
+
+def print_keyword(result: dict[str, Any], labels: Sequence[str]) -> None:
+    print(f"{result['model']}: accuracy {result['accuracy']:.2%} on {result['clips']} clips")
+    width = max(len(label) for label in labels) + 2
+    print("recall: " + ", ".join(f"{k} {v:.1%}" for k, v in result["recall"].items()))
+    print("confusion (rows: true, columns: predicted)")
+    print(" " * width + "".join(f"{label[:6]:>7}" for label in labels))
+    for label, row in zip(labels, result["confusion"], strict=True):
+        print(f"{label:<{width}}" + "".join(f"{count:>7}" for count in row))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                     description=__doc__.split("\n\n")[1])
+    parser.add_argument("model", help="model name in the manifest, e.g. forecast_a or kws_b")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
+                        help="folder with manifest.json (default: models/)")
+    parser.add_argument("--climate-csv", type=Path, action="append", metavar="FILE",
+                        help="climate CSV in the Jena format (repeatable), for forecasters")
+    parser.add_argument("--speech-dir", type=Path, help="folder of <word>/*.wav, for keyword "
+                                                        "models")
+    parser.add_argument("--confusion-png", type=Path,
+                        help="where to save the confusion matrix (default: "
+                             "<model>_confusion.png in the current folder)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_logging_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args)
+    entry = read_manifest(args.models).get(args.model)
+    if entry is None:
+        raise climate.DataError(f"{args.model}: not in {args.models}/manifest.json")
+    if entry.get("task") == "forecast":
+        if not args.climate_csv:
+            raise climate.DataError("a forecaster needs --climate-csv FILE")
+        result = evaluate_forecaster(args.models, args.model, args.climate_csv)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_forecast(result)
+        return 0
+    if not args.speech_dir:
+        raise climate.DataError("a keyword model needs --speech-dir DIR")
+    labels = entry["output"]["labels"]
+    clips, targets = speech_folder(args.speech_dir, labels)
+    result = evaluate_clips(args.models, args.model, clips, targets,
+                            show_progress=not args.json)
+    if args.json:
+        print(json.dumps({key: result[key] for key in ("model", "clips", "accuracy", "recall")}))
+    else:
+        print_keyword(result, labels)
+    png = args.confusion_png or Path(f"{args.model}_confusion.png")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no confusion matrix PNG")
+        return 0
+    from .report import save_confusion_png
+
+    save_confusion_png(np.array(result["confusion"]), labels,
+                       f"{args.model}: {result['accuracy']:.2%} on {result['clips']} clips",
+                       png, plt)
+    log.info("confusion matrix saved to %s", png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,133 @@
+"""``python -m training.latency kws_b [--runs N]``: time the whole clip pipeline.
+
+The course's method: one second of random audio at 48 kHz → resample to the model's rate →
+MFCC → invoke; medians over N runs of the total and of the interpreter alone. Our pipeline
+(tinyml_core's front end and loader, as the collector runs it) is timed beside the same
+pipeline done with scipy.signal.resample_poly + tf.signal (eager, as in the course's
+script) on the same interpreter, so the speed-up is measured in one run. Without
+TensorFlow/scipy installed, only our pipeline is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
+from tinyml_core.models import KeywordSpotter, load_keyword_spotter, runtime_name
+
+INPUT_RATE = 48000
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def _median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 4)
+
+
+def time_ours(spotter: KeywordSpotter, clips: np.ndarray) -> tuple[float, float]:
+    totals, inference = [], []
+    for clip in clips:
+        started = time.perf_counter()
+        spotter.classify(clip, INPUT_RATE)
+        totals.append(time.perf_counter() - started)
+        inference.append(spotter.model.last_invoke_ms / 1000)
+    return _median_ms(totals), _median_ms(inference)
+
+
+def reference_pipeline(spotter: KeywordSpotter) -> Callable[[np.ndarray], np.ndarray]:
+    """scipy + tf.signal, written as the course's latency script does it."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import scipy.signal
+    import tensorflow as tf
+
+    params = spotter.contract.front_end
+    divisor = math.gcd(INPUT_RATE, params.sample_rate)
+    up, down = params.sample_rate // divisor, INPUT_RATE // divisor
+    mel = tf.signal.linear_to_mel_weight_matrix(
+        params.num_mel_bins, params.frame_length // 2 + 1, params.sample_rate,
+        params.lower_hz, params.upper_hz)
+    mean, std = spotter.contract.mean, spotter.contract.std
+
+    def run(clip: np.ndarray) -> np.ndarray:
+        audio = scipy.signal.resample_poly(clip, up, down).astype(np.float32)
+        audio = tf.convert_to_tensor(audio)
+        stft = tf.signal.stft(audio, params.frame_length, params.frame_step,
+                              fft_length=params.frame_length)
+        log_mel = tf.math.log(tf.tensordot(tf.abs(stft), mel, 1) + 1e-6)
+        mfcc = tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[..., :params.num_coefficients]
+        features = (mfcc.numpy() - mean) / std
+        return spotter.classify_features(features[None])
+
+    return run
+
+
+def time_reference(spotter: KeywordSpotter, clips: np.ndarray) -> float | None:
+    try:
+        run = reference_pipeline(spotter)
+    except ImportError:
+        return None
+    run(clips[0])  # first call builds TensorFlow's kernels
+    totals = []
+    for clip in clips:
+        started = time.perf_counter()
+        run(clip)
+        totals.append(time.perf_counter() - started)
+    return _median_ms(totals)
+
+
+def measure(models_dir: Path, name: str, runs: int = 100, seed: int = 0) -> dict[str, Any]:
+    spotter = load_keyword_spotter(models_dir, name)
+    clips = np.random.default_rng(seed).uniform(-1, 1, (runs, INPUT_RATE)).astype(np.float32)
+    spotter.classify(clips[0], INPUT_RATE)  # warm-up: first invoke allocates
+    total, inference = time_ours(spotter, clips)
+    reference = time_reference(spotter, clips)
+    return {"model": name, "runs": runs, "total_ms": total, "inference_ms": inference,
+            "reference_total_ms": reference,
+            "ratio": round(reference / total, 1) if reference else None,
+            "machine": f"{platform.machine()}, {platform.processor() or platform.system()}"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.latency",
+                                     description=__doc__.split("\n\n")[1])
+    parser.add_argument("model", help="keyword model in the manifest, e.g. kws_b")
+    parser.add_argument("--runs", type=int, default=100, help="clips to time (default 100)")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
+                        help="folder with manifest.json (default: models/)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_logging_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    result = measure(args.models, args.model, args.runs)
+    if args.json:
+        print(json.dumps({key: result[key] for key in
+                          ("model", "runs", "total_ms", "inference_ms", "reference_total_ms",
+                           "ratio")}))
+        return 0
+    print(f"{args.model}: median of {args.runs} runs, 1 s of random audio at 48 kHz")
+    print(f"  ours (numpy front end + {runtime_name()}): total "
+          f"{result['total_ms']:.3f} ms, inference {result['inference_ms']:.3f} ms")
+    if result["reference_total_ms"] is None:
+        print("  scipy + tf.signal: not measured (install the training extra)")
+    else:
+        print(f"  scipy + tf.signal: total {result['reference_total_ms']:.3f} ms "
+              f"→ ours is {result['ratio']:.1f}x faster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
