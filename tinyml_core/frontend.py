@@ -104,7 +104,8 @@ class FrontEnd:
                          p.frame_step)
         magnitude = np.abs(np.fft.rfft(frames * self._window, axis=-1))
         log_mel = np.log(magnitude @ self._mel + LOG_OFFSET)
-        return (log_mel @ self._dct).astype(np.float32)
+        result: np.ndarray = (log_mel @ self._dct).astype(np.float32)
+        return result
 
 
 def to_float(samples: np.ndarray) -> np.ndarray:
@@ -169,7 +170,8 @@ def _phase_outputs(padded: np.ndarray, first: int, count: int, block: np.ndarray
     diagonals = np.lib.stride_tricks.as_strided(
         partial.reshape(-1)[columns - 1:], shape=(columns, count),
         strides=((rows - 1) * item, item), writeable=False)
-    return diagonals.sum(axis=0)
+    result: np.ndarray = diagonals.sum(axis=0)
+    return result
 
 
 @lru_cache(maxsize=16)
@@ -207,11 +209,11 @@ def _periodic_hann(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: Any) -> Any:
     return np.float32(1127.0) * np.log(np.float32(1.0) + hz / np.float32(700.0))
 
 
-def _linspace32(start: np.float32, stop: np.float32, num: int) -> np.ndarray:
+def _linspace32(start: Any, stop: Any, num: int) -> np.ndarray:
     """tf.linspace in float32: start + i·delta inside, both ends exact."""
     delta = (stop - start) / np.float32(num - 1)
     inner = start + np.arange(1, num - 1, dtype=np.float32) * delta

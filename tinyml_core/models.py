@@ -54,7 +54,7 @@ def interpreter_class() -> Any:
 
 
 def runtime_name() -> str:
-    return interpreter_class().__module__.split(".")[0]
+    return str(interpreter_class().__module__.split(".")[0])
 
 
 # ---------------------------------------------------------------- manifest
@@ -268,7 +268,8 @@ class KeywordSpotter:
     def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """The model's input for one clip: standardised MFCCs."""
         mfcc = self.front_end(samples, sample_rate)
-        return (mfcc - self.contract.mean) / self.contract.std
+        standardized: np.ndarray = (mfcc - self.contract.mean) / self.contract.std
+        return standardized
 
     def classify_features(self, features: np.ndarray) -> np.ndarray:
         """[N, frames, coefficients] → [N, labels] probabilities."""
@@ -276,7 +277,9 @@ class KeywordSpotter:
 
     def classify(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Probabilities of every label for one clip (int16 or float audio)."""
-        return self.classify_features(self.features(samples, sample_rate)[None])[0]
+        probabilities: np.ndarray = self.classify_features(
+            self.features(samples, sample_rate)[None])[0]
+        return probabilities
 
 
 def load_forecaster(models_dir: Path | str, name: str, num_threads: int = 1) -> Forecaster:

@@ -1,0 +1,125 @@
+"""The model loader: manifest checks, sha256, contracts, the runtime (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tinyml_core.errors import ModelLoadError
+from tinyml_core.models import (
+    MANIFEST_NAME,
+    load_forecaster,
+    load_keyword_spotter,
+    read_manifest,
+    write_manifest_entry,
+)
+
+MODELS = REPO_ROOT / "models"
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    """A copy of the shipped models/ to break in various ways."""
+    target = tmp_path / "models"
+    shutil.copytree(MODELS, target, ignore=shutil.ignore_patterns("figures", "*.md"))
+    return target
+
+
+def edit_manifest(models: Path, change: object) -> None:
+    path = models / MANIFEST_NAME
+    document = json.loads(path.read_text())
+    change(document)  # type: ignore[operator]
+    path.write_text(json.dumps(document))
+
+
+def test_every_shipped_model_loads_and_answers_in_its_contract() -> None:
+    for name, entry in read_manifest(MODELS).items():
+        if entry["task"] == "forecast":
+            forecaster = load_forecaster(MODELS, name)
+            window = np.tile([[12.0, 75.0]], (forecaster.contract.window, 1))[None]
+            forecast = forecaster.predict(window)
+            assert forecast.shape == (1, entry["output"]["steps"], 2)
+            # A flat window: the forecast stays near it (physical units in and out).
+            assert np.abs(forecast[0] - [12.0, 75.0]).max() < 3.0
+        else:
+            spotter = load_keyword_spotter(MODELS, name)
+            probabilities = spotter.classify(np.zeros(16000, np.int16), 16000)
+            assert probabilities.shape == (len(spotter.labels),)
+            assert abs(float(probabilities.sum()) - 1.0) < 0.02
+
+
+def test_a_changed_model_file_is_refused(models: Path) -> None:
+    path = models / "forecast_a.tflite.zlib"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256.*refusing"):
+        load_forecaster(models, "forecast_a")
+    load_forecaster(models, "forecast_b")  # the others still load
+
+
+def test_missing_file_unknown_name_and_bad_file_names_are_refused(models: Path) -> None:
+    (models / "forecast_b.tflite.zlib").unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_forecaster(models, "forecast_b")
+    with pytest.raises(ModelLoadError, match="not in .*it has"):
+        load_forecaster(models, "forecast_z")
+    edit_manifest(models, lambda d: d["models"]["forecast_a"].update(file="../etc/passwd"))
+    with pytest.raises(ModelLoadError, match="no valid model file"):
+        load_forecaster(models, "forecast_a")
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"format": 2, "models": {}}',
+                                  '{"format": 1, "models": []}',
+                                  '{"format": 1, "models": {"a": 3}}', "\xff\xfe"])
+def test_a_malformed_manifest_is_refused(models: Path, text: str) -> None:
+    (models / MANIFEST_NAME).write_text(text, encoding="latin-1")
+    with pytest.raises(ModelLoadError, match="manifest"):
+        read_manifest(models)
+
+
+def test_no_manifest_says_how_to_build(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"training\.build"):
+        read_manifest(tmp_path)
+
+
+def test_contract_that_does_not_fit_the_model_is_refused(models: Path) -> None:
+    edit_manifest(models, lambda d: d["models"]["forecast_a"]["output"].update(steps=4))
+    with pytest.raises(ModelLoadError, match="output shape"):
+        load_forecaster(models, "forecast_a")
+    edit_manifest(models, lambda d: d["models"]["forecast_b"].update(task="keyword"))
+    with pytest.raises(ModelLoadError, match="not a forecaster"):
+        load_forecaster(models, "forecast_b")
+    with pytest.raises(ModelLoadError, match="not a keyword spotter"):
+        load_keyword_spotter(models, "forecast_a")
+
+
+def test_corrupt_model_bytes_with_matching_hash_are_refused(models: Path) -> None:
+    import hashlib
+    import zlib
+
+    garbage = zlib.compress(b"not a flatbuffer" * 10)
+    (models / "forecast_a.tflite.zlib").write_bytes(garbage)
+    edit_manifest(models, lambda d: d["models"]["forecast_a"].update(
+        sha256=hashlib.sha256(garbage).hexdigest()))
+    with pytest.raises(ModelLoadError, match="runtime refused"):
+        load_forecaster(models, "forecast_a")
+
+
+def test_wrong_input_shape_is_a_clear_error() -> None:
+    forecaster = load_forecaster(MODELS, "forecast_a")
+    with pytest.raises(ModelLoadError, match="input of shape"):
+        forecaster.predict(np.zeros((1, 5, 2), np.float32))
+
+
+def test_write_manifest_entry_keeps_the_others(tmp_path: Path) -> None:
+    write_manifest_entry(tmp_path, "b", {"task": "forecast"})
+    write_manifest_entry(tmp_path, "a", {"task": "keyword"})
+    write_manifest_entry(tmp_path, "b", {"task": "forecast", "x": 1})
+    assert read_manifest(tmp_path) == {"a": {"task": "keyword"}, "b": {"task": "forecast", "x": 1}}
+    assert not list(tmp_path.glob(".manifest-*"))
