@@ -95,6 +95,7 @@ def write_manifest_entry(models_dir: Path | str, name: str, entry: dict[str, Any
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         out.write(text)
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; the manifest is for everyone
     os.replace(temporary, directory / MANIFEST_NAME)
 
 

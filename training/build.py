@@ -73,8 +73,8 @@ def with_epochs(recipe: Recipe, epochs: int | None) -> Recipe:
     if pruning.enabled:
         pruning = Pruning(pruning.initial_sparsity, pruning.final_sparsity,
                           min(pruning.begin_epoch, max(0, epochs - 1)), epochs)
-    train = recipe.train | {"epochs": epochs,
-                            "select_after_epoch": min(epochs, recipe.train.get("select_after_epoch", 0))}
+    select_after = min(epochs, int(recipe.train.get("select_after_epoch", 0)))
+    train = recipe.train | {"epochs": epochs, "select_after_epoch": select_after}
     return replace(recipe, train=train, pruning=pruning)
 
 
@@ -111,7 +111,8 @@ def build_one(name: str, recipes: dict[str, Recipe], args: argparse.Namespace,
     else:
         from . import kws as task  # type: ignore[no-redef]
         if "speech" not in datasets:
-            datasets["speech"] = task.SpeechData.load(args.speech_dir)
+            datasets["speech"] = task.SpeechData.load(args.speech_dir,
+                                                      show_progress=not args.no_progress)
         data = datasets["speech"]
     log.info("building %s (%s)", name, task.describe_recipe(recipe))
     entry = task.build(recipe, data, args.models, show_progress=not args.no_progress)

@@ -213,7 +213,7 @@ def describe_recipe(recipe: Recipe) -> str:
 
 def baseline_summary(entry: dict[str, Any]) -> dict[str, Any]:
     return {"recipe": entry["recipe"], "mae": entry["metrics"]["mae"],
-            "size_bytes": entry["size_bytes"],
+            "size_bytes": entry["size_bytes"], "tensor_types": entry["tensor_types"],
             "training_seconds": entry["training"]["training_seconds"],
             "kernel_sparsity": entry["training"]["kernel_sparsity"]}
 

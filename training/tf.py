@@ -8,6 +8,7 @@ switch must be set before TensorFlow is first imported; every training module ge
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,6 +18,9 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 tf.get_logger().setLevel("ERROR")
+# Full-int8 conversion with float inputs warns that input statistics are missing: the
+# representative dataset provides them, the warning is noise.
+warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,102 @@
+"""`training.evaluate` and `training.latency` on the shipped models and bundled samples.
+
+These commands need no TensorFlow (the latency reference column does, and is skipped
+without it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tinyml_core.frontend import resample, to_float
+from tinyml_core.recordings import read_wav, write_wav
+
+SPEECH = REPO_ROOT / "samples" / "speech"
+SAMPLE_CSV = REPO_ROOT / "samples" / "climate" / "mpi_roof_2024-10-18_2024-10-20.csv"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO_ROOT)
+
+
+def evaluate_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+    from training.evaluate import main
+
+    assert main([*args, "--json", "-q"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_forecaster_on_a_csv_beats_persistence(capsys: pytest.CaptureFixture[str]) -> None:
+    result = evaluate_json(capsys, "forecast_a", "--climate-csv", str(SAMPLE_CSV))
+    assert result["windows"] == 288 - 8
+    mae, persistence = result["mae"], result["persistence"]
+    assert isinstance(mae, dict) and isinstance(persistence, dict)
+    assert mae["temperature"] < persistence["temperature"]
+
+
+@pytest.mark.parametrize("model", ["kws_a", "kws_b", "kws_c"])
+def test_keyword_models_recognise_the_bundled_clips(
+        model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = evaluate_json(capsys, model, "--speech-dir", str(SPEECH),
+                           "--confusion-png", str(tmp_path / "c.png"))
+    assert result["clips"] == 16
+    assert float(result["accuracy"]) >= 13 / 16  # test-split clips; the models score ~93 %
+    assert list(result["recall"]) == ["stop", "up", "yes", "right", "left", "no", "down", "go"]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_any_sample_rate_gives_the_same_answers(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    for path in SPEECH.glob("*/*.wav"):
+        rate, clip = read_wav(path)
+        louder = resample(to_float(clip), rate, 48000)
+        target = tmp_path / path.parent.name / path.name
+        target.parent.mkdir(exist_ok=True)
+        write_wav(target, 48000, np.round(louder * 32767).clip(-32768, 32767).astype(np.int16))
+    (tmp_path / "not-a-label").mkdir()
+    at_16k = evaluate_json(capsys, "kws_b", "--speech-dir", str(SPEECH),
+                           "--confusion-png", str(tmp_path / "a.png"))
+    at_48k = evaluate_json(capsys, "kws_b", "--speech-dir", str(tmp_path),
+                           "--confusion-png", str(tmp_path / "b.png"))
+    assert at_48k["clips"] == 16
+    assert abs(float(at_48k["accuracy"]) - float(at_16k["accuracy"])) <= 1 / 16
+
+
+def test_human_output_has_recall_and_a_confusion_matrix(tmp_path: Path) -> None:
+    result = run("-m", "training.evaluate", "kws_c", "--speech-dir", str(SPEECH),
+                 "--confusion-png", str(tmp_path / "c.png"))
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "confusion (rows: true" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["kws_b", "--speech-dir", "/nonexistent"], "not a folder"),
+    (["kws_b"], "needs --speech-dir"),
+    (["forecast_a"], "needs --climate-csv"),
+    (["forecast_a", "--climate-csv", "/nonexistent.csv"], "nonexistent.csv"),
+    (["kws_z", "--speech-dir", "."], "kws_z: not in"),
+])
+def test_bad_arguments_are_one_line_errors(args: list[str], message: str) -> None:
+    result = run("-m", "training.evaluate", *args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_latency_json_has_the_course_fields() -> None:
+    result = run("-m", "training.latency", "kws_c", "--runs", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == "kws_c" and report["runs"] == 3
+    assert 0 < report["inference_ms"] < report["total_ms"]
+    if report["reference_total_ms"] is not None:  # TensorFlow and scipy installed
+        assert report["ratio"] == pytest.approx(report["reference_total_ms"] / report["total_ms"],
+                                                rel=0.05)
