@@ -58,7 +58,7 @@ def test_a_changed_model_file_is_refused(models: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(ModelLoadError, match="sha256.*refusing"):
+    with pytest.raises(ModelLoadError, match=r"sha256.*refusing"):
         load_forecaster(models, "forecast_a")
     load_forecaster(models, "forecast_b")  # the others still load
 
@@ -67,7 +67,7 @@ def test_missing_file_unknown_name_and_bad_file_names_are_refused(models: Path) 
     (models / "forecast_b.tflite.zlib").unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         load_forecaster(models, "forecast_b")
-    with pytest.raises(ModelLoadError, match="not in .*it has"):
+    with pytest.raises(ModelLoadError, match=r"not in .*it has"):
         load_forecaster(models, "forecast_z")
     edit_manifest(models, lambda d: d["models"]["forecast_a"].update(file="../etc/passwd"))
     with pytest.raises(ModelLoadError, match="no valid model file"):
