@@ -18,10 +18,10 @@ import os
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,8 @@ KEYWORD_TASK = "keyword"
 # A tiny model's manifest never needs more; a larger file is not ours.
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_MODEL_BYTES = 10_000_000
+
+ContractT = TypeVar("ContractT")
 
 
 def interpreter_class() -> Any:
@@ -228,17 +230,23 @@ def _check_shape(name: str, what: str, actual: Sequence[int], expected: Sequence
                              f"manifest's contract says {tuple(expected)}")
 
 
+def _contract(name: str, entry: dict[str, Any], task: str, role: str,
+              parse: Callable[[dict[str, Any]], ContractT]) -> ContractT:
+    if entry.get("task") != task:
+        raise ModelLoadError(f"{name}: a {entry.get('task')!r} model, not a {role}")
+    try:
+        return parse(entry)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{name}: manifest input/output contract is incomplete "
+                             f"({exc})") from None
+
+
 class Forecaster:
     """A forecasting model: windows of readings in, future readings out (physical units)."""
 
     def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel) -> None:
-        if entry.get("task") != FORECAST_TASK:
-            raise ModelLoadError(f"{name}: a {entry.get('task')!r} model, not a forecaster")
-        try:
-            self.contract = ForecastContract.from_entry(entry)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{name}: manifest input/output contract is incomplete "
-                                 f"({exc})") from None
+        self.contract = _contract(name, entry, FORECAST_TASK, "forecaster",
+                                  ForecastContract.from_entry)
         features = len(self.contract.features)
         _check_shape(name, "input", model.input_shape, (self.contract.window, features))
         _check_shape(name, "output", model.output_shape, (self.contract.steps, features))
@@ -253,13 +261,8 @@ class KeywordSpotter:
     """A keyword model with its front end: a clip at any rate in, label probabilities out."""
 
     def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel) -> None:
-        if entry.get("task") != KEYWORD_TASK:
-            raise ModelLoadError(f"{name}: a {entry.get('task')!r} model, not a keyword spotter")
-        try:
-            self.contract = KeywordContract.from_entry(entry)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{name}: manifest input/output contract is incomplete "
-                                 f"({exc})") from None
+        self.contract = _contract(name, entry, KEYWORD_TASK, "keyword spotter",
+                                  KeywordContract.from_entry)
         self.front_end = FrontEnd(self.contract.front_end)
         _check_shape(name, "input", model.input_shape, self.contract.front_end.feature_shape)
         _check_shape(name, "output", model.output_shape, (len(self.contract.labels),))

@@ -13,10 +13,14 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .recipes import Pruning, Quantization
+from tinyml_core.models import MODEL_SUFFIX, file_sha256, write_manifest_entry
+
+from .recipes import Pruning, Quantization, Recipe
 from .tf import keras, tf, tfmot
 
 PRUNABLE = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
@@ -120,3 +124,22 @@ def strip_metadata(tflite: bytes) -> bytes:
     for index in dropped:  # keep buffer indices stable, empty the metadata's content
         model.buffers[index].data = None
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def ship(recipe: Recipe, model: keras.Model, calibration_inputs: np.ndarray, out_dir: Path,
+         contract: dict[str, Any]) -> dict[str, Any]:
+    """Quantize, strip and zlib ``model``; write ``out_dir/<name>.tflite.zlib`` and its
+    manifest entry (``contract`` plus file facts) so the collector's loader can measure it."""
+    representative = representative_dataset(calibration_inputs,
+                                            recipe.quantization.calibration_samples, recipe.seed)
+    tflite = strip_metadata(to_tflite(model, recipe.quantization, representative))
+    compressed = zlib_compress(tflite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{recipe.name}{MODEL_SUFFIX}").write_bytes(compressed)
+    entry = contract | {
+        "file": f"{recipe.name}{MODEL_SUFFIX}", "size_bytes": len(compressed),
+        "tflite_bytes": len(tflite), "sha256": file_sha256(compressed),
+        "tensor_types": tensor_types(tflite), "parameters": int(model.count_params()),
+    }
+    write_manifest_entry(out_dir, recipe.name, entry)
+    return entry

@@ -16,20 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from tinyml_core.models import FORECAST_TASK, MODEL_SUFFIX, file_sha256, load_forecaster
+from tinyml_core.models import FORECAST_TASK, load_forecaster
 
 from . import climate
-from .compress import (
-    apply_pruning,
-    kernel_sparsity,
-    pruning_callbacks,
-    representative_dataset,
-    strip_metadata,
-    strip_pruning,
-    tensor_types,
-    to_tflite,
-    zlib_compress,
-)
+from .compress import apply_pruning, kernel_sparsity, pruning_callbacks, ship, strip_pruning
 from .progress import EpochProgress
 from .recipes import Recipe
 from .tf import keras, seed_everything
@@ -174,23 +164,10 @@ def build(recipe: Recipe, data: ClimateData, out_dir: Path, show_progress: bool 
 
     Returns the manifest entry (without the write): contract, metrics, size, provenance.
     """
-    from tinyml_core.models import write_manifest_entry
-
     model, training = train(recipe, data, show_progress)
     model = fold_normalization(recipe, model, data.mean, data.std)
     x_train, _ = data.windows("train", recipe.steps)
-    representative = representative_dataset(x_train, recipe.quantization.calibration_samples,
-                                            recipe.seed)
-    tflite = strip_metadata(to_tflite(model, recipe.quantization, representative))
-    compressed = zlib_compress(tflite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{recipe.name}{MODEL_SUFFIX}").write_bytes(compressed)
-    entry = manifest_entry(recipe, data) | {
-        "file": f"{recipe.name}{MODEL_SUFFIX}", "size_bytes": len(compressed),
-        "tflite_bytes": len(tflite), "sha256": file_sha256(compressed),
-        "tensor_types": tensor_types(tflite), "parameters": int(model.count_params()),
-    }
-    write_manifest_entry(out_dir, recipe.name, entry)
+    entry = ship(recipe, model, x_train, out_dir, manifest_entry(recipe, data))
     metrics = evaluate(out_dir, recipe.name, data, recipe.steps)
     return entry | {"metrics": metrics, "training": training, "seed": recipe.seed,
                     "recipe": recipe.raw, "data": data.describe()}

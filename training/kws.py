@@ -24,21 +24,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinyml_core.frontend import FrontEnd, MfccParams, fit_length, resample, to_float
-from tinyml_core.models import KEYWORD_TASK, MODEL_SUFFIX, file_sha256
+from tinyml_core.models import KEYWORD_TASK
 from tinyml_core.recordings import RecordingError, read_wav
 
 from .climate import DataError, cache_dir
-from .compress import (
-    apply_pruning,
-    kernel_sparsity,
-    pruning_callbacks,
-    representative_dataset,
-    strip_metadata,
-    strip_pruning,
-    tensor_types,
-    to_tflite,
-    zlib_compress,
-)
+from .compress import apply_pruning, kernel_sparsity, pruning_callbacks, ship, strip_pruning
 from .evaluate import evaluate_clips
 from .progress import EpochProgress
 from .recipes import Recipe
@@ -370,24 +360,12 @@ def manifest_entry(recipe: Recipe, data: SpeechData, mean: np.ndarray,
 
 def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool = True
           ) -> dict[str, Any]:
-    from tinyml_core.models import write_manifest_entry
-
     prepared = _prepare(recipe, data)
     model, training = train(recipe, data, prepared, show_progress)
     calibration = standardize(features(prepared.front_end, prepared.train_audio[:2000]),
                               prepared.mean, prepared.std)
-    representative = representative_dataset(calibration,
-                                            recipe.quantization.calibration_samples, recipe.seed)
-    tflite = strip_metadata(to_tflite(model, recipe.quantization, representative))
-    compressed = zlib_compress(tflite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{recipe.name}{MODEL_SUFFIX}").write_bytes(compressed)
-    entry = manifest_entry(recipe, data, prepared.mean, prepared.std) | {
-        "file": f"{recipe.name}{MODEL_SUFFIX}", "size_bytes": len(compressed),
-        "tflite_bytes": len(tflite), "sha256": file_sha256(compressed),
-        "tensor_types": tensor_types(tflite), "parameters": int(model.count_params()),
-    }
-    write_manifest_entry(out_dir, recipe.name, entry)
+    entry = ship(recipe, model, calibration, out_dir,
+                 manifest_entry(recipe, data, prepared.mean, prepared.std))
     metrics = evaluate_clips(out_dir, recipe.name, data.clips["test"], data.targets["test"],
                              show_progress)
     metrics["split"] = "test"
