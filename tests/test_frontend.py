@@ -10,7 +10,14 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tinyml_core.errors import PayloadError
-from tinyml_core.frontend import FrontEnd, MfccParams, fit_length, resample, to_float
+from tinyml_core.frontend import (
+    FrontEnd,
+    MfccParams,
+    fit_length,
+    resample,
+    single_threaded_matmul,
+    to_float,
+)
 from tinyml_core.recordings import read_wav
 
 KWS_A = MfccParams(16000, 640, 320, 40, 20.0, 4000.0, 10)
@@ -106,3 +113,13 @@ def test_parameters_are_checked_and_round_trip() -> None:
         MfccParams(8000, 320, 400, 16, 20.0, 4000.0, 10)
     with pytest.raises(ValueError, match="num_coefficients"):
         MfccParams(8000, 320, 160, 16, 20.0, 4000.0, 20)
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"),
+                         [((3, 4), (4, 5)), ((20000, 6), (6, 21)), ((21, 6), (6, 20000)),
+                          ((49, 321), (321, 40))])
+def test_piecewise_matmul_equals_matmul(a_shape: tuple[int, int],
+                                        b_shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    assert np.allclose(single_threaded_matmul(a, b), a @ b)

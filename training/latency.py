@@ -107,12 +107,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
                         help="folder with manifest.json (default: models/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--record", action="store_true",
+                        help="store the result in the model's manifest entry and refresh "
+                             "models/REPORT.md (the build does this too)")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging(args)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     result = measure(args.models, args.model, args.runs)
+    if args.record:
+        from tinyml_core.models import read_manifest, write_manifest_entry
+
+        from .report import write_report
+
+        entry = read_manifest(args.models)[args.model]
+        write_manifest_entry(args.models, args.model, entry | {"latency": result})
+        write_report(args.models, {})
     if args.json:
         print(json.dumps({key: result[key] for key in
                           ("model", "runs", "total_ms", "inference_ms", "reference_total_ms",
