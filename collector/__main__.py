@@ -8,14 +8,19 @@ import sys
 from collections.abc import Sequence
 
 from tinyml_core.cli import (
+    add_broker_arguments,
     add_config_command,
+    add_logging_arguments,
     load_from_args,
     print_settings,
     run_main,
     setup_logging,
 )
+from tinyml_core.errors import ModelLoadError
 
+from .inference import Inference
 from .settings import CollectorSettings
+from .worker import Worker
 
 DEFAULT_CONFIG = os.environ.get("TINYML_COLLECTOR_CONFIG")
 
@@ -28,12 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = add_config_command(commands, DEFAULT_CONFIG)
-    show.add_argument("--models", help="models folder (overrides [collector] models_dir)")
+    run = commands.add_parser(
+        "run", help="subscribe to the nodes and publish predictions until stopped",
+        description="Subscribe (QoS 1, persistent session) to sensors/+/climate and "
+                    "sensors/+/audio, run the models of models/manifest.json and publish "
+                    "predictions/<node>/forecast and /keyword; bad input gets an errors/<node> "
+                    "record. Stops cleanly on SIGINT/SIGTERM.")
+    add_broker_arguments(run, DEFAULT_CONFIG)
+    run.add_argument("--share", metavar="GROUP",
+                     help="MQTT shared subscription group: workers in it split the load")
+    run.add_argument("--duration", type=float, metavar="SECONDS",
+                     help="stop after this long (default: run until stopped)")
+    add_logging_arguments(run)
+    for command in (show, run):
+        command.add_argument("--models", help="models folder (overrides [collector] models_dir)")
     return parser
 
 
 def load(args: argparse.Namespace) -> CollectorSettings:
-    return load_from_args(CollectorSettings, args, {"collector.models_dir": args.models})
+    overrides = {"collector.models_dir": args.models,
+                 "collector.share_group": getattr(args, "share", None)}
+    return load_from_args(CollectorSettings, args, overrides)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -42,6 +62,19 @@ def _main(argv: Sequence[str] | None) -> int:
     settings = load(args)
     if args.command == "config":
         print_settings(settings)
+        return 0
+    options = settings.collector
+    inference = Inference(options.models_dir, options.forecast_models, options.keyword_model,
+                          options.confidence_floor)
+    if not inference.forecasters and inference.spotter is None:
+        raise ModelLoadError("no model could be loaded: " + "; ".join(inference.refused.values()))
+    worker = Worker(settings, inference)
+    worker.install_signal_handlers()
+    worker.start()
+    try:
+        worker.run(args.duration)
+    finally:
+        worker.close()
     return 0
 
 

@@ -297,3 +297,8 @@ def load_keyword_spotter(models_dir: Path | str, name: str,
     entry = _entry(Path(models_dir), name)
     model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads)
     return KeywordSpotter(name, entry, model)
+
+
+def model_version(entry: dict[str, Any]) -> str:
+    """``<manifest format>+<first 8 hex digits of the file's sha256>``, as predictions state."""
+    return f"{MANIFEST_FORMAT}+{str(entry.get('sha256', ''))[:8]}"

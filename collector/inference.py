@@ -1,0 +1,216 @@
+"""What the collector does with one message, without MQTT: decode, align, infer, answer.
+
+:class:`Inference` takes (topic, payload) and returns the messages to publish: forecasts
+when a node's window of aligned readings is full, a keyword result per clip, an error
+record for anything that does not follow docs/protocol.md. It never raises on bad input,
+and its memory is bounded: one window per node, for at most ``max_nodes`` nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinyml_core.errors import ModelLoadError, PayloadError
+from tinyml_core.messages import (
+    UNKNOWN_LABEL,
+    AudioClip,
+    ClimateReading,
+    ErrorRecord,
+    Forecast,
+    ForecastStep,
+    KeywordResult,
+    decode_sensor_message,
+)
+from tinyml_core.models import (
+    Forecaster,
+    KeywordSpotter,
+    load_forecaster,
+    load_keyword_spotter,
+    model_version,
+)
+from tinyml_core.topics import PredictionKind, errors_topic, prediction_topic, reporting_node_id
+
+log = logging.getLogger(__name__)
+
+MAX_NODES = 10_000
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    is_error: bool = False
+
+
+@dataclass
+class StepWindow:
+    """One node's readings aligned to a model step.
+
+    Step k covers (k·step − step, k·step] and is stamped k·step. Readings in one step are
+    averaged; a step is complete when a reading of a later step arrives, or at once when a
+    reading falls exactly on its end (as recorded 10-minute data does). A missing step
+    empties the window: a forecast never rests on a gap.
+    """
+
+    step_s: float
+    size: int
+    values: deque[tuple[float, float, float]] = field(default_factory=deque)
+    open_step: int | None = None
+    open_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    open_count: int = 0
+    late: int = 0
+
+    def add(self, time_s: float, temperature: float, humidity: float) -> bool:
+        """Add a reading; True when a step was completed (the window may then be full)."""
+        step = math.ceil(time_s / self.step_s - 1e-9)
+        completed = False
+        if self.open_step is not None and step != self.open_step:
+            if step < self.open_step:
+                self.late += 1  # out of order or a redelivery: the step is already averaged
+                return False
+            completed = self._close()
+        last_closed = self.values[-1][0] / self.step_s if self.values else None
+        if last_closed is not None and step <= round(last_closed):
+            self.late += 1
+            return completed
+        self.open_step = step
+        self.open_sum[0] += temperature
+        self.open_sum[1] += humidity
+        self.open_count += 1
+        if math.isclose(time_s, step * self.step_s, abs_tol=1e-6):
+            completed = self._close() or completed
+        return completed
+
+    def _close(self) -> bool:
+        assert self.open_step is not None and self.open_count
+        stamp = self.open_step * self.step_s
+        if self.values and not math.isclose(stamp - self.values[-1][0], self.step_s):
+            self.values.clear()  # a missing step breaks the window
+        self.values.append((stamp, self.open_sum[0] / self.open_count,
+                            self.open_sum[1] / self.open_count))
+        while len(self.values) > self.size:
+            self.values.popleft()
+        self.open_step, self.open_sum, self.open_count = None, [0.0, 0.0], 0
+        return True
+
+    @property
+    def full(self) -> bool:
+        return len(self.values) == self.size
+
+    def array(self) -> np.ndarray:
+        return np.array([[t, h] for _, t, h in self.values], dtype=np.float32)[None]
+
+    @property
+    def last_time(self) -> float:
+        return self.values[-1][0]
+
+
+class Inference:
+    """The collector's models and per-node state; :meth:`handle` answers one message."""
+
+    def __init__(self, models_dir: Path | str, forecast_models: tuple[str, ...],
+                 keyword_model: str | None, confidence_floor: float = 0.0,
+                 max_nodes: int = MAX_NODES) -> None:
+        self.forecasters: list[Forecaster] = []
+        self.spotter: KeywordSpotter | None = None
+        self.refused: dict[str, str] = {}
+        for name in forecast_models:
+            try:
+                self.forecasters.append(load_forecaster(models_dir, name))
+            except ModelLoadError as error:
+                self.refused[name] = str(error)
+                log.error("model refused: %s", error)
+        if keyword_model:
+            try:
+                self.spotter = load_keyword_spotter(models_dir, keyword_model)
+            except ModelLoadError as error:
+                self.refused[keyword_model] = str(error)
+                log.error("model refused: %s", error)
+        self.confidence_floor = confidence_floor
+        self.max_nodes = max_nodes
+        # One window per (node, model step and size); least recently heard nodes go first.
+        self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
+
+    def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
+        try:
+            message = decode_sensor_message(topic, payload)
+        except PayloadError as error:
+            return [self._error(topic, payload, error, now)]
+        try:
+            if isinstance(message, ClimateReading):
+                return self._forecast(message)
+            return self._keyword(message)
+        except PayloadError as error:
+            return [self._error(topic, payload, error, now)]
+
+    def _error(self, topic: str, payload: bytes, error: PayloadError,
+               now: float | None) -> Outgoing:
+        node_id = reporting_node_id(topic)
+        log.warning("rejected %s (%d bytes): %s", topic[:120], len(payload), error)
+        record = ErrorRecord.for_rejected(node_id, now or time.time(), topic, payload, error)
+        return Outgoing(errors_topic(node_id), record.encode(), is_error=True)
+
+    def _node_windows(self, node_id: str) -> dict[tuple[float, int], StepWindow]:
+        windows = self._windows.get(node_id)
+        if windows is None:
+            if len(self._windows) >= self.max_nodes:
+                self._windows.popitem(last=False)
+            windows = self._windows[node_id] = {}
+        self._windows.move_to_end(node_id)
+        return windows
+
+    def _forecast(self, reading: ClimateReading) -> list[Outgoing]:
+        if not self.forecasters:
+            return []
+        windows = self._node_windows(reading.node_id)
+        completed = {}
+        for forecaster in self.forecasters:  # forecasters with the same step share a window
+            key = (forecaster.contract.step_s, forecaster.contract.window)
+            if key not in completed:
+                window = windows.setdefault(key, StepWindow(*key))
+                completed[key] = window.add(reading.time, reading.temperature,
+                                            reading.humidity) and window.full
+        out = []
+        for forecaster in self.forecasters:
+            contract = forecaster.contract
+            key = (contract.step_s, contract.window)
+            if not completed[key]:
+                continue
+            window = windows[key]
+            started = time.perf_counter()
+            predicted = forecaster.predict(window.array())[0]
+            latency_ms = (time.perf_counter() - started) * 1000
+            if not np.isfinite(predicted).all():
+                raise PayloadError(f"{forecaster.name} produced a non-finite forecast")
+            last = window.last_time
+            steps = tuple(ForecastStep(last + (i + 1) * contract.step_s, float(t), float(h))
+                          for i, (t, h) in enumerate(predicted))
+            forecast = Forecast(reading.node_id, forecaster.name,
+                                model_version(forecaster.entry), last, latency_ms, steps)
+            out.append(Outgoing(prediction_topic(reading.node_id, PredictionKind.FORECAST),
+                                forecast.encode(), retain=True))
+        return out
+
+    def _keyword(self, clip: AudioClip) -> list[Outgoing]:
+        if self.spotter is None:
+            return []
+        started = time.perf_counter()
+        probabilities = self.spotter.classify(clip.samples, clip.sample_rate)
+        latency_ms = (time.perf_counter() - started) * 1000
+        best = int(np.argmax(probabilities))
+        label = self.spotter.labels[best]
+        if probabilities[best] < self.confidence_floor:
+            label = UNKNOWN_LABEL
+        result = KeywordResult(
+            clip.node_id, self.spotter.name, model_version(self.spotter.entry), clip.time,
+            latency_ms, self.spotter.model.last_invoke_ms, label,
+            {name: float(p) for name, p in zip(self.spotter.labels, probabilities, strict=True)})
+        return [Outgoing(prediction_topic(clip.node_id, PredictionKind.KEYWORD), result.encode())]

@@ -1,0 +1,118 @@
+"""The collector's MQTT loop: subscribe, hand each message to Inference, publish, acknowledge.
+
+A message is acknowledged only after its answers were handed to the client, so with a
+persistent session nothing is lost when the worker dies mid-message: the broker sends it
+again. One log line per ``stats_interval_s`` tells messages in, predictions out, errors and
+latency percentiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import FrameType
+
+import numpy as np
+
+from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.topics import SensorKind, sensor_filter, shared_filter
+
+from .inference import Inference
+from .settings import CollectorSettings
+
+log = logging.getLogger("collector")
+
+LATENCY_SAMPLES = 10_000
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    predictions: int = 0
+    errors: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def line(self) -> str:
+        if self.latencies_ms:
+            p50, p99 = np.percentile(np.array(self.latencies_ms), [50, 99])
+            latency = f"handling p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        else:
+            latency = "no latency yet"
+        return (f"{self.received} messages in, {self.predictions} predictions out, "
+                f"{self.errors} errors; {latency}")
+
+
+class Worker:
+    def __init__(self, settings: CollectorSettings, inference: Inference) -> None:
+        options = settings.collector
+        self.settings = settings
+        self.inference = inference
+        self.client = MqttClient(settings.broker, options.id, persistent_session=True,
+                                 manual_ack=True, queue_size=options.queue_size)
+        self.counters = Counters()
+        self.stop_requested = threading.Event()
+
+    def filters(self) -> list[str]:
+        group = self.settings.collector.share_group
+        kinds = [SensorKind.CLIMATE] if self.inference.forecasters else []
+        if self.inference.spotter is not None:
+            kinds.append(SensorKind.AUDIO)
+        return [shared_filter(group, sensor_filter(kind)) if group else sensor_filter(kind)
+                for kind in kinds]
+
+    def start(self) -> None:
+        self.client.connect()
+        for topic_filter in self.filters():
+            self.client.subscribe(topic_filter)
+            log.info("subscribed to %s", topic_filter)
+
+    def run(self, duration_s: float | None = None) -> None:
+        """Handle messages until stop() (or SIGINT/SIGTERM via install_signal_handlers)."""
+        interval = self.settings.collector.stats_interval_s
+        next_stats = time.monotonic() + interval
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not self.stop_requested.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            message = self.client.receive(timeout=0.2)
+            if message is not None:
+                self.handle(message)
+            if time.monotonic() >= next_stats:
+                log.info("%s", self.counters.line())
+                next_stats += interval
+
+    def handle(self, message: InboundMessage) -> None:
+        started = time.perf_counter()
+        self.counters.received += 1
+        try:
+            answers = self.inference.handle(message.topic, message.payload)
+        except Exception:  # a model or library bug must not stop the worker
+            log.exception("unexpected failure on %s; message dropped", message.topic)
+            answers = []
+        for answer in answers:
+            if answer.is_error:
+                self.counters.errors += 1
+            else:
+                self.counters.predictions += 1
+            self.client.publish(answer.topic, answer.payload, retain=answer.retain)
+        self.client.ack(message)
+        self.counters.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    def close(self) -> None:
+        log.info("stopping: %s", self.counters.line())
+        self.client.close()
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("%s received, finishing the current message", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)

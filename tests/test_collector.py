@@ -1,0 +1,182 @@
+"""The collector: step alignment, inference on real samples, error records, and the worker
+end to end on the real Mosquitto harness."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.inference import Inference, StepWindow
+from collector.settings import CollectorOptions, CollectorSettings
+from collector.worker import Worker
+from tests.conftest import REPO_ROOT, broker_config
+from tinyml_core.broker import LocalMosquitto
+from tinyml_core.messages import (
+    AudioClip,
+    ClimateReading,
+    ErrorRecord,
+    Forecast,
+    KeywordResult,
+    decode_message,
+)
+from tinyml_core.mqtt import MqttClient
+from tinyml_core.recordings import read_climate_csv, read_wav
+from tinyml_core.topics import climate_topic
+
+MODELS = REPO_ROOT / "models"
+SAMPLE_CSV = REPO_ROOT / "samples" / "climate" / "mpi_roof_2024-10-18_2024-10-20.csv"
+SPEECH = REPO_ROOT / "samples" / "speech"
+
+
+def readings(node: str = "pi-1", count: int = 8) -> list[ClimateReading]:
+    series = read_climate_csv(SAMPLE_CSV)
+    return [ClimateReading(node, float(series.times[i]), i, float(series.temperature[i]),
+                           float(series.humidity[i])) for i in range(count)]
+
+
+def clip(word: str, node: str = "pi-1") -> AudioClip:
+    path = sorted((SPEECH / word).glob("*.wav"))[0]
+    rate, samples = read_wav(path)
+    return AudioClip.from_samples(node, 1_729_300_000.0, 1, rate, samples)
+
+
+# ------------------------------------------------------------------ step alignment
+
+
+def test_readings_in_one_step_are_averaged_and_a_boundary_reading_closes_it() -> None:
+    window = StepWindow(600.0, 3)
+    assert not window.add(610.0, 10.0, 50.0)
+    assert not window.add(900.0, 12.0, 52.0)
+    assert window.add(1200.0, 14.0, 54.0)  # exactly on the step's end: closed at once
+    assert list(window.values) == [(1200.0, 12.0, 52.0)]
+    assert not window.add(1300.0, 1.0, 1.0)
+    assert window.add(1900.0, 3.0, 3.0)  # a later step closes the open one
+    assert list(window.values)[-1] == (1800.0, 1.0, 1.0)
+
+
+def test_a_missing_step_empties_the_window_and_late_readings_are_ignored() -> None:
+    window = StepWindow(600.0, 3)
+    for t in (600.0, 1200.0, 1800.0):
+        window.add(t, t, 50.0)
+    assert window.full
+    window.add(1500.0, 99.0, 99.0)  # late: its step is already averaged
+    assert window.late == 1 and window.full
+    window.add(3000.0, 1.0, 1.0)  # 2400 is missing
+    assert [v[0] for v in window.values] == [3000.0]
+
+
+# ------------------------------------------------------------------ inference
+
+
+@pytest.fixture(scope="module")
+def inference() -> Inference:
+    return Inference(MODELS, ("forecast_a", "forecast_b"), "kws_b")
+
+
+def test_a_full_window_gives_both_forecasts_with_horizon_timestamps(inference: Inference) -> None:
+    published = []
+    for reading in readings("pi-forecast", 6):
+        published += inference.handle(climate_topic("pi-forecast"), reading.encode())
+    assert [o.topic for o in published] == ["predictions/pi-forecast/forecast"] * 2
+    assert all(o.retain for o in published)
+    a, b = (Forecast.decode(o.payload) for o in published)
+    last = readings("x", 6)[-1]
+    assert (a.model, len(a.steps), b.model, len(b.steps)) == ("forecast_a", 3, "forecast_b", 9)
+    assert a.input_time == last.time
+    assert [s.time - last.time for s in b.steps] == [600.0 * (i + 1) for i in range(9)]
+    assert abs(a.steps[0].temperature - last.temperature) < 1.5
+    assert a.model_version.startswith("1+")
+
+
+def test_clips_get_the_right_keyword(inference: Inference) -> None:
+    for word in ("yes", "stop", "left"):
+        [answer] = inference.handle("sensors/pi-1/audio", clip(word).encode())
+        result = KeywordResult.decode(answer.payload)
+        assert answer.topic == "predictions/pi-1/keyword"
+        assert result.label == word and result.probability > 0.5
+        assert 0 < result.inference_ms <= result.latency_ms
+
+
+def test_confidence_floor_gives_unknown() -> None:
+    strict = Inference(MODELS, (), "kws_c", confidence_floor=1.01)
+    [answer] = strict.handle("sensors/pi-1/audio", clip("go").encode())
+    assert KeywordResult.decode(answer.payload).label == "unknown"
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff\x00garbage", b"{}", b"[" * 5000,
+                                     b'[{"bn": "urn:dev:tinyml:pi-1:", "n": "temperature", '
+                                     b'"u": "Cel", "v": NaN}]'])
+def test_bad_input_gives_one_error_record(inference: Inference, payload: bytes) -> None:
+    [answer] = inference.handle("sensors/pi-1/climate", payload, now=1_729_300_000.0)
+    record = ErrorRecord.decode(answer.payload)
+    assert answer.topic == "errors/pi-1" and answer.is_error
+    assert record.node_id == "pi-1" and record.payload_size == len(payload) and record.reason
+
+
+def test_a_refused_model_does_not_stop_the_others(tmp_path: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models, ignore=shutil.ignore_patterns("figures", "*.md"))
+    (models / "forecast_b.tflite.zlib").write_bytes(b"tampered")
+    partial = Inference(models, ("forecast_a", "forecast_b"), "kws_b")
+    assert [f.name for f in partial.forecasters] == ["forecast_a"]
+    assert "sha256" in partial.refused["forecast_b"] and partial.spotter is not None
+
+
+def test_node_state_is_bounded() -> None:
+    small = Inference(MODELS, ("forecast_a",), None, max_nodes=5)
+    for index in range(50):
+        small.handle(climate_topic(f"pi-{index}"), readings(f"pi-{index}", 1)[0].encode())
+    assert len(small._windows) == 5
+
+
+# ------------------------------------------------------------------ worker on the broker
+
+
+@pytest.fixture
+def worker(mosquitto: LocalMosquitto) -> Iterator[Worker]:
+    settings = CollectorSettings(broker=broker_config(mosquitto),
+                                 collector=CollectorOptions(id="collector-test",
+                                                            models_dir=str(MODELS)))
+    options = settings.collector
+    running = Worker(settings, Inference(options.models_dir, options.forecast_models,
+                                         options.keyword_model))
+    running.start()
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    yield running
+    running.stop()
+    thread.join(timeout=5)
+    running.close()
+
+
+def collect(client: MqttClient, count: int, timeout: float = 10.0) -> list[object]:
+    messages: list[object] = []
+    while len(messages) < count:
+        inbound = client.receive(timeout=timeout)
+        if inbound is None:
+            break
+        messages.append(decode_message(inbound.topic, inbound.payload))
+    return messages
+
+
+def test_worker_answers_readings_clips_and_garbage_over_mqtt(
+        worker: Worker, connect: Callable[..., MqttClient]) -> None:
+    listener = connect("listener")
+    listener.subscribe("predictions/#")
+    listener.subscribe("errors/#")
+    node = connect("pi-e2e")
+    for reading in readings("pi-e2e", 6):
+        assert node.publish(climate_topic("pi-e2e"), reading.encode()).wait(5)
+    node.publish("sensors/pi-e2e/audio", clip("no", "pi-e2e").encode()).wait(5)
+    node.publish("sensors/pi-e2e/climate", b"not json").wait(5)
+    answers = collect(listener, 4)
+    kinds = sorted(type(a).__name__ for a in answers)
+    assert kinds == ["ErrorRecord", "Forecast", "Forecast", "KeywordResult"]
+    keyword = next(a for a in answers if isinstance(a, KeywordResult))
+    assert keyword.label == "no" and keyword.node_id == "pi-e2e"
+    assert worker.counters.received == 8 and worker.counters.errors == 1
