@@ -1,8 +1,9 @@
 """``python -m demo``: the system end to end on the bundled sample data.
 
 Starts a private broker (Mosquitto when installed, else the embedded amqtt broker) unless
-``--broker`` names one, replays the bundled readings and clips as a node would publish them,
-and prints what a subscriber to the whole protocol sees, then a summary. It ends by itself.
+``--broker`` names one, starts the collector with the shipped models, replays the bundled
+readings and clips as a node would publish them, and prints what a subscriber to the whole
+protocol sees (readings, forecasts, keywords), then a summary. It ends by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from collector.inference import Inference
+from collector.settings import CollectorOptions, CollectorSettings
+from collector.worker import Worker
 from tinyml_core.broker import EmbeddedBroker, LocalMosquitto, start_private_broker
 from tinyml_core.cli import add_logging_arguments, host_port, run_main, setup_logging
 from tinyml_core.config import BrokerConfig
@@ -37,6 +41,7 @@ from tinyml_core.topics import ERRORS_ROOT, PREDICTIONS_ROOT, SENSORS_ROOT, STAT
 
 log = logging.getLogger("tinyml.demo")
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+MODELS = Path(__file__).resolve().parent.parent / "models"
 READINGS_SHOWN_EVERY = 12  # one line per two hours of 10-minute readings keeps the output short
 
 
@@ -63,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_sample_messages(
     samples: Path, node_id: str
-) -> tuple[list[ClimateReading | AudioClip], dict[int, str]]:
+) -> tuple[list[ClimateReading | AudioClip], dict[float, str]]:
     """The bundled readings, then one clip per sample WAV, in publishing order.
 
-    Also returns the word spoken in each clip, by sequence number, for display.
+    Also returns the word spoken in each clip, by the clip's timestamp, for display.
     """
     messages: list[ClimateReading | AudioClip] = []
-    words: dict[int, str] = {}
+    words: dict[float, str] = {}
     seq = 0
     for csv_path in sorted((samples / "climate").glob("*.csv")):
         series = read_climate_csv(csv_path)
@@ -82,12 +87,12 @@ def load_sample_messages(
         rate, samples_int16 = read_wav(wav_path)
         clip_time += 2.0
         messages.append(AudioClip.from_samples(node_id, clip_time, seq, rate, samples_int16))
-        words[seq] = wav_path.parent.name
+        words[clip_time] = wav_path.parent.name
         seq += 1
     return messages, words
 
 
-def describe(inbound: InboundMessage, counts: Counter[str], words: dict[int, str]) -> str | None:
+def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str]) -> str | None:
     """One readable line per message, or None to keep the output short."""
     try:
         message = decode_message(inbound.topic, inbound.payload)
@@ -103,16 +108,24 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[int, str
         return (f"{inbound.topic:<30} #{message.seq:<4} {stamp}  "
                 f"T {message.temperature:6.2f} °C  RH {message.humidity:5.1f} %")
     if isinstance(message, AudioClip):
-        spoken = words.get(message.seq, "?")
+        spoken = words.get(message.time, "?")
         return (f"{inbound.topic:<30} #{message.seq:<4} clip {message.duration:.2f} s "
                 f"at {message.sample_rate} Hz (the sample says '{spoken}')")
     if isinstance(message, Forecast):
+        counts[message.model] += 1
+        if round(message.input_time / 600) % READINGS_SHOWN_EVERY:
+            return None
         last = message.steps[-1]
-        return (f"{inbound.topic:<30} {message.model}: {len(message.steps)} steps, last "
-                f"T {last.temperature:.2f} °C RH {last.humidity:.1f} %")
+        stamp = datetime.fromtimestamp(last.time, UTC).strftime("%H:%M")
+        return (f"{inbound.topic:<30} {message.model}: at {stamp} "
+                f"T {last.temperature:6.2f} °C  RH {last.humidity:5.1f} %")
     if isinstance(message, KeywordResult):
+        spoken = words.get(message.input_time)
+        counts["keywords"] += 1
+        counts["keywords right"] += message.label == spoken
         return (f"{inbound.topic:<30} {message.model}: '{message.label}' "
-                f"({message.probability:.0%}, {message.latency_ms:.1f} ms)")
+                f"({message.probability:.0%}, {message.latency_ms:.2f} ms)"
+                f"{'' if message.label == spoken else f'  (the sample says {spoken!r})'}")
     if isinstance(message, ErrorRecord):
         return f"{inbound.topic:<30} rejected: {message.reason}"
     if isinstance(message, Availability):
@@ -147,12 +160,26 @@ def _main(argv: Sequence[str] | None) -> int:
                 broker.cleanup()
 
 
+def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threading.Thread]:
+    settings = CollectorSettings(broker=config,
+                                 collector=CollectorOptions(id="demo-collector",
+                                                            models_dir=str(models)))
+    options = settings.collector
+    worker = Worker(settings, Inference(options.models_dir, options.forecast_models,
+                                        options.keyword_model, options.confidence_floor))
+    worker.start()
+    thread = threading.Thread(target=worker.run, name="demo-collector", daemon=True)
+    thread.start()
+    return worker, thread
+
+
 def run_demo(config: BrokerConfig, node_id: str, messages: list[ClimateReading | AudioClip],
-             words: dict[int, str], rate: float) -> int:
+             words: dict[float, str], rate: float, models: Path = MODELS) -> int:
     counts: Counter[str] = Counter()
     with MqttClient(config, "demo-dashboard", publish_availability=False) as dashboard:
         for root in (SENSORS_ROOT, PREDICTIONS_ROOT, STATUS_ROOT, ERRORS_ROOT):
             dashboard.subscribe(f"{root}/#")
+        collector, collector_thread = start_collector(config, models)
         node = MqttClient(config, node_id).connect()
         acknowledged = 0
 
@@ -179,14 +206,18 @@ def run_demo(config: BrokerConfig, node_id: str, messages: list[ClimateReading |
             if line:
                 print(line, flush=True)
         elapsed = time.monotonic() - started
+        collector.stop()
+        collector_thread.join(timeout=5)
+        collector.close()
 
     sensors = counts[SENSORS_ROOT]
     print(f"\nsummary: node published {len(messages)} messages in {elapsed:.1f} s, broker "
           f"acknowledged {acknowledged}; dashboard decoded {sensors} sensor messages, "
           f"{counts[PREDICTIONS_ROOT]} predictions, {counts[ERRORS_ROOT]} error records, "
           f"{counts['undecodable']} undecodable")
-    if counts[PREDICTIONS_ROOT] == 0:
-        print("note: no collector ran in this demo, so no predictions/# were published")
+    forecasts = ", ".join(f"{counts[name]} from {name}" for name in ("forecast_a", "forecast_b"))
+    print(f"collector: {forecasts}; keywords: {counts['keywords right']} of "
+          f"{counts['keywords']} clips recognised as the word their sample says")
     lost = len(messages) - sensors
     if lost or acknowledged != len(messages):
         print(f"error: {lost} messages lost", file=sys.stderr)

@@ -16,6 +16,11 @@ def test_demo_with_private_mosquitto(capsys: pytest.CaptureFixture[str]) -> None
     assert "node published 304 messages" in output and "broker acknowledged 304" in output
     assert "status/demo-node               offline" in output
     assert "the sample says 'yes'" in output
+    # The collector ran on the shipped models: a forecast per full window, a keyword per clip.
+    assert "collector: 283 from forecast_a, 283 from forecast_b" in output
+    assert "582 predictions, 0 error records" in output
+    recognised = int(output.split("keywords: ")[1].split(" of 16")[0])
+    assert recognised >= 12
 
 
 def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,3 +28,4 @@ def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--embedded-broker", "--rate", "2000"]) == 0
     output = capsys.readouterr().out
     assert "broker: embedded amqtt" in output and "dashboard decoded 304 sensor messages" in output
+    assert "collector: 283 from forecast_a, 283 from forecast_b" in output
