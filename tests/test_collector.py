@@ -180,3 +180,59 @@ def test_worker_answers_readings_clips_and_garbage_over_mqtt(
     keyword = next(a for a in answers if isinstance(a, KeywordResult))
     assert keyword.label == "no" and keyword.node_id == "pi-e2e"
     assert worker.counters.received == 8 and worker.counters.errors == 1
+
+
+def start_worker(mosquitto: LocalMosquitto, client_id: str, share: str = "",
+                 forecasts: tuple[str, ...] = ("forecast_a",)) -> tuple[Worker, threading.Thread]:
+    settings = CollectorSettings(
+        broker=broker_config(mosquitto),
+        collector=CollectorOptions(id=client_id, models_dir=str(MODELS), share_group=share,
+                                   forecast_models=forecasts))
+    running = Worker(settings, Inference(MODELS, forecasts, "kws_c"))
+    running.start()
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    return running, thread
+
+
+def stop_worker(running: Worker, thread: threading.Thread) -> None:
+    running.stop()
+    thread.join(timeout=5)
+    running.close()
+
+
+def test_two_shared_workers_handle_each_clip_exactly_once(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient]) -> None:
+    workers = [start_worker(mosquitto, f"collector-{i}", share="pool") for i in range(2)]
+    listener = connect("listener")
+    listener.subscribe("predictions/+/keyword")
+    node = connect("pi-share")
+    clips = [AudioClip.from_samples("pi-share", 1_729_300_000.0 + i, i, 16000,
+                                    clip("yes").samples) for i in range(40)]
+    for message in clips:
+        node.publish("sensors/pi-share/audio", message.encode())
+    answers = collect(listener, 40)
+    times = sorted(a.input_time for a in answers if isinstance(a, KeywordResult))
+    assert times == [m.time for m in clips]  # every clip once, none twice
+    assert listener.receive(timeout=1.0) is None
+    handled = [w.counters.received for w, _ in workers]
+    assert sum(handled) == 40 and min(handled) > 0  # both took part
+    for running, thread in workers:
+        stop_worker(running, thread)
+
+
+def test_readings_sent_while_the_worker_was_away_are_processed_after_it_returns(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient]) -> None:
+    running, thread = start_worker(mosquitto, "collector-persistent")
+    stop_worker(running, thread)  # the session (subscriptions + queue) stays at the broker
+    listener = connect("listener")
+    listener.subscribe("predictions/+/forecast")
+    node = connect("pi-away")
+    for reading in readings("pi-away", 7):
+        assert node.publish(climate_topic("pi-away"), reading.encode()).wait(5)
+    assert listener.receive(timeout=0.5) is None  # nobody is processing
+    running, thread = start_worker(mosquitto, "collector-persistent")
+    answers = collect(listener, 2)
+    assert [a.input_time for a in answers if isinstance(a, Forecast)] == \
+        [r.time for r in readings("pi-away", 7)[5:7]]
+    stop_worker(running, thread)
