@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from tinyml_core.cli import (
     add_broker_arguments,
@@ -19,6 +22,7 @@ from tinyml_core.cli import (
 from tinyml_core.errors import ModelLoadError
 
 from .inference import Inference
+from .recorder import default_filters, open_output, record
 from .settings import CollectorSettings
 from .worker import Worker
 
@@ -45,7 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, metavar="SECONDS",
                      help="stop after this long (default: run until stopped)")
     add_logging_arguments(run)
-    for command in (show, run):
+    recorder = commands.add_parser(
+        "record", help="write every message under sensors/# to a JSON-lines file",
+        description="Record sensors/# (and predictions/# with --predictions) as JSON lines "
+                    "with receive time, topic and payload, for `python -m node replay`.")
+    recorder.add_argument("--out", type=Path, required=True, metavar="FILE",
+                          help="JSON-lines file to append to")
+    recorder.add_argument("--topics", nargs="+", metavar="FILTER",
+                          help="topic filters to record instead of sensors/#")
+    recorder.add_argument("--predictions", action="store_true",
+                          help="also record predictions/#")
+    recorder.add_argument("--duration", type=float, metavar="SECONDS",
+                          help="stop after this long (default: until SIGINT/SIGTERM)")
+    add_broker_arguments(recorder, DEFAULT_CONFIG)
+    add_logging_arguments(recorder)
+    for command in (show, run, recorder):
         command.add_argument("--models", help="models folder (overrides [collector] models_dir)")
     return parser
 
@@ -63,6 +81,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "config":
         print_settings(settings)
         return 0
+    if args.command == "record":
+        return record_command(args, settings)
     options = settings.collector
     inference = Inference(options.models_dir, options.forecast_models, options.keyword_model,
                           options.confidence_floor)
@@ -75,6 +95,18 @@ def _main(argv: Sequence[str] | None) -> int:
         worker.run(args.duration)
     finally:
         worker.close()
+    return 0
+
+
+def record_command(args: argparse.Namespace, settings: CollectorSettings) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    filters = args.topics or default_filters(args.predictions)
+    with open_output(args.out) as out:
+        count = record(settings.broker, out, filters, f"{settings.collector.id}-recorder", stop,
+                       args.duration)
+    print(f"recorded {count} messages to {args.out}")
     return 0
 
 

@@ -236,3 +236,44 @@ def test_readings_sent_while_the_worker_was_away_are_processed_after_it_returns(
     assert [a.input_time for a in answers if isinstance(a, Forecast)] == \
         [r.time for r in readings("pi-away", 7)[5:7]]
     stop_worker(running, thread)
+
+
+def test_record_writes_every_sensor_message_as_json_lines_exactly(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    import base64
+    import json
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "stream.jsonl"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "collector", "record", "--out", str(out), "--broker",
+         f"{mosquitto.host}:{mosquitto.port}", "--duration", "20", "-q"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listener = connect("listener")
+    listener.subscribe("status/#")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the recorder announces itself once subscribed
+        inbound = listener.receive(timeout=0.5)
+        if inbound and inbound.topic.endswith("-recorder") and inbound.payload == b"online":
+            break
+    time.sleep(0.3)
+    node = connect("pi-rec")
+    sent = [(climate_topic("pi-rec"), r.encode()) for r in readings("pi-rec", 3)]
+    sent += [("sensors/pi-rec/audio", clip("up", "pi-rec").encode()),
+             ("sensors/pi-rec/climate", b"\xff\xfe not utf-8")]
+    for topic, payload in sent:
+        assert node.publish(topic, payload).wait(5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(out.read_text().splitlines()) < len(sent):
+        time.sleep(0.1)
+    recorder.terminate()
+    stdout, stderr = recorder.communicate(timeout=10)
+    assert recorder.returncode == 0, stderr
+    assert f"recorded {len(sent)} messages" in stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    got = [(line["topic"], line["payload"].encode() if "payload" in line
+            else base64.b64decode(line["payload_base64"])) for line in lines]
+    assert got == sent
+    assert all(line["received_at"] > 1.7e9 for line in lines)
