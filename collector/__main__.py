@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_broker_arguments(run, DEFAULT_CONFIG)
     run.add_argument("--share", metavar="GROUP",
                      help="MQTT shared subscription group: workers in it split the load")
+    run.add_argument("--ha-discovery", action="store_true", default=None,
+                     help="publish Home Assistant MQTT discovery configs for every node seen")
     run.add_argument("--duration", type=float, metavar="SECONDS",
                      help="stop after this long (default: run until stopped)")
     add_logging_arguments(run)
@@ -70,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> CollectorSettings:
     overrides = {"collector.models_dir": args.models,
-                 "collector.share_group": getattr(args, "share", None)}
+                 "collector.share_group": getattr(args, "share", None),
+                 "collector.ha_discovery": getattr(args, "ha_discovery", None)}
     return load_from_args(CollectorSettings, args, overrides)
 
 

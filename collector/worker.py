@@ -19,14 +19,16 @@ from types import FrameType
 import numpy as np
 
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.topics import SensorKind, sensor_filter, shared_filter
+from tinyml_core.topics import SensorKind, reporting_node_id, sensor_filter, shared_filter
 
+from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
 from .settings import CollectorSettings
 
 log = logging.getLogger("collector")
 
 LATENCY_SAMPLES = 10_000
+MAX_ANNOUNCED = 10_000
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Worker:
                                  manual_ack=True, queue_size=options.queue_size)
         self.counters = Counters()
         self.stop_requested = threading.Event()
+        self.announced: set[str] = set()  # nodes whose Home Assistant discovery was sent
 
     def filters(self) -> list[str]:
         group = self.settings.collector.share_group
@@ -69,6 +72,8 @@ class Worker:
         for topic_filter in self.filters():
             self.client.subscribe(topic_filter)
             log.info("subscribed to %s", topic_filter)
+        if self.settings.collector.ha_discovery:
+            self.client.subscribe(BIRTH_TOPIC)
 
     def run(self, duration_s: float | None = None) -> None:
         """Handle messages until stop() (or SIGINT/SIGTERM via install_signal_handlers)."""
@@ -86,6 +91,12 @@ class Worker:
                 next_stats += interval
 
     def handle(self, message: InboundMessage) -> None:
+        if message.topic == BIRTH_TOPIC:
+            if message.payload == b"online":  # Home Assistant (re)started: announce again
+                for node_id in sorted(self.announced):
+                    self.announce(node_id)
+            self.client.ack(message)
+            return
         started = time.perf_counter()
         self.counters.received += 1
         try:
@@ -99,8 +110,19 @@ class Worker:
             else:
                 self.counters.predictions += 1
             self.client.publish(answer.topic, answer.payload, retain=answer.retain)
+        if (self.settings.collector.ha_discovery and not any(a.is_error for a in answers)
+                and len(self.announced) < MAX_ANNOUNCED):
+            node_id = reporting_node_id(message.topic)
+            if node_id not in self.announced:
+                self.announced.add(node_id)
+                self.announce(node_id)
         self.client.ack(message)
         self.counters.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    def announce(self, node_id: str) -> None:
+        for topic, payload in discovery_messages(node_id, self.settings.collector.id):
+            self.client.publish(topic, payload, retain=True)
+        log.info("Home Assistant discovery sent for %s", node_id)
 
     def stop(self) -> None:
         self.stop_requested.set()

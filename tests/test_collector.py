@@ -277,3 +277,45 @@ def test_record_writes_every_sensor_message_as_json_lines_exactly(
             else base64.b64decode(line["payload_base64"])) for line in lines]
     assert got == sent
     assert all(line["received_at"] > 1.7e9 for line in lines)
+
+
+def test_home_assistant_discovery_is_retained_and_resent_when_it_restarts(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient]) -> None:
+    import json
+
+    settings = CollectorSettings(
+        broker=broker_config(mosquitto),
+        collector=CollectorOptions(id="collector-ha", models_dir=str(MODELS),
+                                   ha_discovery=True, forecast_models=("forecast_a",)))
+    running = Worker(settings, Inference(MODELS, ("forecast_a",), "kws_c"))
+    running.start()
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    node = connect("pi-ha")
+    node.publish(climate_topic("pi-ha"), readings("pi-ha", 1)[0].encode()).wait(5)
+    node.publish("sensors/pi-bad/climate", b"garbage").wait(5)
+    import time
+
+    deadline = time.monotonic() + 5
+    while running.counters.received < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the configs reach the broker's retained store
+    home_assistant = connect("home-assistant")
+    home_assistant.subscribe("homeassistant/#")
+    configs = {}
+    while len(configs) < 3 and (inbound := home_assistant.receive(timeout=3)) is not None:
+        assert inbound.retain  # delivered from the retained store
+        configs[inbound.topic] = json.loads(inbound.payload)
+    assert sorted(configs) == [f"homeassistant/sensor/tinyml_pi-ha_{key}/config" for key in
+                               ("forecast_humidity", "forecast_temperature", "keyword")]
+    temperature = configs["homeassistant/sensor/tinyml_pi-ha_forecast_temperature/config"]
+    assert temperature["state_topic"] == "predictions/pi-ha/forecast"
+    assert temperature["unit_of_measurement"] == "°C"
+    assert {"topic": "status/collector-ha"} in temperature["availability"]
+    assert home_assistant.receive(timeout=0.5) is None  # nothing for the node that sent garbage
+    home_assistant.publish("homeassistant/status", b"online").wait(5)
+    resent = [home_assistant.receive(timeout=3) for _ in range(3)]
+    assert all(m is not None and not m.retain for m in resent)  # sent again, live
+    running.stop()
+    thread.join(timeout=5)
+    running.close()
