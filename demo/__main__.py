@@ -116,8 +116,9 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
         if round(message.input_time / 600) % READINGS_SHOWN_EVERY:
             return None
         last = message.steps[-1]
-        stamp = datetime.fromtimestamp(last.time, UTC).strftime("%H:%M")
-        return (f"{inbound.topic:<30} {message.model}: at {stamp} "
+        made_at = datetime.fromtimestamp(message.input_time, UTC).strftime("%Y-%m-%d %H:%M")
+        ahead = round((last.time - message.input_time) / 60)
+        return (f"{inbound.topic:<30} {message.model}: {made_at} +{ahead:<3} min "
                 f"T {last.temperature:6.2f} °C  RH {last.humidity:5.1f} %")
     if isinstance(message, KeywordResult):
         spoken = words.get(message.input_time)
@@ -195,7 +196,9 @@ def run_demo(config: BrokerConfig, node_id: str, messages: list[ClimateReading |
         publisher = threading.Thread(target=publish_all, name="demo-node")
         started = time.monotonic()
         publisher.start()
-        print(f"\n{'topic':<30} what arrived (one reading in {READINGS_SHOWN_EVERY} shown)")
+        print(f"\n{'topic':<30} what arrived: every clip and keyword, one reading and one "
+              f"forecast in {READINGS_SHOWN_EVERY}\n{'':<30} (a forecast shows its last step: "
+              "made from the readings up to that time, that many minutes ahead)")
         quiet_since = time.monotonic()
         while publisher.is_alive() or time.monotonic() - quiet_since < 1.0:
             inbound = dashboard.receive(timeout=0.2)
