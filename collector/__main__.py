@@ -87,8 +87,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "record":
         return record_command(args, settings)
     options = settings.collector
-    inference = Inference(options.models_dir, options.forecast_models, options.keyword_model,
-                          options.confidence_floor)
+    inference = Inference.from_options(options)
     if not inference.forecasters and inference.spotter is None:
         raise ModelLoadError("no model could be loaded: " + "; ".join(inference.refused.values()))
     worker = Worker(settings, inference)

@@ -37,6 +37,8 @@ from tinyml_core.models import (
 )
 from tinyml_core.topics import PredictionKind, errors_topic, prediction_topic, reporting_node_id
 
+from .settings import CollectorOptions
+
 log = logging.getLogger(__name__)
 
 MAX_NODES = 10_000
@@ -66,38 +68,34 @@ class StepWindow:
     open_step: int | None = None
     open_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
     open_count: int = 0
+    closed_step: int | None = None
     late: int = 0
 
     def add(self, time_s: float, temperature: float, humidity: float) -> bool:
         """Add a reading; True when a step was completed (the window may then be full)."""
         step = math.ceil(time_s / self.step_s - 1e-9)
-        completed = False
-        if self.open_step is not None and step != self.open_step:
-            if step < self.open_step:
-                self.late += 1  # out of order or a redelivery: the step is already averaged
-                return False
-            completed = self._close()
-        last_closed = self.values[-1][0] / self.step_s if self.values else None
-        if last_closed is not None and step <= round(last_closed):
-            self.late += 1
-            return completed
+        if (self.closed_step is not None and step <= self.closed_step) or \
+                (self.open_step is not None and step < self.open_step):
+            self.late += 1  # out of order or a redelivery: its step is already averaged
+            return False
+        completed = self.open_step is not None and step > self.open_step and self._close()
         self.open_step = step
         self.open_sum[0] += temperature
         self.open_sum[1] += humidity
         self.open_count += 1
         if math.isclose(time_s, step * self.step_s, abs_tol=1e-6):
-            completed = self._close() or completed
+            completed = self._close()
         return completed
 
     def _close(self) -> bool:
         assert self.open_step is not None and self.open_count
-        stamp = self.open_step * self.step_s
-        if self.values and not math.isclose(stamp - self.values[-1][0], self.step_s):
+        if self.closed_step is not None and self.open_step != self.closed_step + 1:
             self.values.clear()  # a missing step breaks the window
-        self.values.append((stamp, self.open_sum[0] / self.open_count,
+        self.values.append((self.open_step * self.step_s, self.open_sum[0] / self.open_count,
                             self.open_sum[1] / self.open_count))
         while len(self.values) > self.size:
             self.values.popleft()
+        self.closed_step = self.open_step
         self.open_step, self.open_sum, self.open_count = None, [0.0, 0.0], 0
         return True
 
@@ -136,8 +134,18 @@ class Inference:
                 log.error("model refused: %s", error)
         self.confidence_floor = confidence_floor
         self.max_nodes = max_nodes
-        # One window per (node, model step and size); least recently heard nodes go first.
+        # Forecasters with the same step and window size share one window per node.
+        self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
+        for forecaster in self.forecasters:
+            key = (forecaster.contract.step_s, forecaster.contract.window)
+            self._by_window.setdefault(key, []).append(forecaster)
+        # Least recently heard nodes are forgotten first.
         self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
+
+    @classmethod
+    def from_options(cls, options: CollectorOptions) -> Inference:
+        return cls(options.models_dir, options.forecast_models, options.keyword_model,
+                   options.confidence_floor)
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
         try:
@@ -171,33 +179,27 @@ class Inference:
         if not self.forecasters:
             return []
         windows = self._node_windows(reading.node_id)
-        completed = {}
-        for forecaster in self.forecasters:  # forecasters with the same step share a window
-            key = (forecaster.contract.step_s, forecaster.contract.window)
-            if key not in completed:
-                window = windows.setdefault(key, StepWindow(*key))
-                completed[key] = window.add(reading.time, reading.temperature,
-                                            reading.humidity) and window.full
         out = []
-        for forecaster in self.forecasters:
-            contract = forecaster.contract
-            key = (contract.step_s, contract.window)
-            if not completed[key]:
-                continue
-            window = windows[key]
-            started = time.perf_counter()
-            predicted = forecaster.predict(window.array())[0]
-            latency_ms = (time.perf_counter() - started) * 1000
-            if not np.isfinite(predicted).all():
-                raise PayloadError(f"{forecaster.name} produced a non-finite forecast")
-            last = window.last_time
-            steps = tuple(ForecastStep(last + (i + 1) * contract.step_s, float(t), float(h))
-                          for i, (t, h) in enumerate(predicted))
-            forecast = Forecast(reading.node_id, forecaster.name,
-                                model_version(forecaster.entry), last, latency_ms, steps)
-            out.append(Outgoing(prediction_topic(reading.node_id, PredictionKind.FORECAST),
-                                forecast.encode(), retain=True))
+        for key, forecasters in self._by_window.items():
+            window = windows.setdefault(key, StepWindow(*key))
+            if window.add(reading.time, reading.temperature, reading.humidity) and window.full:
+                out += [self._run_forecaster(f, window, reading.node_id) for f in forecasters]
         return out
+
+    def _run_forecaster(self, forecaster: Forecaster, window: StepWindow,
+                        node_id: str) -> Outgoing:
+        started = time.perf_counter()
+        predicted = forecaster.predict(window.array())[0]
+        latency_ms = (time.perf_counter() - started) * 1000
+        if not np.isfinite(predicted).all():
+            raise PayloadError(f"{forecaster.name} produced a non-finite forecast")
+        last, step_s = window.last_time, forecaster.contract.step_s
+        steps = tuple(ForecastStep(last + (i + 1) * step_s, float(t), float(h))
+                      for i, (t, h) in enumerate(predicted))
+        forecast = Forecast(node_id, forecaster.name, model_version(forecaster.entry), last,
+                            latency_ms, steps)
+        return Outgoing(prediction_topic(node_id, PredictionKind.FORECAST), forecast.encode(),
+                        retain=True)
 
     def _keyword(self, clip: AudioClip) -> list[Outgoing]:
         if self.spotter is None:

@@ -165,9 +165,7 @@ def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threadi
     settings = CollectorSettings(broker=config,
                                  collector=CollectorOptions(id="demo-collector",
                                                             models_dir=str(models)))
-    options = settings.collector
-    worker = Worker(settings, Inference(options.models_dir, options.forecast_models,
-                                        options.keyword_model, options.confidence_floor))
+    worker = Worker(settings, Inference.from_options(settings.collector))
     worker.start()
     thread = threading.Thread(target=worker.run, name="demo-collector", daemon=True)
     thread.start()

@@ -142,9 +142,7 @@ def worker(mosquitto: LocalMosquitto) -> Iterator[Worker]:
     settings = CollectorSettings(broker=broker_config(mosquitto),
                                  collector=CollectorOptions(id="collector-test",
                                                             models_dir=str(MODELS)))
-    options = settings.collector
-    running = Worker(settings, Inference(options.models_dir, options.forecast_models,
-                                         options.keyword_model))
+    running = Worker(settings, Inference.from_options(settings.collector))
     running.start()
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
