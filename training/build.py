@@ -20,13 +20,13 @@ from typing import Any
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
 from tinyml_core.models import write_manifest_entry
 
+from . import MODELS_DIR
 from .recipes import RECIPES_PATH, Recipe, load_recipes
 
 log = logging.getLogger("training.build")
 
 FORECASTERS = ("forecast_a", "forecast_b")
 KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c")
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", choices=(*FORECASTERS, *KEYWORD_MODELS, "forecast", "kws", "all"),
                         help="model to build; 'forecast', 'kws' or 'all' for several")
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
+    parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="output folder for the models and manifest.json (default: models/)")
     parser.add_argument("--recipes", type=Path, default=RECIPES_PATH,
                         help="recipes file (default: config/recipes.toml)")
@@ -131,7 +131,9 @@ def build_one(name: str, recipes: dict[str, Recipe], args: argparse.Namespace,
     entry["constraints_met"] = not failed
     entry["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entry["build_seconds"] = round(time.perf_counter() - started, 1)
-    entry["versions"] = task.versions()
+    from .tf import versions
+
+    entry["versions"] = versions()
     write_manifest_entry(args.models, name, entry)
     print(task.summary_line(name, entry), flush=True)
     for line in failed:

@@ -27,6 +27,8 @@ import numpy as np
 from tinyml_core.errors import TinyMLError
 from tinyml_core.recordings import ClimateSeries, read_climate_csv
 
+from . import DATA_DIR, SHARED_DATA_DIR
+
 log = logging.getLogger(__name__)
 
 FEATURES = ("temperature", "humidity")
@@ -45,8 +47,7 @@ JENA_ZIP_BYTES = 13_568_290
 JENA_ZIP_SHA256: str | None = None
 # The files the shipped forecasters are trained on, looked up in DATA_DIRS when not given.
 MPI_ROOF_FILES = ("mpi_roof_2021-07_2021-11.csv", "mpi_roof_2024-06_2024-10.csv")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIRS = (REPO_ROOT / "data" / "climate", REPO_ROOT.parent / "shared" / "data" / "climate")
+DATA_DIRS = (DATA_DIR / "climate", SHARED_DATA_DIR / "climate")
 
 
 class DataError(TinyMLError):

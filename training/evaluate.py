@@ -22,10 +22,9 @@ from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
 from tinyml_core.models import load_forecaster, load_keyword_spotter, read_manifest
 from tinyml_core.recordings import RecordingError, read_wav
 
-from . import climate
+from . import MODELS_DIR, climate
 
 log = logging.getLogger("training.evaluate")
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path]) -> dict[str, Any]:
@@ -107,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate",
                                      description=__doc__.split("\n\n")[1])
     parser.add_argument("model", help="model name in the manifest, e.g. forecast_a or kws_b")
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
+    parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="folder with manifest.json (default: models/)")
     parser.add_argument("--climate-csv", type=Path, action="append", metavar="FILE",
                         help="climate CSV in the Jena format (repeatable), for forecasters")
@@ -147,15 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print_keyword(result, labels)
     png = args.confusion_png or Path(f"{args.model}_confusion.png")
-    try:
-        import matplotlib
+    from .report import pyplot, save_confusion_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         log.warning("matplotlib is not installed: no confusion matrix PNG")
         return 0
-    from .report import save_confusion_png
 
     save_confusion_png(np.array(result["confusion"]), labels,
                        f"{args.model}: {result['accuracy']:.2%} on {result['clips']} clips",

@@ -201,14 +201,3 @@ def summary_line(name: str, entry: dict[str, Any]) -> str:
             f"{base['temperature']:.3f}), RH {mae['humidity']:.3f} % (persistence "
             f"{base['humidity']:.3f}), {entry['size_bytes']} bytes, "
             f"{entry['metrics']['windows']} test windows")
-
-
-def versions() -> dict[str, str]:
-    import tensorflow_model_optimization as tfmot
-
-    from tinyml_core.models import runtime_name
-
-    from .tf import tf
-
-    return {"tensorflow": tf.__version__, "tfmot": tfmot.__version__,
-            "numpy": np.__version__, "interpreter": runtime_name()}

@@ -27,6 +27,7 @@ from tinyml_core.frontend import FrontEnd, MfccParams, fit_length, resample, to_
 from tinyml_core.models import KEYWORD_TASK
 from tinyml_core.recordings import RecordingError, read_wav
 
+from . import DATA_DIR, SHARED_DATA_DIR
 from .climate import DataError, cache_dir
 from .compress import apply_pruning, kernel_sparsity, pruning_callbacks, ship, strip_pruning
 from .evaluate import evaluate_clips
@@ -36,13 +37,12 @@ from .tf import keras, seed_everything
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_DIR = Path(__file__).resolve().parent / "kws_split"
 SPLIT_FILES = {"train": "kws_train_split.txt", "validation": "kws_val_split.txt",
                "test": "kws_test_split.txt"}
 DATASET_NAME = "mini_speech_commands"
 DATASET_URL = "http://storage.googleapis.com/download.tensorflow.org/data/mini_speech_commands.zip"
-LOCAL_ARCHIVES = (REPO_ROOT.parent / "shared" / "data" / "mini_speech_commands.tar.xz",)
+LOCAL_ARCHIVES = (SHARED_DATA_DIR / "mini_speech_commands.tar.xz",)
 SOURCE_RATE = 16000
 
 
@@ -60,14 +60,14 @@ def find_dataset(speech_dir: Path | None) -> Path:
         if not speech_dir.is_dir():
             raise DataError(f"{speech_dir}: not a folder of <word>/*.wav")
         return speech_dir
-    extracted = REPO_ROOT / "data" / DATASET_NAME
+    extracted = DATA_DIR / DATASET_NAME
     if extracted.is_dir():
         return extracted
     for archive in LOCAL_ARCHIVES:
         if archive.exists():
             log.info("extracting %s into data/", archive)
             with tarfile.open(archive) as bundle:
-                bundle.extractall(REPO_ROOT / "data", filter="data")
+                bundle.extractall(DATA_DIR, filter="data")
             return extracted
     archive = cache_dir() / f"{DATASET_NAME}.zip"
     if not archive.exists():
@@ -87,8 +87,8 @@ def find_dataset(speech_dir: Path | None) -> Path:
             record.read_text().strip():
         raise DataError(f"{archive}: checksum differs from the recorded one; delete it")
     with zipfile.ZipFile(archive) as bundle:
-        bundle.extractall(REPO_ROOT / "data")
-    shutil.rmtree(REPO_ROOT / "data" / "__MACOSX", ignore_errors=True)
+        bundle.extractall(DATA_DIR)
+    shutil.rmtree(DATA_DIR / "__MACOSX", ignore_errors=True)
     return extracted
 
 
@@ -385,8 +385,4 @@ def summary_line(name: str, entry: dict[str, Any]) -> str:
             f"({entry['training']['kernel_sparsity']:.0%} zero weights)")
 
 
-def versions() -> dict[str, str]:
-    from .forecast import versions as forecast_versions
-
-    return forecast_versions()
 

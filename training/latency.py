@@ -26,8 +26,9 @@ import numpy as np
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
 from tinyml_core.models import KeywordSpotter, load_keyword_spotter, runtime_name
 
+from . import MODELS_DIR
+
 INPUT_RATE = 48000
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[1])
     parser.add_argument("model", help="keyword model in the manifest, e.g. kws_b")
     parser.add_argument("--runs", type=int, default=100, help="clips to time (default 100)")
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS_DIR,
+    parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="folder with manifest.json (default: models/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--record", action="store_true",

@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 FIGURES = "figures"
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files (no display needed), or None when not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def write_report(models_dir: Path, datasets: dict[str, Any]) -> Path:
     try:
         manifest = read_manifest(models_dir)
@@ -114,12 +126,8 @@ def _limits(limits: dict[str, float]) -> str:
 
 def plot_forecast_week(name: str, models_dir: Path, data: Any) -> Path | None:
     """Truth against the forecast of the last step, over the first week of the test split."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     from tinyml_core.models import load_forecaster
 
@@ -190,12 +198,8 @@ def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> lis
 
 
 def plot_confusion(name: str, entry: dict[str, Any], models_dir: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     matrix = np.array(entry["metrics"]["confusion"])
     labels = entry["output"]["labels"]

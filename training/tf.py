@@ -23,9 +23,19 @@ tf.get_logger().setLevel("ERROR")
 warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
 
 
+def versions() -> dict[str, str]:
+    """What a build ran on, for the manifest."""
+    import numpy as np
+
+    from tinyml_core.models import runtime_name
+
+    return {"tensorflow": tf.__version__, "tfmot": tfmot.__version__,
+            "numpy": np.__version__, "interpreter": runtime_name()}
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same data order and initial weights (single-threaded ops stay deterministic)."""
     keras.utils.set_random_seed(seed)
 
 
-__all__ = ["keras", "seed_everything", "tf", "tfmot"]
+__all__ = ["keras", "seed_everything", "tf", "tfmot", "versions"]
