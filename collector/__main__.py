@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "record. Stops cleanly on SIGINT/SIGTERM.")
     add_broker_arguments(run, DEFAULT_CONFIG)
     run.add_argument("--share", metavar="GROUP",
-                     help="MQTT shared subscription group: workers in it split the load")
+                     help="MQTT shared subscription group: workers in it split the audio clips")
+    run.add_argument("--partition", metavar="K/N",
+                     help="forecast only the nodes in part K of N (e.g. 1/2 and 2/2 on two "
+                          "workers); every worker still receives all readings")
     run.add_argument("--ha-discovery", action="store_true", default=None,
                      help="publish Home Assistant MQTT discovery configs for every node seen")
     run.add_argument("--duration", type=float, metavar="SECONDS",
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load(args: argparse.Namespace) -> CollectorSettings:
     overrides = {"collector.models_dir": args.models,
                  "collector.share_group": getattr(args, "share", None),
+                 "collector.partition": getattr(args, "partition", None),
                  "collector.ha_discovery": getattr(args, "ha_discovery", None)}
     return load_from_args(CollectorSettings, args, overrides)
 

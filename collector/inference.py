@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,16 @@ from tinyml_core.models import (
     load_keyword_spotter,
     model_version,
 )
-from tinyml_core.topics import PredictionKind, errors_topic, prediction_topic, reporting_node_id
+from tinyml_core.topics import (
+    SENSORS_ROOT,
+    PredictionKind,
+    SensorKind,
+    errors_topic,
+    prediction_topic,
+    reporting_node_id,
+)
 
-from .settings import CollectorOptions
+from .settings import CollectorOptions, parse_partition
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +124,7 @@ class Inference:
 
     def __init__(self, models_dir: Path | str, forecast_models: tuple[str, ...],
                  keyword_model: str | None, confidence_floor: float = 0.0,
-                 max_nodes: int = MAX_NODES) -> None:
+                 max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1)) -> None:
         self.forecasters: list[Forecaster] = []
         self.spotter: KeywordSpotter | None = None
         self.refused: dict[str, str] = {}
@@ -134,6 +142,8 @@ class Inference:
                 log.error("model refused: %s", error)
         self.confidence_floor = confidence_floor
         self.max_nodes = max_nodes
+        self.partition = partition
+        self._climate_suffix = f"/{SensorKind.CLIMATE.value}"
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
         for forecaster in self.forecasters:
@@ -145,9 +155,17 @@ class Inference:
     @classmethod
     def from_options(cls, options: CollectorOptions) -> Inference:
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
-                   options.confidence_floor)
+                   options.confidence_floor, partition=parse_partition(options.partition))
+
+    def owns(self, node_id: str) -> bool:
+        """Whether this worker's partition forecasts ``node_id`` (a stable hash of the id)."""
+        index, count = self.partition
+        return count == 1 or zlib.crc32(node_id.encode()) % count == index - 1
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
+        if (self.partition[1] > 1 and topic.endswith(self._climate_suffix)
+                and topic.startswith(SENSORS_ROOT) and not self.owns(reporting_node_id(topic))):
+            return []  # another worker keeps this node's window (and reports its errors)
         try:
             message = decode_sensor_message(topic, payload)
         except PayloadError as error:
@@ -194,10 +212,13 @@ class Inference:
         if not np.isfinite(predicted).all():
             raise PayloadError(f"{forecaster.name} produced a non-finite forecast")
         last, step_s = window.last_time, forecaster.contract.step_s
-        steps = tuple(ForecastStep(last + (i + 1) * step_s, float(t), float(h))
-                      for i, (t, h) in enumerate(predicted))
+        # A thousandth of a degree or percent is far below the models' error; shorter numbers
+        # also halve the JSON encoding time.
+        values = np.round(predicted.astype(np.float64), 3).tolist()
+        steps = tuple(ForecastStep(last + (i + 1) * step_s, t, h)
+                      for i, (t, h) in enumerate(values))
         forecast = Forecast(node_id, forecaster.name, model_version(forecaster.entry), last,
-                            latency_ms, steps)
+                            round(latency_ms, 3), steps)
         return Outgoing(prediction_topic(node_id, PredictionKind.FORECAST), forecast.encode(),
                         retain=True)
 

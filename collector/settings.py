@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinyml_core.config import BrokerConfig, setting
+from tinyml_core.errors import ConfigError
 
 FORECAST_MODELS = ("forecast_a", "forecast_b")
 KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c")
@@ -20,9 +21,10 @@ class CollectorOptions:
                                  choices=KEYWORD_MODELS)
     confidence_floor: float = setting(0.0, "below this probability the label is 'unknown'",
                                       min=0.0, max=1.0)
-    share_group: str = setting("", "MQTT shared-subscription group; empty: no sharing")
-    queue_size: int = setting(10_000, "inbound messages held before new ones are dropped",
-                              min=10, max=10_000_000)
+    share_group: str = setting("", "MQTT shared-subscription group for audio clips; empty: "
+                               "no sharing")
+    partition: str = setting("1/1", "K/N: forecast only the nodes in part K of N (readings are "
+                             "split by node, since a window needs all of a node's readings)")
     ha_discovery: bool = setting(False, "publish Home Assistant MQTT discovery config")
     stats_interval_s: float = setting(60.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
@@ -32,3 +34,12 @@ class CollectorOptions:
 class CollectorSettings:
     broker: BrokerConfig = setting(BrokerConfig(), "MQTT broker")
     collector: CollectorOptions = setting(CollectorOptions(), "inference worker")
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """``"K/N"`` → (K, N) with 1 <= K <= N."""
+    index, _, count = text.partition("/")
+    if index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count) <= 1024:
+        return int(index), int(count)
+    raise ConfigError(f"{text!r} is not K/N with 1 <= K <= N <= 1024 (e.g. 1/2)",
+                      key="collector.partition")

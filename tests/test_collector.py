@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from collector.inference import Inference, StepWindow
-from collector.settings import CollectorOptions, CollectorSettings
+from collector.settings import CollectorOptions, CollectorSettings, parse_partition
 from collector.worker import Worker
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
+from tinyml_core.errors import ConfigError
 from tinyml_core.messages import (
     AudioClip,
     ClimateReading,
@@ -181,12 +182,14 @@ def test_worker_answers_readings_clips_and_garbage_over_mqtt(
 
 
 def start_worker(mosquitto: LocalMosquitto, client_id: str, share: str = "",
-                 forecasts: tuple[str, ...] = ("forecast_a",)) -> tuple[Worker, threading.Thread]:
+                 forecasts: tuple[str, ...] = ("forecast_a",),
+                 partition: str = "1/1") -> tuple[Worker, threading.Thread]:
     settings = CollectorSettings(
         broker=broker_config(mosquitto),
         collector=CollectorOptions(id=client_id, models_dir=str(MODELS), share_group=share,
-                                   forecast_models=forecasts))
-    running = Worker(settings, Inference(MODELS, forecasts, "kws_c"))
+                                   forecast_models=forecasts, partition=partition,
+                                   keyword_model="kws_c"))
+    running = Worker(settings, Inference.from_options(settings.collector))
     running.start()
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -217,6 +220,36 @@ def test_two_shared_workers_handle_each_clip_exactly_once(
     assert sum(handled) == 40 and min(handled) > 0  # both took part
     for running, thread in workers:
         stop_worker(running, thread)
+
+
+def test_partitioned_workers_forecast_each_node_once_with_whole_windows(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient]) -> None:
+    workers = [start_worker(mosquitto, f"collector-part-{i}", share="pool",
+                            partition=f"{i + 1}/2") for i in range(2)]
+    listener = connect("listener")
+    listener.subscribe("predictions/+/forecast")
+    nodes = [f"pi-part-{i}" for i in range(8)]
+    node = connect("pi-part-publisher")
+    for step in range(7):  # interleaved, as independent nodes publish
+        for node_id in nodes:
+            node.publish(climate_topic(node_id), readings(node_id, 7)[step].encode())
+    answers = [a for a in collect(listener, 16) if isinstance(a, Forecast)]
+    assert sorted((a.node_id, a.input_time) for a in answers) == sorted(
+        (n, r.time) for n in nodes for r in readings(n, 7)[5:])  # every window, once
+    assert listener.receive(timeout=1.0) is None
+    owners = [{n for n in nodes if w.inference.owns(n)} for w, _ in workers]
+    assert owners[0].isdisjoint(owners[1]) and owners[0] | owners[1] == set(nodes)
+    assert all(w.counters.predictions == 2 * len(mine) > 0
+               for (w, _), mine in zip(workers, owners, strict=True))
+    for running, thread in workers:
+        stop_worker(running, thread)
+
+
+def test_partition_must_be_k_of_n() -> None:
+    for text in ("0/2", "3/2", "2", "a/b", "1/0"):
+        with pytest.raises(ConfigError, match="K/N"):
+            parse_partition(text)
+    assert parse_partition("2/3") == (2, 3)
 
 
 def test_readings_sent_while_the_worker_was_away_are_processed_after_it_returns(

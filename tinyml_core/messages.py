@@ -79,6 +79,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, _JSON]]) -> dict[str, _JSON]:
     return result
 
 
+# Built once: json.loads/json.dumps with options build a new decoder/encoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _parse_json(payload: bytes, max_bytes: int, what: str) -> _JSON:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise PayloadError(f"{what} payload must be bytes, not {type(payload).__name__}")
@@ -91,9 +96,7 @@ def _parse_json(payload: bytes, max_bytes: int, what: str) -> _JSON:
     except UnicodeDecodeError as exc:
         raise PayloadError(f"{what} payload is not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(
-            text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
-        )
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"{what} payload is not valid JSON: {exc.msg} at {exc.pos}") from None
     except RecursionError:
@@ -101,11 +104,13 @@ def _parse_json(payload: bytes, max_bytes: int, what: str) -> _JSON:
 
 
 def _dump_json(document: _JSON) -> bytes:
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(document).encode("utf-8")
 
 
 # --- value checks (shared by constructors and decoders) -----------------------------------------
 def _number(value: object, name: str, low: float, high: float) -> float:
+    if type(value) is float and low <= value <= high:  # the common case, once per field
+        return value  # (NaN fails the comparison and takes the path below)
     # bool is an int subclass: True must not pass as 1.0
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise PayloadError(f"must be a number, not {type(value).__name__}", field=name)
