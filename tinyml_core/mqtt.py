@@ -6,9 +6,10 @@ SUBACK), ``publish`` (QoS 1 by default), ``receive`` (from a bounded queue) and 
 paho's network thread only hands messages to that queue, and all work happens in the
 caller's thread; or, for a consumer whose throughput matters, a ``handler`` is called in the
 network thread itself (handing each message to another thread costs more CPU than the
-handling: the two threads take turns at the GIL). Availability follows Home Assistant's conventions: a retained ``offline`` Last Will
-on ``status/<client_id>``, a retained ``online`` after every CONNACK, and ``offline`` on a
-clean shutdown. A configured topic prefix is added and removed here and nowhere else.
+handling: the two threads take turns at the GIL). Availability follows Home Assistant's
+conventions: a retained ``offline`` Last Will on ``status/<client_id>``, a retained
+``online`` after every CONNACK, and ``offline`` on a clean shutdown. A configured topic
+prefix is added and removed here and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import queue
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
