@@ -1,36 +1,24 @@
 """``python -m collector record``: write what crosses the broker as JSON lines, for replay.
 
-One line per message: ``{"received_at": s, "topic": ..., "payload": text}``, or
-``"payload_base64"`` instead of ``"payload"`` when the bytes are not UTF-8, so any message
-(even a malformed one) is kept exactly. ``python -m node replay FILE`` publishes it again
-with its original timing. Lines are flushed as they come: a killed recorder loses nothing
-it had written.
+The line format is :func:`tinyml_core.recordings.recording_line`'s; ``python -m node replay
+FILE`` publishes it again with its original timing. Lines are flushed as they come: a killed
+recorder loses nothing it had written.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from tinyml_core.config import BrokerConfig
-from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.mqtt import MqttClient
+from tinyml_core.recordings import RecordedMessage, recording_line
 from tinyml_core.topics import PREDICTIONS_ROOT, sensor_filter
 
 log = logging.getLogger("collector.record")
-
-
-def record_line(message: InboundMessage) -> str:
-    entry: dict[str, Any] = {"received_at": round(message.received_at, 6), "topic": message.topic}
-    try:
-        entry["payload"] = message.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        entry["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
-    return json.dumps(entry, ensure_ascii=False)
 
 
 def default_filters(with_predictions: bool) -> list[str]:
@@ -53,7 +41,8 @@ def record(config: BrokerConfig, out: IO[str], filters: list[str], client_id: st
             message = client.receive(timeout=0.2)
             if message is None:
                 continue
-            out.write(record_line(message) + "\n")
+            out.write(recording_line(RecordedMessage(message.received_at, message.topic,
+                                                     message.payload)) + "\n")
             out.flush()
             written += 1
     log.info("recorded %d messages", written)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from tinyml_core.cli import (
+    add_broker_arguments,
     add_config_command,
+    add_logging_arguments,
     load_from_args,
     print_settings,
     run_main,
     setup_logging,
 )
+from tinyml_core.errors import ConfigError
+from tinyml_core.mqtt import MqttClient
 
 from .settings import NodeSettings
 
@@ -28,21 +35,135 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = add_config_command(commands, DEFAULT_CONFIG)
-    show.add_argument("--node-id", help="node id (overrides [node] id)")
+
+    run = commands.add_parser(
+        "run", help="read the sensors and publish until stopped",
+        description="Read the DHT11 and/or the microphone as configured, keep every message in "
+                    "the on-disk spool until the broker acknowledges it, publish status/<node>. "
+                    "Stops cleanly on SIGINT/SIGTERM.")
+    add_broker_arguments(run, DEFAULT_CONFIG)
+    run.add_argument("--duration", type=float, metavar="SECONDS",
+                     help="stop after this long (default: run until stopped)")
+    add_logging_arguments(run)
+
+    replay = commands.add_parser(
+        "replay", help="publish a recorded stream instead of reading sensors",
+        description="Publish a recording of `python -m collector record` (JSON lines) or a "
+                    "Jena-format climate CSV with its original timestamps and timing, then "
+                    "clips from --audio-dir; ends at the end of the stream.")
+    replay.add_argument("stream", nargs="?", type=Path, metavar="STREAM",
+                        help="recording (.jsonl) or climate CSV (.csv)")
+    replay.add_argument("--audio-dir", type=Path, metavar="DIR",
+                        help="folder of <word>/*.wav files to publish as clips after STREAM")
+    replay.add_argument("--speed", type=float, default=1.0, metavar="X",
+                        help="time scale: 60 plays an hour in a minute; 0: as fast as the "
+                             "broker acknowledges (default: 1)")
+    add_broker_arguments(replay, DEFAULT_CONFIG)
+    add_logging_arguments(replay)
+
+    spool = commands.add_parser("spool", help="show what waits in the spool and exit",
+                                description="Print the spool's size and what the size cap "
+                                            "has dropped so far.")
+    spool.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                       help=f"TOML settings file (default: {DEFAULT_CONFIG or 'none'})")
+    add_logging_arguments(spool)
+
+    devices = commands.add_parser("devices", help="list the audio input devices and exit",
+                                  description="List PyAudio's input devices with their index "
+                                              "and native rate, for [audio] device_index.")
+    add_logging_arguments(devices)
+
+    for command in (show, run, replay, spool):
+        command.add_argument("--node-id", help="node id (overrides [node] id)")
     return parser
 
 
 def load(args: argparse.Namespace) -> NodeSettings:
-    return load_from_args(NodeSettings, args, {"node.id": args.node_id})
+    if not hasattr(args, "broker"):  # commands without broker flags
+        args.broker = args.username = args.password = None
+        args.ca_file = args.cert_file = args.key_file = None
+    return load_from_args(NodeSettings, args, {"node.id": getattr(args, "node_id", None)})
+
+
+def run_command(args: argparse.Namespace, settings: NodeSettings) -> int:
+    from .daemon import Node
+    from .sources import open_climate_sensor, open_microphone
+
+    climate = open_climate_sensor(settings.climate)
+    microphone = open_microphone(settings.audio)
+    if climate is None and microphone is None:
+        raise ConfigError("no source: set [climate] source = \"dht11\" and/or [audio] "
+                          "source = \"microphone\" (or use `python -m node replay`)")
+    node = Node(settings, climate=climate, microphone=microphone)
+    node.install_signal_handlers()
+    node.start()
+    try:
+        node.run(args.duration, settings.node.stats_interval_s)
+    finally:
+        node.close()
+    return 0
+
+
+def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
+    from .replay import load_stream, replay
+
+    if args.stream is None and args.audio_dir is None:
+        raise ConfigError("give a STREAM to replay, --audio-dir, or both")
+    if args.speed < 0:
+        raise ConfigError("--speed must be 0 (as fast as possible) or more")
+    items, skipped = load_stream(args.stream, args.audio_dir, args.node_id, settings.node.id)
+    if not items:
+        print(f"nothing to replay ({skipped} non-sensor messages skipped)")
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    span = items[-1].at - items[0].at
+    pace = "as fast as possible" if args.speed == 0 else \
+        f"over {span / args.speed:.0f} s (x{args.speed:g})"
+    print(f"replaying {len(items)} messages spanning {span:.0f} s of stream time {pace}")
+    client_id = args.node_id or settings.node.id
+    with MqttClient(settings.broker, f"{client_id}-replay", publish_availability=False) as client:
+        result = replay(client, items, args.speed, stop=stop.is_set)
+    print(f"sent {result.sent}, acknowledged {result.acknowledged}"
+          f"{f', skipped {skipped} non-sensor messages' if skipped else ''}")
+    return 0 if result.acknowledged == result.sent else 1
+
+
+def spool_command(settings: NodeSettings) -> int:
+    from .spool import Spool
+
+    path = Path(settings.node.spool_path)
+    if not path.exists():
+        print(f"{path}: no spool yet (nothing waiting)")
+        return 0
+    with Spool(path, int(settings.node.spool_max_mb * 1e6)) as spool:
+        print(f"{path}: {spool.stats().line()}")
+    return 0
+
+
+def devices_command() -> int:
+    from .sources import input_devices
+
+    for index, name, rate in input_devices():
+        print(f"{index:>3}  {rate:>6.0f} Hz  {name}")
+    return 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
+    if args.command == "devices":
+        return devices_command()
     settings = load(args)
     if args.command == "config":
         print_settings(settings)
-    return 0
+        return 0
+    if args.command == "run":
+        return run_command(args, settings)
+    if args.command == "replay":
+        return replay_command(args, settings)
+    return spool_command(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,14 +16,16 @@ class NodeIdentity:
                                   min=1, max=100_000)
     flush_rate_per_s: float = setting(200.0, "backlog messages sent per second after a reconnect",
                                       min=1, max=100_000)
+    stats_interval_s: float = setting(600.0, "seconds between statistics log lines",
+                                      min=1.0, max=86_400)
 
 
 @dataclass(frozen=True)
 class ClimateSource:
     source: str = setting("dht11", "where readings come from", choices=("dht11", "none"))
     pin: str = setting("D4", "board pin of the DHT11 data line (adafruit-blinka name)")
-    period_s: float = setting(10.0, "seconds between readings (the DHT11 allows one per second)",
-                              min=2.0, max=86_400)
+    period_s: float = setting(10.0, "seconds between readings (the driver allows one per 2 s)",
+                              min=2.5, max=86_400)
     retries: int = setting(3, "read attempts per period before counting a failure", min=1, max=20)
 
 

@@ -1,14 +1,22 @@
-"""Readers for recorded sensor data: Jena-format climate CSV files and WAV clips.
+"""Recorded sensor data: Jena-format climate CSV files, WAV clips and MQTT stream recordings.
 
-Used by node replay, training and the demo alike, so each format is parsed once.
-Both readers turn every problem into a :class:`~tinyml_core.errors.RecordingError`
-that names the file (and the line, for CSV).
+Used by node replay, the collector's recorder, training and the demo alike, so each format
+is parsed once. Every reader turns a problem into a :class:`RecordingError` that names the
+file (and the line, for text formats).
+
+A stream recording is JSON lines, one message each: ``{"received_at": s, "topic": ...,
+"payload": text}``, or ``"payload_base64"`` instead of ``"payload"`` when the bytes are not
+UTF-8, so any message (even a malformed one) is kept exactly.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
+import json
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,3 +144,61 @@ def write_wav(path: Path | str, sample_rate: int, samples: np.ndarray) -> None:
         wav.setsampwidth(2)
         wav.setframerate(sample_rate)
         wav.writeframes(array.astype("<i2").tobytes())
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    received_at: float  # s since the epoch, when the recorder got it
+    topic: str
+    payload: bytes
+
+
+def recording_line(message: RecordedMessage) -> str:
+    """One JSON line of a stream recording (without the newline)."""
+    entry: dict[str, object] = {"received_at": round(message.received_at, 6),
+                                "topic": message.topic}
+    try:
+        entry["payload"] = message.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def read_recording(path: Path | str) -> Iterator[RecordedMessage]:
+    """The messages of a stream recording, in file order (blank lines are skipped)."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield _recorded_message(line, path, number)
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise RecordingError(f"{path}: not a UTF-8 JSON-lines recording") from None
+
+
+def _recorded_message(line: str, path: Path, number: int) -> RecordedMessage:
+    where = f"{path}:{number}"
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordingError(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(entry, dict):
+        raise RecordingError(f"{where}: a recording line must be a JSON object")
+    received_at, topic = entry.get("received_at"), entry.get("topic")
+    if isinstance(received_at, bool) or not isinstance(received_at, int | float) \
+            or not np.isfinite(received_at):
+        raise RecordingError(f"{where}: 'received_at' must be a number of seconds")
+    if not isinstance(topic, str) or not topic:
+        raise RecordingError(f"{where}: 'topic' must be a non-empty string")
+    if isinstance(entry.get("payload"), str):
+        payload = entry["payload"].encode("utf-8")
+    elif isinstance(entry.get("payload_base64"), str):
+        try:
+            payload = base64.b64decode(entry["payload_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RecordingError(f"{where}: 'payload_base64' is not base64") from None
+    else:
+        raise RecordingError(f"{where}: no 'payload' or 'payload_base64' string")
+    return RecordedMessage(float(received_at), topic, payload)

@@ -1,0 +1,165 @@
+"""The node daemon: sensors → messages → spool → broker.
+
+Threads: one per source (the climate loop sleeps between reads; the microphone reads without
+pause), both writing to the spool; the calling thread runs the :class:`Forwarder` and a stats
+line per ``stats_interval_s``. The broker may be down at start or at any time: readings keep
+going to the spool and are sent, in order, when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import numpy as np
+
+from tinyml_core.errors import MqttConnectError, TinyMLError
+from tinyml_core.messages import AudioClip, ClimateReading, sensor_message_topic
+from tinyml_core.mqtt import MqttClient
+
+from .dht11 import Dht11Sensor, SensorReadError
+from .forwarder import Forwarder
+from .microphone import Microphone
+from .settings import NodeSettings
+from .spool import AUDIO, CLIMATE, Spool
+
+log = logging.getLogger("node")
+
+CONNECT_ATTEMPT_S = 30.0  # one connect() call; the node keeps trying for as long as it runs
+
+
+class Node:
+    def __init__(self, settings: NodeSettings, *, climate: Dht11Sensor | None = None,
+                 microphone: Microphone | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.node_id = settings.node.id
+        self.spool = Spool(settings.node.spool_path, int(settings.node.spool_max_mb * 1e6))
+        self.client = MqttClient(settings.broker, self.node_id)
+        self.forwarder = Forwarder(self.spool, self.client, settings.node.flush_rate_per_s)
+        self.climate = climate
+        self.microphone = microphone
+        self.stop_requested = threading.Event()
+        self.clock = clock
+        self._threads: list[threading.Thread] = []
+
+    # --- sources ----------------------------------------------------------------------------
+    def record_reading(self, temperature: float, humidity: float,
+                       time_s: float | None = None) -> None:
+        reading = ClimateReading(self.node_id, self.clock() if time_s is None else time_s,
+                                 self.spool.next_seq(), temperature, humidity)
+        self.spool.put(CLIMATE, sensor_message_topic(reading), reading.encode())
+
+    def record_clip(self, start_time: float, sample_rate: int, samples: np.ndarray) -> None:
+        clip = AudioClip.from_samples(self.node_id, start_time, self.spool.next_seq(),
+                                      sample_rate, samples)
+        self.spool.put(AUDIO, sensor_message_topic(clip), clip.encode())
+
+    def _climate_loop(self, sensor: Dht11Sensor) -> None:
+        period = self.settings.climate.period_s
+        next_read = time.monotonic()
+        while not self.stop_requested.is_set():
+            try:
+                temperature, humidity = sensor.read()
+                self.record_reading(temperature, humidity)
+            except SensorReadError as error:
+                log.warning("%s", error)
+            except TinyMLError as error:  # the spool could not be written
+                log.error("reading not stored: %s", error)
+            next_read += period
+            while next_read <= time.monotonic():  # a slow read skips the periods it overran
+                next_read += period
+            self.stop_requested.wait(next_read - time.monotonic())
+
+    def _audio_loop(self, microphone: Microphone) -> None:
+        while not self.stop_requested.is_set():
+            try:
+                clip = microphone.clips.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.record_clip(clip.start_time, clip.sample_rate, clip.samples)
+            except TinyMLError as error:
+                log.error("clip not stored: %s", error)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.climate is not None:
+            self._spawn("climate", self._climate_loop, self.climate)
+        if self.microphone is not None:
+            self.microphone.start()
+            self._spawn("audio-spool", self._audio_loop, self.microphone)
+        self._spawn("connect", self._connect_until_up)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _connect_until_up(self) -> None:
+        """First connection, however long the broker takes; paho reconnects after that."""
+        delay = self.settings.broker.reconnect_min_s
+        while not self.stop_requested.is_set():
+            try:
+                self.client.connect(timeout=CONNECT_ATTEMPT_S)
+                return
+            except MqttConnectError as error:
+                log.warning("%s; spooling meanwhile, next attempt in %.0f s", error, delay)
+                if self.stop_requested.wait(delay):
+                    return
+                delay = min(delay * 2, self.settings.broker.reconnect_max_s)
+
+    def run(self, duration_s: float | None = None, stats_interval_s: float = 60.0) -> None:
+        """Forward spooled messages until stop() or ``duration_s``."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        next_stats = time.monotonic() + stats_interval_s
+        while not self.stop_requested.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if self.forwarder.step() == 0:
+                self.stop_requested.wait(0.02)
+            if now >= next_stats:
+                log.info("%s", self.stats_line())
+                next_stats += stats_interval_s
+
+    def stats_line(self) -> str:
+        parts = [f"sent {self.forwarder.stats.sent}, acknowledged "
+                 f"{self.forwarder.stats.acknowledged}; spool {self.spool.stats().line()}"]
+        if self.climate is not None:
+            parts.append(f"DHT11 {self.climate.stats.line()}")
+        if self.microphone is not None:
+            parts.append(f"microphone {self.microphone.captured} clips cut, "
+                         f"{self.microphone.dropped} dropped")
+        return "; ".join(parts)
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    def close(self, drain_s: float = 5.0) -> None:
+        """Stop the sources, give the forwarder ``drain_s`` to empty the spool, disconnect."""
+        self.stop_requested.set()
+        if self.microphone is not None:
+            self.microphone.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self.climate is not None:
+            self.climate.close()
+        if self.client.is_connected and drain_s > 0:
+            self.forwarder.drain(drain_s)
+        log.info("stopping: %s", self.stats_line())
+        self.client.close()
+        self.spool.close()
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("%s received, stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)

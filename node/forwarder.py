@@ -1,0 +1,92 @@
+"""Moves spooled messages to the broker and forgets each one only once it was acknowledged.
+
+Messages leave in spool order, at most ``window`` unacknowledged at a time and at most
+``rate_per_s`` per second, so a backlog after an outage drains steadily instead of flooding
+the broker. paho re-sends what is in flight after a reconnect; after a restart of the node
+the spool still holds everything unacknowledged and it is sent again (QoS 1 is "at least
+once": the last few messages before a crash may arrive twice; the collector ignores a reading
+whose step it has already seen).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tinyml_core.mqtt import MqttClient, PublishHandle
+
+from .spool import Spool
+
+DEFAULT_WINDOW = 20
+
+
+@dataclass
+class ForwarderStats:
+    sent: int = 0
+    acknowledged: int = 0
+
+
+class Forwarder:
+    def __init__(self, spool: Spool, client: MqttClient, rate_per_s: float,
+                 window: int = DEFAULT_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.spool = spool
+        self.client = client
+        self.rate_per_s = rate_per_s
+        self.window = window
+        self.stats = ForwarderStats()
+        self._clock = clock
+        self._in_flight: deque[tuple[int, PublishHandle]] = deque()
+        self._last_sent_id = 0
+        self._tokens = float(window)
+        self._refilled = clock()
+
+    def step(self) -> int:
+        """Forget acknowledged messages, send what the window and rate allow; returns sent."""
+        self._collect_acknowledged()
+        if not self.client.is_connected:
+            return 0
+        now = self._clock()
+        self._tokens = min(float(self.window),
+                           self._tokens + (now - self._refilled) * self.rate_per_s)
+        self._refilled = now
+        room = min(self.window - len(self._in_flight), int(self._tokens))
+        if room <= 0:
+            return 0
+        batch = self.spool.after(self._last_sent_id, room)
+        for message in batch:
+            handle = self.client.publish(message.topic, message.payload)
+            self._in_flight.append((message.id, handle))
+            self._last_sent_id = message.id
+        self._tokens -= len(batch)
+        self.stats.sent += len(batch)
+        return len(batch)
+
+    def _collect_acknowledged(self) -> None:
+        done: list[int] = []
+        waiting: deque[tuple[int, PublishHandle]] = deque()
+        for spool_id, handle in self._in_flight:  # one look per handle: acks land meanwhile
+            if handle.is_acknowledged():
+                done.append(spool_id)
+            else:
+                waiting.append((spool_id, handle))
+        if done:
+            self.spool.remove(done)
+            self.stats.acknowledged += len(done)
+            self._in_flight = waiting
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def drain(self, timeout: float) -> bool:
+        """Keep forwarding until the spool is empty (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.step()
+            if not self._in_flight and len(self.spool) == 0:
+                return True
+            time.sleep(0.01)
+        return False

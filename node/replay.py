@@ -1,0 +1,169 @@
+"""``python -m node replay``: publish a recorded stream as a node would, with its own timing.
+
+A stream is a recording made by ``python -m collector record`` (JSON lines: its sensor
+messages are published again byte for byte) or a climate CSV in the Jena format (one reading
+per row, at the file's own time step); a folder of ``<word>/*.wav`` adds audio clips after
+it. Messages keep their original timestamps, so forecasts line up with the data; ``speed``
+scales the gaps between them (0: as fast as the broker acknowledges).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyml_core.errors import PayloadError
+from tinyml_core.messages import (
+    AudioClip,
+    ClimateReading,
+    decode_sensor_message,
+    sensor_message_topic,
+)
+from tinyml_core.mqtt import MqttClient, PublishHandle
+from tinyml_core.recordings import (
+    RecordingError,
+    read_climate_csv,
+    read_recording,
+    read_wav,
+)
+from tinyml_core.topics import SENSORS_ROOT
+
+log = logging.getLogger("node.replay")
+
+CLIP_SPACING_S = 2.0  # node time between replayed clips
+DEFAULT_WINDOW = 100  # unacknowledged messages at a time
+ACK_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ReplayItem:
+    at: float  # position in the stream's own clock (s since the epoch)
+    topic: str
+    payload: bytes
+    label: str = ""  # what it is, for display (e.g. the word a clip says)
+
+
+@dataclass
+class ReplayResult:
+    sent: int = 0
+    acknowledged: int = 0
+    skipped: int = 0  # recorded messages that are not sensor messages (or could not be re-sent)
+
+
+def items_from_recording(path: Path | str, node_id: str | None = None) -> tuple[list[ReplayItem],
+                                                                                int]:
+    """The sensor messages of a recording (and how many others were skipped).
+
+    With ``node_id`` every message is re-addressed to that node (decoded and encoded again);
+    without it payloads are replayed exactly as recorded, malformed ones included.
+    """
+    items, skipped = [], 0
+    for message in read_recording(path):
+        if not message.topic.startswith(f"{SENSORS_ROOT}/"):
+            skipped += 1  # predictions, status, errors: the collector makes those again
+            continue
+        topic, payload = message.topic, message.payload
+        if node_id is not None:
+            try:
+                decoded = decode_sensor_message(topic, payload)
+            except PayloadError:
+                skipped += 1
+                continue
+            moved = dataclasses.replace(decoded, node_id=node_id)
+            topic, payload = sensor_message_topic(moved), moved.encode()
+        items.append(ReplayItem(message.received_at, topic, payload))
+    return items, skipped
+
+
+def items_from_climate_csv(path: Path | str, node_id: str, first_seq: int = 0) -> list[ReplayItem]:
+    """One reading per row of a Jena-format CSV, stamped with the row's time."""
+    series = read_climate_csv(path)
+    items = []
+    for offset, (time_s, temperature, humidity) in enumerate(
+            zip(series.times, series.temperature, series.humidity, strict=True)):
+        try:
+            reading = ClimateReading(node_id, float(time_s), first_seq + offset,
+                                     float(temperature), float(humidity))
+        except PayloadError as error:
+            raise RecordingError(f"{path}: row {offset + 1}: {error}") from None
+        items.append(ReplayItem(reading.time, sensor_message_topic(reading), reading.encode()))
+    return items
+
+
+def items_from_audio_dir(directory: Path | str, node_id: str, start_time: float,
+                         first_seq: int = 0) -> list[ReplayItem]:
+    """One clip per ``<word>/*.wav``, ``CLIP_SPACING_S`` apart from ``start_time`` on."""
+    paths = sorted(Path(directory).glob("*/*.wav"))
+    if not paths:
+        raise RecordingError(f"{directory}: no <word>/*.wav files")
+    items = []
+    for index, path in enumerate(paths):
+        rate, samples = read_wav(path)
+        try:
+            clip = AudioClip.from_samples(node_id, start_time + index * CLIP_SPACING_S,
+                                          first_seq + index, rate, samples)
+        except PayloadError as error:
+            raise RecordingError(f"{path}: {error}") from None
+        items.append(ReplayItem(clip.time, sensor_message_topic(clip), clip.encode(),
+                                label=path.parent.name))
+    return items
+
+
+def load_stream(stream: Path | None, audio_dir: Path | None, node_id: str | None,
+                default_node_id: str) -> tuple[list[ReplayItem], int]:
+    """Everything to replay, in order: the stream, then the clips (see module doc)."""
+    items: list[ReplayItem] = []
+    skipped = 0
+    if stream is not None:
+        if stream.suffix.lower() == ".csv":
+            items = items_from_climate_csv(stream, node_id or default_node_id)
+        else:
+            items, skipped = items_from_recording(stream, node_id)
+    if audio_dir is not None:
+        start = items[-1].at + CLIP_SPACING_S if items else time.time()
+        items += items_from_audio_dir(audio_dir, node_id or default_node_id, start,
+                                      first_seq=len(items))
+    return items, skipped
+
+
+def replay(client: MqttClient, items: Iterable[ReplayItem], speed: float,
+           window: int = DEFAULT_WINDOW,
+           on_sent: Callable[[ReplayItem], None] | None = None,
+           stop: Callable[[], bool] = lambda: False) -> ReplayResult:
+    """Publish ``items`` with their gaps divided by ``speed``; wait for the acknowledgements."""
+    result = ReplayResult()
+    in_flight: deque[PublishHandle] = deque()
+    handles: list[PublishHandle] = []
+    first_at: float | None = None
+    started = time.monotonic()
+    for item in items:
+        if stop():
+            break
+        if first_at is None:
+            first_at = item.at
+        if speed > 0:
+            delay = started + (item.at - first_at) / speed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        while len(in_flight) >= window:  # as fast as the broker takes them, never faster
+            if in_flight[0].is_acknowledged():
+                in_flight.popleft()
+            elif not in_flight[0].wait(ACK_TIMEOUT_S):
+                log.warning("no acknowledgement for %.0f s; the broker may be down",
+                            ACK_TIMEOUT_S)
+        handle = client.publish(item.topic, item.payload)
+        in_flight.append(handle)
+        handles.append(handle)
+        result.sent += 1
+        if on_sent is not None:
+            on_sent(item)
+    deadline = time.monotonic() + ACK_TIMEOUT_S
+    for handle in handles:
+        handle.wait(max(0.0, deadline - time.monotonic()))
+    result.acknowledged = sum(handle.is_acknowledged() for handle in handles)
+    return result
