@@ -21,6 +21,7 @@ from pathlib import Path
 from collector.inference import Inference
 from collector.settings import CollectorOptions, CollectorSettings
 from collector.worker import Worker
+from node.replay import ReplayItem, ReplayResult, load_stream, replay
 from tinyml_core.broker import EmbeddedBroker, LocalMosquitto, start_private_broker
 from tinyml_core.cli import add_logging_arguments, host_port, run_main, setup_logging
 from tinyml_core.config import BrokerConfig
@@ -33,10 +34,8 @@ from tinyml_core.messages import (
     Forecast,
     KeywordResult,
     decode_message,
-    sensor_message_topic,
 )
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.recordings import read_climate_csv, read_wav
 from tinyml_core.topics import ERRORS_ROOT, PREDICTIONS_ROOT, SENSORS_ROOT, STATUS_ROOT
 
 log = logging.getLogger("tinyml.demo")
@@ -59,37 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with climate/*.csv and speech/<word>/*.wav "
                              "(default: the bundled samples)")
     parser.add_argument("--node-id", default="demo-node", help="id the replayed node uses")
-    parser.add_argument("--rate", type=float, default=500.0,
-                        help="messages per second the node publishes (default: 500)")
+    parser.add_argument("--speed", type=float, default=200_000.0,
+                        help="replay time scale (default 200000: a 10-minute reading every "
+                             "3 ms; 0: as fast as the broker acknowledges)")
     add_logging_arguments(parser)
     parser.set_defaults(quiet=1)  # connection chatter only with -v
     return parser
 
 
-def load_sample_messages(
-    samples: Path, node_id: str
-) -> tuple[list[ClimateReading | AudioClip], dict[float, str]]:
-    """The bundled readings, then one clip per sample WAV, in publishing order.
-
-    Also returns the word spoken in each clip, by the clip's timestamp, for display.
-    """
-    messages: list[ClimateReading | AudioClip] = []
-    words: dict[float, str] = {}
-    seq = 0
-    for csv_path in sorted((samples / "climate").glob("*.csv")):
-        series = read_climate_csv(csv_path)
-        for time_s, temperature, humidity in zip(series.times, series.temperature,
-                                                 series.humidity, strict=True):
-            messages.append(ClimateReading(node_id, time_s, seq, temperature, humidity))
-            seq += 1
-    clip_time = messages[-1].time if messages else time.time()
-    for wav_path in sorted((samples / "speech").glob("*/*.wav")):
-        rate, samples_int16 = read_wav(wav_path)
-        clip_time += 2.0
-        messages.append(AudioClip.from_samples(node_id, clip_time, seq, rate, samples_int16))
-        words[clip_time] = wav_path.parent.name
-        seq += 1
-    return messages, words
+def load_sample(samples: Path, node_id: str) -> tuple[list[ReplayItem], dict[float, str]]:
+    """The bundled readings, then one clip per sample WAV, as ``python -m node replay`` sends
+    them; also the word spoken in each clip, by the clip's timestamp, for display."""
+    csv_files = sorted((samples / "climate").glob("*.csv"))
+    items, _ = load_stream(csv_files[0] if csv_files else None, samples / "speech", node_id,
+                           node_id)
+    return items, {item.at: item.label for item in items if item.label}
 
 
 def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str]) -> str | None:
@@ -137,9 +120,8 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    messages, words = load_sample_messages(args.samples, args.node_id)
-    readings = sum(isinstance(m, ClimateReading) for m in messages)
-    print(f"sample: {readings} readings and {len(messages) - readings} audio clips "
+    items, words = load_sample(args.samples, args.node_id)
+    print(f"sample: {len(items) - len(words)} readings and {len(words)} audio clips "
           f"from {args.samples}")
 
     broker: LocalMosquitto | EmbeddedBroker | None = None
@@ -153,7 +135,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"broker: {kind} on {host}:{port}")
     config = BrokerConfig(host=host, port=port, connect_timeout_s=10)
     try:
-        return run_demo(config, args.node_id, messages, words, args.rate)
+        return run_demo(config, args.node_id, items, words, args.speed)
     finally:
         if broker is not None:
             broker.stop()
@@ -172,23 +154,19 @@ def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threadi
     return worker, thread
 
 
-def run_demo(config: BrokerConfig, node_id: str, messages: list[ClimateReading | AudioClip],
-             words: dict[float, str], rate: float, models: Path = MODELS) -> int:
+def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
+             words: dict[float, str], speed: float, models: Path = MODELS) -> int:
     counts: Counter[str] = Counter()
     with MqttClient(config, "demo-dashboard", publish_availability=False) as dashboard:
         for root in (SENSORS_ROOT, PREDICTIONS_ROOT, STATUS_ROOT, ERRORS_ROOT):
             dashboard.subscribe(f"{root}/#")
         collector, collector_thread = start_collector(config, models)
         node = MqttClient(config, node_id).connect()
-        acknowledged = 0
+        result = ReplayResult()
 
         def publish_all() -> None:
-            nonlocal acknowledged
-            handles = []
-            for message in messages:
-                handles.append(node.publish(sensor_message_topic(message), message.encode()))
-                time.sleep(1.0 / rate)
-            acknowledged = sum(handle.wait(10) for handle in handles)
+            nonlocal result
+            result = replay(node, items, speed)
             node.close()
 
         publisher = threading.Thread(target=publish_all, name="demo-node")
@@ -212,15 +190,15 @@ def run_demo(config: BrokerConfig, node_id: str, messages: list[ClimateReading |
         collector.close()
 
     sensors = counts[SENSORS_ROOT]
-    print(f"\nsummary: node published {len(messages)} messages in {elapsed:.1f} s, broker "
-          f"acknowledged {acknowledged}; dashboard decoded {sensors} sensor messages, "
+    print(f"\nsummary: node published {result.sent} messages in {elapsed:.1f} s, broker "
+          f"acknowledged {result.acknowledged}; dashboard decoded {sensors} sensor messages, "
           f"{counts[PREDICTIONS_ROOT]} predictions, {counts[ERRORS_ROOT]} error records, "
           f"{counts['undecodable']} undecodable")
     forecasts = ", ".join(f"{counts[name]} from {name}" for name in ("forecast_a", "forecast_b"))
     print(f"collector: {forecasts}; keywords: {counts['keywords right']} of "
           f"{counts['keywords']} clips recognised as the word their sample says")
-    lost = len(messages) - sensors
-    if lost or acknowledged != len(messages):
+    lost = len(items) - sensors
+    if lost or result.acknowledged != len(items):
         print(f"error: {lost} messages lost", file=sys.stderr)
         return 1
     return 0

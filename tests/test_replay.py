@@ -1,0 +1,119 @@
+"""``python -m node replay``: recordings and CSVs come out as they went in, with their timing."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from node.replay import items_from_recording, load_stream, replay
+from tests.conftest import REPO_ROOT
+from tinyml_core.broker import LocalMosquitto
+from tinyml_core.messages import AudioClip, ClimateReading, decode_sensor_message
+from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.recordings import RecordedMessage, RecordingError, read_climate_csv, recording_line
+
+SAMPLE_CSV = REPO_ROOT / "samples" / "climate" / "mpi_roof_2024-10-18_2024-10-20.csv"
+
+
+def arrivals(client: MqttClient, count: int,
+             timeout: float = 10.0) -> list[tuple[float, InboundMessage]]:
+    """(arrival time, message): the time paho handed it over, not when the test looked."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        message = client.receive(timeout=0.2)
+        if message is not None:
+            out.append((message.received_at, message))
+    return out
+
+
+def short_csv(tmp_path: Path, rows: int) -> Path:
+    lines = SAMPLE_CSV.read_text(encoding="iso-8859-1").splitlines()
+    path = tmp_path / "short.csv"
+    path.write_text("\n".join(lines[:rows + 1]) + "\n", encoding="iso-8859-1")
+    return path
+
+
+def test_csv_replay_reproduces_the_readings_at_the_files_time_step(
+        connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    csv = short_csv(tmp_path, 11)
+    series = read_climate_csv(csv)
+    listener = connect("listener")
+    listener.subscribe("sensors/#")
+    items, _ = load_stream(csv, None, "pi-replay", "unused")
+    publisher = connect("replayer", publish_availability=False)
+    result = replay(publisher, items, speed=600 / 0.1)  # 10 minutes of data per 0.1 s
+    assert (result.sent, result.acknowledged) == (11, 11)
+    got = arrivals(listener, 11)
+    readings = [decode_sensor_message(m.topic, m.payload) for _, m in got]
+    assert all(isinstance(r, ClimateReading) and r.node_id == "pi-replay" for r in readings)
+    assert [r.time for r in readings] == list(series.times)  # original timestamps
+    assert [r.temperature for r in readings] == list(series.temperature)
+    assert [r.seq for r in readings] == list(range(11))
+    span = got[-1][0] - got[0][0]
+    assert 0.8 < span < 1.6  # 10 steps of 0.1 s (loose: a shared CI machine)
+
+
+def test_recording_replay_is_byte_exact_with_scaled_gaps_and_skips_predictions(
+        connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    reading = ClimateReading("pi-rec", 1_729_300_000.0, 7, 21.5, 40.0).encode()
+    recorded = [
+        RecordedMessage(100.0, "sensors/pi-rec/climate", reading),
+        RecordedMessage(100.5, "predictions/pi-rec/forecast", b"{}"),
+        RecordedMessage(102.0, "sensors/pi-rec/audio", b"\xff\xfe not a clip"),  # kept as is
+        RecordedMessage(104.0, "sensors/pi-rec/climate", reading),
+    ]
+    path = tmp_path / "stream.jsonl"
+    path.write_text("".join(recording_line(m) + "\n" for m in recorded), encoding="utf-8")
+    listener = connect("listener")
+    listener.subscribe("sensors/#")
+    items, skipped = items_from_recording(path)
+    assert skipped == 1
+    result = replay(connect("replayer", publish_availability=False), items, speed=10.0)
+    assert (result.sent, result.acknowledged) == (3, 3)
+    got = arrivals(listener, 3)
+    assert [(m.topic, m.payload) for _, m in got] == [
+        (m.topic, m.payload) for m in recorded if m.topic.startswith("sensors/")]
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(got)]
+    assert gaps == pytest.approx([0.2, 0.2], abs=0.1)
+
+
+def test_replay_as_another_node_re_addresses_every_message(tmp_path: Path) -> None:
+    clip = AudioClip("pi-a", 1_729_300_000.0, 1, 8000, b"\x01\x00" * 80).encode()
+    path = tmp_path / "stream.jsonl"
+    path.write_text(recording_line(RecordedMessage(1.0, "sensors/pi-a/audio", clip)) + "\n"
+                    + recording_line(RecordedMessage(2.0, "sensors/pi-a/climate", b"junk")) + "\n")
+    items, skipped = items_from_recording(path, node_id="pi-b")
+    assert skipped == 1  # junk cannot be re-addressed
+    moved = decode_sensor_message(items[0].topic, items[0].payload)
+    assert items[0].topic == "sensors/pi-b/audio" and moved.node_id == "pi-b"
+    assert isinstance(moved, AudioClip) and moved.pcm == b"\x01\x00" * 80
+
+
+def test_broken_recordings_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"received_at": 1, "topic": "sensors/a/climate", "payload": "x"}\n[1, 2]\n')
+    with pytest.raises(RecordingError, match=r"bad\.jsonl:2: .*JSON object"):
+        items_from_recording(path)
+
+
+def test_replay_command_ends_by_itself_and_reports_what_was_acknowledged(
+        mosquitto: LocalMosquitto, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "replay", str(short_csv(tmp_path, 20)), "--audio-dir",
+         str(REPO_ROOT / "samples" / "speech"), "--speed", "0", "--broker", mosquitto.address,
+         "--node-id", "pi-cli", "-q"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "sent 36, acknowledged 36" in done.stdout  # 20 readings + 16 clips
+
+
+def test_replay_command_without_a_stream_explains_itself() -> None:
+    done = subprocess.run([sys.executable, "-m", "node", "replay"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "give a STREAM" in done.stderr
