@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from tinyml_core.cli import (
     print_settings,
     run_main,
     setup_logging,
+    stop_on_signals,
 )
 from tinyml_core.errors import ModelLoadError
 
@@ -95,7 +95,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if not inference.forecasters and inference.spotter is None:
         raise ModelLoadError("no model could be loaded: " + "; ".join(inference.refused.values()))
     worker = Worker(settings, inference)
-    worker.install_signal_handlers()
+    stop_on_signals(worker.stop, "finishing the current message")
     worker.start()
     try:
         worker.run(args.duration)
@@ -106,8 +106,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def record_command(args: argparse.Namespace, settings: CollectorSettings) -> int:
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop.set)
     filters = args.topics or default_filters(args.predictions)
     with open_output(args.out) as out:
         count = record(settings.broker, out, filters, f"{settings.collector.id}-recorder", stop,

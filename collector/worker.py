@@ -11,12 +11,10 @@ latency percentiles.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import FrameType
 
 import numpy as np
 
@@ -86,7 +84,7 @@ class Worker:
             self.client.subscribe(BIRTH_TOPIC)
 
     def run(self, duration_s: float | None = None) -> None:
-        """Handle messages until stop() (or SIGINT/SIGTERM via install_signal_handlers)."""
+        """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""
         interval = self.settings.collector.stats_interval_s
         next_stats = time.monotonic() + interval
         deadline = None if duration_s is None else time.monotonic() + duration_s
@@ -144,10 +142,3 @@ class Worker:
         log.info("stopping: %s", self.counters.line())
         self.client.close()
 
-    def install_signal_handlers(self) -> None:
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            log.info("%s received, finishing the current message", signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)

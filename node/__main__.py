@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from tinyml_core.cli import (
     print_settings,
     run_main,
     setup_logging,
+    stop_on_signals,
 )
 from tinyml_core.errors import ConfigError
 from tinyml_core.mqtt import MqttClient
@@ -95,7 +95,7 @@ def run_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         raise ConfigError("no source: set [climate] source = \"dht11\" and/or [audio] "
                           "source = \"microphone\" (or use `python -m node replay`)")
     node = Node(settings, climate=climate, microphone=microphone)
-    node.install_signal_handlers()
+    stop_on_signals(node.stop)
     node.start()
     try:
         node.run(args.duration, settings.node.stats_interval_s)
@@ -116,8 +116,7 @@ def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         print(f"nothing to replay ({skipped} non-sensor messages skipped)")
         return 0
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop.set)
     span = items[-1].at - items[0].at
     pace = "as fast as possible" if args.speed == 0 else \
         f"over {span / args.speed:.0f} s (x{args.speed:g})"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 
 import numpy as np
 
@@ -156,10 +154,3 @@ class Node:
         self.client.close()
         self.spool.close()
 
-    def install_signal_handlers(self) -> None:
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            log.info("%s received, stopping", signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)

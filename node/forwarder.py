@@ -46,8 +46,8 @@ class Forwarder:
     def step(self) -> int:
         """Forget acknowledged messages, send what the window and rate allow; returns sent."""
         self._collect_acknowledged()
-        if not self.client.is_connected:
-            return 0
+        if not self.client.is_connected or self.spool.last_id <= self._last_sent_id:
+            return 0  # (the second test spares the idle loop a query)
         now = self._clock()
         self._tokens = min(float(self.window),
                            self._tokens + (now - self._refilled) * self.rate_per_s)

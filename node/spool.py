@@ -74,6 +74,8 @@ class Spool:
             # FULL: a message the node has spooled survives a power cut, not just a crash.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self.last_id = int(self._db.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
             self._bytes = int(self._db.execute(
                 f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
                 "FROM messages").fetchone()[0])
@@ -95,7 +97,8 @@ class Spool:
                 "INSERT INTO messages (kind, topic, payload) VALUES (?, ?, ?)",
                 (kind, topic, payload))
             self._bytes += size
-            return int(cursor.lastrowid or 0)
+            self.last_id = int(cursor.lastrowid or 0)
+            return self.last_id
 
     def remove(self, ids: list[int]) -> None:
         """Forget messages the broker has acknowledged (ids already gone are ignored)."""

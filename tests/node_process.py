@@ -12,6 +12,7 @@ import sys
 
 from node.daemon import Node
 from node.settings import NodeIdentity, NodeSettings
+from tinyml_core.cli import stop_on_signals
 from tinyml_core.config import BrokerConfig
 
 START = 1_729_300_000.0
@@ -31,7 +32,7 @@ def main() -> int:
                             reconnect_max_s=0.5, connect_timeout_s=5.0, keepalive_s=5),
         node=NodeIdentity(id="pi-proc", spool_path=args.spool, flush_rate_per_s=args.rate))
     node = Node(settings)
-    node.install_signal_handlers()
+    stop_on_signals(node.stop)
     node.start()
     for index in range(args.readings):
         node.record_reading(20.0, 50.0, time_s=START + 600.0 * index)

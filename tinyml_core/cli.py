@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,6 +92,16 @@ def print_settings(settings: object) -> None:
     value_width = min(40, max(len(value) for _, value, _ in rows))
     for key, value, help_text in rows:
         print(f"{key:<{width}}  {value:<{value_width}}  # {help_text}")
+
+
+def stop_on_signals(stop: Callable[[], object], doing: str = "stopping") -> None:
+    """SIGINT and SIGTERM (Ctrl-C, systemd, docker stop) log a line and call ``stop``."""
+    def handler(signum: int, frame: object) -> None:
+        logging.getLogger("tinyml").info("%s received, %s", signal.Signals(signum).name, doing)
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_main(main: Callable[[Sequence[str] | None], int],
