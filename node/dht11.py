@@ -74,7 +74,9 @@ def open_dht11(pin_name: str) -> DhtDevice:
         raise SensorError(f"no GPIO for the DHT11 on this machine: {exc}") from None
     pin = getattr(board, pin_name, None)
     if pin is None:
-        raise SensorError(f"board has no pin {pin_name!r} (e.g. D4 for GPIO4, physical pin 7)")
+        board_id = getattr(board, "board_id", "this board")
+        raise SensorError(f"{board_id} has no pin {pin_name!r} ([climate] pin takes names like "
+                          "D4, GPIO4 on a Raspberry Pi)")
     device: DhtDevice = adafruit_dht.DHT11(pin)
     return device
 
