@@ -37,12 +37,13 @@ from tinyml_core.models import (
     model_version,
 )
 from tinyml_core.topics import (
-    SENSORS_ROOT,
     PredictionKind,
     SensorKind,
     errors_topic,
+    matches,
     prediction_topic,
     reporting_node_id,
+    sensor_filter,
 )
 
 from .settings import CollectorOptions, parse_partition
@@ -50,6 +51,7 @@ from .settings import CollectorOptions, parse_partition
 log = logging.getLogger(__name__)
 
 MAX_NODES = 10_000
+CLIMATE_FILTER = sensor_filter(SensorKind.CLIMATE)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,6 @@ class Inference:
         self.confidence_floor = confidence_floor
         self.max_nodes = max_nodes
         self.partition = partition
-        self._climate_suffix = f"/{SensorKind.CLIMATE.value}"
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
         for forecaster in self.forecasters:
@@ -163,8 +164,8 @@ class Inference:
         return count == 1 or zlib.crc32(node_id.encode()) % count == index - 1
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
-        if (self.partition[1] > 1 and topic.endswith(self._climate_suffix)
-                and topic.startswith(SENSORS_ROOT) and not self.owns(reporting_node_id(topic))):
+        if (self.partition[1] > 1 and matches(CLIMATE_FILTER, topic)
+                and not self.owns(reporting_node_id(topic))):
             return []  # another worker keeps this node's window (and reports its errors)
         try:
             message = decode_sensor_message(topic, payload)

@@ -79,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> NodeSettings:
-    if not hasattr(args, "broker"):  # commands without broker flags
-        args.broker = args.username = args.password = None
-        args.ca_file = args.cert_file = args.key_file = None
     return load_from_args(NodeSettings, args, {"node.id": getattr(args, "node_id", None)})
 
 

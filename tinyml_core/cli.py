@@ -42,16 +42,20 @@ def add_broker_arguments(parser: argparse.ArgumentParser, default_config: str | 
 
 
 def broker_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Dotted-key overrides from the flags of :func:`add_broker_arguments` (None: not given)."""
-    host, port = args.broker if args.broker else (None, None)
+    """Dotted-key overrides from the flags of :func:`add_broker_arguments` (None: not given,
+    also for commands that do not take those flags)."""
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
+
+    host, port = flag("broker") or (None, None)
     return {
         "broker.host": host,
         "broker.port": port,
-        "broker.username": args.username,
-        "broker.password": args.password,
-        "broker.tls.ca_file": args.ca_file,
-        "broker.tls.cert_file": args.cert_file,
-        "broker.tls.key_file": args.key_file,
+        "broker.username": flag("username"),
+        "broker.password": flag("password"),
+        "broker.tls.ca_file": flag("ca_file"),
+        "broker.tls.cert_file": flag("cert_file"),
+        "broker.tls.key_file": flag("key_file"),
     }
 
 
