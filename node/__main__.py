@@ -139,7 +139,7 @@ def spool_command(settings: NodeSettings) -> int:
 
 
 def devices_command() -> int:
-    from .sources import input_devices
+    from .microphone import input_devices
 
     for index, name, rate in input_devices():
         print(f"{index:>3}  {rate:>6.0f} Hz  {name}")

@@ -20,8 +20,9 @@ from tinyml_core.errors import MqttConnectError, TinyMLError
 from tinyml_core.messages import AudioClip, ClimateReading, sensor_message_topic
 from tinyml_core.mqtt import MqttClient
 
-from .dht11 import Dht11Sensor, SensorReadError
+from .dht11 import Dht11Sensor
 from .forwarder import Forwarder
+from .hardware import SensorReadError
 from .microphone import Microphone
 from .settings import NodeSettings
 from .spool import AUDIO, CLIMATE, Spool

@@ -9,14 +9,13 @@ configured; without it the error names the extra to install.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tinyml_core.errors import TinyMLError
+from .hardware import SensorError, SensorReadError, import_driver
 
 log = logging.getLogger("node.dht11")
 
@@ -27,15 +26,6 @@ MIN_READ_INTERVAL_S = 2.1
 # that happened to pass the one-byte checksum.
 PLAUSIBLE_TEMPERATURE_C = (-10.0, 60.0)
 PLAUSIBLE_HUMIDITY = (1.0, 100.0)
-INSTALL_HINT = "install the node extra on the Pi: pip install '.[node]'"
-
-
-class SensorError(TinyMLError):
-    """A sensor that cannot be used at all (driver missing, unknown pin)."""
-
-
-class SensorReadError(TinyMLError):
-    """One failed read; the next may succeed."""
 
 
 class DhtDevice(Protocol):
@@ -64,14 +54,8 @@ class ReadStats:
 
 def open_dht11(pin_name: str) -> DhtDevice:
     """The real sensor on a board pin such as ``D4`` (needs adafruit-circuitpython-dht)."""
-    os.environ.setdefault("BLINKA_SKIP_DEPENDENCY_CHECK", "1")  # never pip-install on the Pi
-    try:
-        import adafruit_dht
-        import board
-    except ImportError as exc:
-        raise SensorError(f"the DHT11 driver is missing ({exc.name}): {INSTALL_HINT}") from None
-    except (NotImplementedError, RuntimeError) as exc:  # Blinka on an unknown board
-        raise SensorError(f"no GPIO for the DHT11 on this machine: {exc}") from None
+    adafruit_dht = import_driver("adafruit_dht", "the DHT11 driver")
+    board = import_driver("board", "the DHT11 driver")
     pin = getattr(board, pin_name, None)
     if pin is None:
         board_id = getattr(board, "board_id", "this board")

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .dht11 import INSTALL_HINT, SensorError
+from .hardware import SensorError, import_driver
 
 log = logging.getLogger("node.microphone")
 
@@ -75,10 +75,7 @@ class ClipGate:
 def open_pyaudio_stream(sample_rate: int, device_index: int,
                         frames_per_buffer: int) -> tuple[InputStream, Callable[[], None]]:
     """A 16-bit mono input stream and the function that releases PyAudio."""
-    try:
-        import pyaudio
-    except ImportError:
-        raise SensorError(f"PyAudio is missing: {INSTALL_HINT} (needs portaudio19-dev)") from None
+    pyaudio = _import_pyaudio()
     audio = pyaudio.PyAudio()
     try:
         stream = audio.open(format=pyaudio.paInt16, channels=1, rate=sample_rate, input=True,
@@ -90,6 +87,22 @@ def open_pyaudio_stream(sample_rate: int, device_index: int,
         raise SensorError(f"cannot open {device} at {sample_rate} Hz: {exc} (list devices "
                           "with `python -m node devices`)") from None
     return stream, audio.terminate
+
+
+def input_devices() -> list[tuple[int, str, float]]:
+    """(index, name, default sample rate) of every input device PyAudio sees."""
+    pyaudio = _import_pyaudio()
+    audio = pyaudio.PyAudio()
+    try:
+        devices = [audio.get_device_info_by_index(i) for i in range(audio.get_device_count())]
+        return [(int(d["index"]), str(d["name"]), float(d["defaultSampleRate"]))
+                for d in devices if int(d["maxInputChannels"]) > 0]
+    finally:
+        audio.terminate()
+
+
+def _import_pyaudio() -> Any:
+    return import_driver("pyaudio", "PyAudio", needs="apt: portaudio19-dev")
 
 
 class Microphone:

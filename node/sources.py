@@ -3,7 +3,7 @@ only for the sources that are selected."""
 
 from __future__ import annotations
 
-from .dht11 import INSTALL_HINT, Dht11Sensor, SensorError, open_dht11
+from .dht11 import Dht11Sensor, open_dht11
 from .microphone import BLOCK_SECONDS, ClipGate, Microphone, open_pyaudio_stream
 from .settings import AudioSource, ClimateSource
 
@@ -22,18 +22,3 @@ def open_microphone(settings: AudioSource) -> Microphone | None:
     gate = ClipGate(settings.gate_dbfs, settings.every_s)
     return Microphone(stream, settings.sample_rate, settings.clip_seconds, gate,
                       on_close=release)
-
-
-def input_devices() -> list[tuple[int, str, float]]:
-    """(index, name, default sample rate) of every input device PyAudio sees."""
-    try:
-        import pyaudio
-    except ImportError:
-        raise SensorError(f"PyAudio is missing: {INSTALL_HINT} (needs portaudio19-dev)") from None
-    audio = pyaudio.PyAudio()
-    try:
-        devices = [audio.get_device_info_by_index(i) for i in range(audio.get_device_count())]
-        return [(int(d["index"]), str(d["name"]), float(d["defaultSampleRate"]))
-                for d in devices if int(d["maxInputChannels"]) > 0]
-    finally:
-        audio.terminate()

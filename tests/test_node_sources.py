@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from node.dht11 import MIN_READ_INTERVAL_S, Dht11Sensor, SensorReadError
+from node.dht11 import MIN_READ_INTERVAL_S, Dht11Sensor
+from node.hardware import SensorReadError
 from node.microphone import ClipGate, Microphone, level_dbfs
 from tests.fake_sensors import FakeInputStream, dht11_frame, make_dht11
 
