@@ -50,14 +50,13 @@ class Node:
     # --- sources ----------------------------------------------------------------------------
     def record_reading(self, temperature: float, humidity: float,
                        time_s: float | None = None) -> None:
-        reading = ClimateReading(self.node_id, self.clock() if time_s is None else time_s,
-                                 self.spool.next_seq(), temperature, humidity)
-        self.spool.put(CLIMATE, sensor_message_topic(reading), reading.encode())
+        time_s = self.clock() if time_s is None else time_s
+        self.spool.put_numbered(CLIMATE, lambda seq: _wire(ClimateReading(
+            self.node_id, time_s, seq, temperature, humidity)))
 
     def record_clip(self, start_time: float, sample_rate: int, samples: np.ndarray) -> None:
-        clip = AudioClip.from_samples(self.node_id, start_time, self.spool.next_seq(),
-                                      sample_rate, samples)
-        self.spool.put(AUDIO, sensor_message_topic(clip), clip.encode())
+        self.spool.put_numbered(AUDIO, lambda seq: _wire(AudioClip.from_samples(
+            self.node_id, start_time, seq, sample_rate, samples)))
 
     def _climate_loop(self, sensor: Dht11Sensor) -> None:
         period = self.settings.climate.period_s
@@ -155,3 +154,6 @@ class Node:
         self.client.close()
         self.spool.close()
 
+
+def _wire(message: ClimateReading | AudioClip) -> tuple[str, bytes]:
+    return sensor_message_topic(message), message.encode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -90,15 +91,24 @@ class Spool:
 
     def put(self, kind: str, topic: str, payload: bytes) -> int:
         """Store a message; returns its id. Makes room under the cap first (see module doc)."""
-        size = len(payload) + len(topic) + _ROW_OVERHEAD
         with self._lock, self._transaction():
-            self._make_room(size)
-            cursor = self._db.execute(
-                "INSERT INTO messages (kind, topic, payload) VALUES (?, ?, ?)",
-                (kind, topic, payload))
-            self._bytes += size
-            self.last_id = int(cursor.lastrowid or 0)
-            return self.last_id
+            return self._insert(kind, topic, payload)
+
+    def put_numbered(self, kind: str, build: Callable[[int], tuple[str, bytes]]) -> int:
+        """Take the next sequence number, ``build(seq)`` → (topic, payload), store it: one
+        transaction (one disk sync), and a message that fails to build uses up no number."""
+        with self._lock, self._transaction():
+            topic, payload = build(self._bump("seq") - 1)
+            return self._insert(kind, topic, payload)
+
+    def _insert(self, kind: str, topic: str, payload: bytes) -> int:
+        size = len(payload) + len(topic) + _ROW_OVERHEAD
+        self._make_room(size)
+        cursor = self._db.execute("INSERT INTO messages (kind, topic, payload) VALUES (?, ?, ?)",
+                                  (kind, topic, payload))
+        self._bytes += size
+        self.last_id = int(cursor.lastrowid or 0)
+        return self.last_id
 
     def remove(self, ids: list[int]) -> None:
         """Forget messages the broker has acknowledged (ids already gone are ignored)."""
