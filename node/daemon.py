@@ -45,7 +45,8 @@ class Node:
         self.microphone = microphone
         self.stop_requested = threading.Event()
         self.clock = clock
-        self._threads: list[threading.Thread] = []
+        self._sources: list[threading.Thread] = []
+        self._connector: threading.Thread | None = None
 
     # --- sources ----------------------------------------------------------------------------
     def record_reading(self, temperature: float, humidity: float,
@@ -92,12 +93,14 @@ class Node:
         if self.microphone is not None:
             self.microphone.start()
             self._spawn("audio-spool", self._audio_loop, self.microphone)
-        self._spawn("connect", self._connect_until_up)
+        self._connector = threading.Thread(target=self._connect_until_up, name="connect",
+                                           daemon=True)
+        self._connector.start()
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._sources.append(thread)
 
     def _connect_until_up(self) -> None:
         """First connection, however long the broker takes; paho reconnects after that."""
@@ -144,14 +147,16 @@ class Node:
         self.stop_requested.set()
         if self.microphone is not None:
             self.microphone.stop()
-        for thread in self._threads:
+        for thread in self._sources:
             thread.join(timeout=5)
         if self.climate is not None:
             self.climate.close()
         if self.client.is_connected and drain_s > 0:
             self.forwarder.drain(drain_s)
         log.info("stopping: %s", self.stats_line())
-        self.client.close()
+        self.client.close()  # also ends a first connection attempt still under way
+        if self._connector is not None:
+            self._connector.join(timeout=5)
         self.spool.close()
 
 

@@ -164,6 +164,21 @@ def test_a_node_started_while_the_broker_is_down_spools_then_delivers(
     status.close()
 
 
+def test_a_node_stops_promptly_while_the_broker_is_unreachable(
+        mosquitto: LocalMosquitto, tmp_path: Path) -> None:
+    mosquitto.stop()
+    node = make_node(mosquitto, tmp_path)
+    thread = run_in_thread(node)
+    node.record_reading(21.0, 40.0, time_s=START)
+    time.sleep(0.5)  # inside a connection attempt
+    started = time.monotonic()
+    node.stop()
+    thread.join(timeout=5)
+    node.close()
+    assert time.monotonic() - started < 3.0  # no wait for the attempt to time out
+    assert len(Spool(tmp_path / "spool", 10**6)) == 1  # kept for the next start
+
+
 def test_spool_full_while_the_broker_is_away_drops_oldest_clips_keeps_readings(
         mosquitto: LocalMosquitto, listener: MqttClient, tmp_path: Path) -> None:
     mosquitto.stop()
