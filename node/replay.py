@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,37 +132,31 @@ def load_stream(stream: Path | None, audio_dir: Path | None, node_id: str | None
 
 def replay(client: MqttClient, items: Iterable[ReplayItem], speed: float,
            window: int = DEFAULT_WINDOW,
-           on_sent: Callable[[ReplayItem], None] | None = None,
            stop: Callable[[], bool] = lambda: False) -> ReplayResult:
-    """Publish ``items`` with their gaps divided by ``speed``; wait for the acknowledgements."""
+    """Publish ``items`` with their gaps divided by ``speed``; wait for the acknowledgements.
+
+    ``stop`` is polled while waiting, so SIGINT ends a slow replay at once."""
     result = ReplayResult()
-    in_flight: deque[PublishHandle] = deque()
     handles: list[PublishHandle] = []
+    oldest = 0  # first handle that may still be unacknowledged
     first_at: float | None = None
     started = time.monotonic()
     for item in items:
+        first_at = item.at if first_at is None else first_at
+        due = started + (item.at - first_at) / speed if speed > 0 else 0.0
+        while not stop() and time.monotonic() < due:
+            time.sleep(max(0.0, min(0.2, due - time.monotonic())))
+        while not stop() and len(handles) - oldest >= window:  # never ahead of the broker
+            if handles[oldest].wait(1.0):
+                oldest += 1
         if stop():
             break
-        if first_at is None:
-            first_at = item.at
-        if speed > 0:
-            delay = started + (item.at - first_at) / speed - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        while len(in_flight) >= window:  # as fast as the broker takes them, never faster
-            if in_flight[0].is_acknowledged():
-                in_flight.popleft()
-            elif not in_flight[0].wait(ACK_TIMEOUT_S):
-                log.warning("no acknowledgement for %.0f s; the broker may be down",
-                            ACK_TIMEOUT_S)
-        handle = client.publish(item.topic, item.payload)
-        in_flight.append(handle)
-        handles.append(handle)
+        handles.append(client.publish(item.topic, item.payload))
         result.sent += 1
-        if on_sent is not None:
-            on_sent(item)
     deadline = time.monotonic() + ACK_TIMEOUT_S
-    for handle in handles:
-        handle.wait(max(0.0, deadline - time.monotonic()))
+    for handle in handles[oldest:]:
+        if not handle.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("no acknowledgement within %.0f s; the broker may be down", ACK_TIMEOUT_S)
+            break
     result.acknowledged = sum(handle.is_acknowledged() for handle in handles)
     return result
