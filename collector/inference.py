@@ -153,6 +153,13 @@ class Inference:
         # Least recently heard nodes are forgotten first.
         self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
 
+    @property
+    def repeated_readings(self) -> int:
+        """Readings ignored because their step was already averaged: QoS 1 redeliveries
+        (after a broker or collector restart) and out-of-order arrivals."""
+        return sum(window.late for windows in self._windows.values()
+                   for window in windows.values())
+
     @classmethod
     def from_options(cls, options: CollectorOptions) -> Inference:
         return cls(options.models_dir, options.forecast_models, options.keyword_model,

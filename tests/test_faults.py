@@ -1,0 +1,199 @@
+"""Faults on the real Mosquitto: the broker and the collector killed mid-stream.
+
+(The node killed mid-stream is in test_node.py: its spool delivers the rest.)
+A killed Mosquitto keeps only what it saved, so these brokers save on every change
+(``autosave_on_changes``), as config/mosquitto/mosquitto.conf recommends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from collector.inference import Inference
+from collector.settings import CollectorOptions, CollectorSettings
+from collector.worker import Worker
+from node.daemon import Node
+from node.settings import NodeIdentity, NodeSettings
+from tests.collector_process import start_collector, wait_online
+from tests.conftest import REPO_ROOT, broker_config
+from tinyml_core.broker import LocalMosquitto
+from tinyml_core.messages import AudioClip, ClimateReading, Forecast, KeywordResult, decode_message
+from tinyml_core.mqtt import MqttClient
+from tinyml_core.recordings import read_wav
+from tinyml_core.topics import climate_topic
+
+MODELS = REPO_ROOT / "models"
+START = 1_729_299_600.0  # on a step boundary: a reading closes its step at once
+STEP_S = 600.0
+WINDOW = 6
+SAVE_EVERY_CHANGE = "autosave_on_changes true\n"
+
+
+def reading_time(seq: int) -> float:
+    return START + STEP_S * seq
+
+
+class Observer:
+    """A persistent QoS 1 subscriber that sorts what it hears by kind, in its own thread."""
+
+    def __init__(self, broker: LocalMosquitto, *filters: str) -> None:
+        self.client = MqttClient(broker_config(broker), "fault-observer", persistent_session=True,
+                                 publish_availability=False).connect()
+        for topic_filter in filters:
+            self.client.subscribe(topic_filter)
+        self.reading_seqs: list[int] = []
+        self.forecasts: list[tuple[float, bytes]] = []
+        self.keywords: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            inbound = self.client.receive(timeout=0.1)
+            if inbound is None:
+                continue
+            message = decode_message(inbound.topic, inbound.payload)
+            if isinstance(message, ClimateReading):
+                self.reading_seqs.append(message.seq)
+            elif isinstance(message, Forecast):
+                self.forecasts.append((message.input_time, inbound.payload))
+            elif isinstance(message, KeywordResult):
+                self.keywords.append(message.input_time)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.05)
+        return condition()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.client.close(timeout=1.0)
+
+
+def start_worker(broker: LocalMosquitto, keyword_model: str | None = None
+                 ) -> tuple[Worker, threading.Thread]:
+    settings = CollectorSettings(
+        broker=broker_config(broker),
+        collector=CollectorOptions(id="collector-faults", models_dir=str(MODELS),
+                                   forecast_models=("forecast_a",),
+                                   keyword_model=keyword_model or ""))
+    worker = Worker(settings, Inference.from_options(settings.collector))
+    worker.start()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def test_broker_killed_twice_while_a_node_streams_1000_readings(
+        mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
+    broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
+    worker, worker_thread = start_worker(broker)
+    observer = Observer(broker, "sensors/+/climate", "predictions/+/forecast")
+    node = Node(NodeSettings(broker=broker_config(broker, connect_timeout_s=1.0),
+                             node=NodeIdentity(id="pi-faults", spool_path=str(tmp_path / "spool"),
+                                               flush_rate_per_s=1000)))
+    node.start()
+    node_thread = threading.Thread(target=node.run, daemon=True)
+    node_thread.start()
+    kills = 0
+    for seq in range(1000):
+        if seq in (300, 650):
+            broker.kill()  # SIGKILL: no goodbye, no final save
+            kills += 1
+            time.sleep(0.5)
+            broker.start()
+        node.record_reading(20.0 + (seq % 50) / 10, 50.0 + (seq % 30) / 10,
+                            time_s=reading_time(seq))
+        time.sleep(0.003)
+    expected_windows = {reading_time(seq) for seq in range(WINDOW - 1, 1000)}
+    assert observer.wait_until(
+        lambda: {t for t, _ in observer.forecasts} >= expected_windows
+        and len(set(observer.reading_seqs)) == 1000, timeout=60), (
+        f"{len(set(observer.reading_seqs))} readings and "
+        f"{len({t for t, _ in observer.forecasts} & expected_windows)} of "
+        f"{len(expected_windows)} forecasts arrived")
+    time.sleep(0.5)  # let late repeats arrive
+    node.stop()
+    node_thread.join(timeout=5)
+    node.close()
+    worker.stop()
+    worker_thread.join(timeout=5)
+    worker.close()
+    observer.close()
+
+    assert kills == 2
+    # Every reading reached the broker's subscribers in order; QoS 1 allows a repeat of
+    # what was in flight at a kill, never a gap.
+    first_arrivals = list(dict.fromkeys(observer.reading_seqs))
+    assert first_arrivals == list(range(1000))
+    # The collector averaged each reading into its window exactly once (repeats recognised)...
+    assert worker.counters.received - worker.inference.repeated_readings == 1000
+    # ...and forecast every full window; a forecast heard twice is the same message.
+    assert {t for t, _ in observer.forecasts} == expected_windows
+    by_window: dict[float, set[bytes]] = {}
+    for input_time, payload in observer.forecasts:
+        by_window.setdefault(input_time, set()).add(payload)
+    assert all(len(payloads) == 1 for payloads in by_window.values())
+    assert worker.counters.errors == 0
+
+
+
+
+def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down(
+        mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
+    broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
+    log = tmp_path / "collector.log"
+    collector = start_collector(broker, log)
+    observer = Observer(broker, "predictions/#")
+    wait_online(broker)
+    rate, samples = read_wav(sorted((REPO_ROOT / "samples" / "speech" / "yes").glob("*.wav"))[0])
+    node = MqttClient(broker_config(broker), "pi-crash", publish_availability=False).connect()
+    pending = []
+    killed_at = restarted_at = -1
+    for seq in range(300):
+        if seq == 100:
+            collector.send_signal(signal.SIGKILL)
+            collector.wait(timeout=5)
+            killed_at = seq
+        if seq == 200:
+            collector = start_collector(broker, log)
+            restarted_at = seq
+        reading = ClimateReading("pi-crash", reading_time(seq), seq, 21.0, 45.0)
+        pending.append(node.publish(climate_topic("pi-crash"), reading.encode()))
+        if seq % 10 == 0:  # a clip is answered on its own, whatever the windows hold
+            clip = AudioClip.from_samples("pi-crash", reading_time(seq), seq, rate, samples)
+            pending.append(node.publish("sensors/pi-crash/audio", clip.encode()))
+        time.sleep(0.01)
+    assert all(handle.wait(10) for handle in pending)
+    clip_times = {reading_time(seq) for seq in range(0, 300, 10)}
+    # The restarted worker starts with empty windows: every window it completes is forecast.
+    last_windows = {reading_time(seq) for seq in range(restarted_at + WINDOW, 300)}
+    try:
+        assert observer.wait_until(
+            lambda: set(observer.keywords) >= clip_times
+            and {t for t, _ in observer.forecasts} >= last_windows, timeout=60), (
+            f"{len(set(observer.keywords))} of {len(clip_times)} clips answered")
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=15)
+        observer.close()
+    assert collector.returncode == 0, log.read_text()[-2000:]
+    assert killed_at == 100
+    # Every clip, including the 10 sent while no collector ran, answered; a repeat is only
+    # possible for what was in flight at the kill.
+    assert set(observer.keywords) == clip_times
+    assert len(observer.keywords) - len(clip_times) <= 2
+    forecast_times = {t for t, _ in observer.forecasts}
+    assert {reading_time(seq) for seq in range(WINDOW - 1, 95)} <= forecast_times
+    # Readings sent while it was down were processed after it returned: they filled the new
+    # windows, and every window of the new worker (from its 6th reading on) was forecast.
+    assert {reading_time(seq) for seq in range(100 + WINDOW, 300)} <= forecast_times
