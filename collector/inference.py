@@ -51,6 +51,9 @@ from .settings import CollectorOptions, parse_partition
 log = logging.getLogger(__name__)
 
 MAX_NODES = 10_000
+# A flood of bad input must not flood the log: at most this many "rejected" lines a minute
+# (every rejection still gets its error record and is counted in the stats line).
+REJECTIONS_LOGGED_PER_MINUTE = 20
 CLIMATE_FILTER = sensor_filter(SensorKind.CLIMATE)
 
 
@@ -60,6 +63,31 @@ class Outgoing:
     payload: bytes
     retain: bool = False
     is_error: bool = False
+
+
+class RejectionLog:
+    """Logs rejected input, at most ``limit`` lines per ``period_s``; then says how many it
+    left out."""
+
+    def __init__(self, limit: int = REJECTIONS_LOGGED_PER_MINUTE, period_s: float = 60.0) -> None:
+        self.limit, self.period_s = limit, period_s
+        self.period_start = -math.inf
+        self.logged = self.suppressed = 0
+
+    def rejected(self, topic: str, size: int, error: PayloadError) -> None:
+        now = time.monotonic()
+        if now - self.period_start >= self.period_s:
+            if self.suppressed:
+                log.warning("%d more rejected payloads were not logged", self.suppressed)
+            self.period_start, self.logged, self.suppressed = now, 0, 0
+        if self.logged < self.limit:
+            self.logged += 1
+            log.warning("rejected %s (%d bytes): %s", topic[:120], size, error)
+            if self.logged == self.limit:
+                log.warning("more than %d rejected payloads this minute: logging no more of "
+                            "them until the next (see errors/# for each one)", self.limit)
+        else:
+            self.suppressed += 1
 
 
 @dataclass
@@ -144,6 +172,7 @@ class Inference:
                 log.error("model refused: %s", error)
         self.confidence_floor = confidence_floor
         self.max_nodes = max_nodes
+        self.rejections = RejectionLog()
         self.partition = partition
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
@@ -188,7 +217,7 @@ class Inference:
     def _error(self, topic: str, payload: bytes, error: PayloadError,
                now: float | None) -> Outgoing:
         node_id = reporting_node_id(topic)
-        log.warning("rejected %s (%d bytes): %s", topic[:120], len(payload), error)
+        self.rejections.rejected(topic, len(payload), error)
         record = ErrorRecord.for_rejected(node_id, now or time.time(), topic, payload, error)
         return Outgoing(errors_topic(node_id), record.encode(), is_error=True)
 

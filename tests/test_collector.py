@@ -350,3 +350,19 @@ def test_home_assistant_discovery_is_retained_and_resent_when_it_restarts(
     running.stop()
     thread.join(timeout=5)
     running.close()
+
+
+def test_a_flood_of_bad_input_is_logged_a_few_lines_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    flooded = Inference(MODELS, ("forecast_a",), None)
+    with caplog.at_level("WARNING", logger="collector.inference"):
+        answers = [flooded.handle("sensors/pi-1/climate", b"garbage %d" % i) for i in range(500)]
+    assert all(len(a) == 1 and a[0].is_error for a in answers)  # every one still answered
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith("rejected") for line in lines) == 20
+    assert any("logging no more" in line for line in lines) and len(lines) == 21
+    flooded.rejections.period_start -= 61  # a minute later
+    with caplog.at_level("WARNING", logger="collector.inference"):
+        flooded.handle("sensors/pi-1/climate", b"garbage")
+    assert "480 more rejected payloads were not logged" in caplog.records[-2].getMessage()
+    assert caplog.records[-1].getMessage().startswith("rejected")

@@ -165,6 +165,42 @@ def test_random_bytes_never_escape_as_anything_but_payload_error(payload: bytes)
             assert error.reason
 
 
+@given(
+    rate=st.integers(4000, 96_000),
+    samples=st.lists(st.integers(-32768, 32767), min_size=1, max_size=400),
+    seq=st.integers(0, 2**53 - 1),
+)
+def test_audio_round_trip_property(rate: int, samples: list[int], seq: int) -> None:
+    clip = AudioClip.from_samples("pi-1", T0, seq, rate, np.array(samples, dtype=np.int16))
+    decoded = decode_sensor_message("sensors/pi-1/audio", clip.encode())
+    assert isinstance(decoded, AudioClip)
+    assert (decoded.sample_rate, decoded.seq, decoded.samples.tolist()) == (rate, seq, samples)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=4),
+    max_leaves=10)
+
+
+@given(record=st.integers(0, 5), field=st.sampled_from(["bn", "bt", "n", "u", "v", "vs", "vd",
+                                                         "t", "x"]), value=JSON_VALUES,
+       audio=st.booleans())
+def test_any_field_set_to_any_json_value_decodes_or_is_a_payload_error(
+        record: int, field: str, value: object, audio: bool) -> None:
+    pack = audio_pack() if audio else climate_pack()
+    pack[record % len(pack)][field] = value
+    payload = json.dumps(pack).encode()  # NaN and Infinity too: Python writes them
+    topic = AUDIO_TOPIC if audio else CLIMATE_TOPIC
+    try:
+        decoded = decode_sensor_message(topic, payload)
+    except PayloadError as error:
+        assert error.reason
+    else:  # accepted only what re-encodes to the same message
+        assert decode_sensor_message(topic, decoded.encode()).encode() == decoded.encode()
+
+
 # --- malformed input: each case names what must appear in the reason --------------------------
 CLIMATE_TOPIC = "sensors/pi-1/climate"
 AUDIO_TOPIC = "sensors/pi-1/audio"
