@@ -1,0 +1,220 @@
+"""The shipped broker configuration (config/mosquitto/) on the real Mosquitto: passwords, the
+ACL, and TLS with a CA made in the test."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.inference import Inference
+from collector.settings import CollectorOptions, CollectorSettings
+from collector.worker import Worker
+from tests.certificates import TestCA
+from tests.conftest import REPO_ROOT, broker_config
+from tinyml_core.broker import LocalMosquitto, free_port
+from tinyml_core.config import BrokerConfig, TlsConfig
+from tinyml_core.errors import MqttConnectError
+from tinyml_core.messages import AudioClip, ClimateReading, Forecast, KeywordResult, decode_message
+from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.recordings import read_wav
+from tinyml_core.topics import audio_topic, climate_topic
+
+SHIPPED = REPO_ROOT / "config" / "mosquitto"
+INSTALLED_AT = "/etc/mosquitto/tinyml/"
+START = 1_729_299_600.0
+USERS = {"pi-1": "pi-1 secret", "pi-2": "pi-2 secret", "collector-1": "collector secret",
+         "homeassistant": "ha secret"}
+
+
+def render(name: str, directory: Path, port: int, uncomment: tuple[str, ...] = ()) -> str:
+    """A shipped config as installed: its files in ``directory``, its listener on loopback."""
+    text = (SHIPPED / name).read_text().replace(INSTALLED_AT, f"{directory}/")
+    for option in uncomment:
+        text = text.replace(f"#{option}", option)
+    text, listeners = re.subn(r"^listener \d+$", f"listener {port} 127.0.0.1", text, flags=re.M)
+    assert listeners == 1
+    return text
+
+
+def install(directory: Path) -> None:
+    """What docs/security.md says to do: the ACL, and a password per client."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "acl").write_text((SHIPPED / "acl").read_text())
+    passwords = directory / "passwd"
+    for index, (user, password) in enumerate(USERS.items()):
+        create = ["-c"] if index == 0 else []
+        subprocess.run(["mosquitto_passwd", *create, "-b", str(passwords), user, password],
+                       check=True, capture_output=True)
+
+
+@pytest.fixture
+def secured(mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> LocalMosquitto:
+    install(tmp_path / "tinyml")
+    port = free_port()
+    return mosquitto_factory(port=port, listener=render("tinyml.conf", tmp_path / "tinyml", port))
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., MqttClient]]:
+    made: list[MqttClient] = []
+
+    def connect(config: BrokerConfig, client_id: str, **kwargs: object) -> MqttClient:
+        client = MqttClient(config, client_id, **kwargs).connect()  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        client.close(timeout=1.0)
+
+
+def as_user(broker: LocalMosquitto, user: str, **changes: object) -> BrokerConfig:
+    return broker_config(broker, username=user, password=USERS[user], **changes)
+
+
+def drain(client: MqttClient, seconds: float = 1.0) -> list[InboundMessage]:
+    received = []
+    while (message := client.receive(timeout=seconds)) is not None:
+        received.append(message)
+    return received
+
+
+def reading(node: str, seq: int) -> bytes:
+    return ClimateReading(node, START + 600 * seq, seq, 21.0, 45.0).encode()
+
+
+def test_anonymous_and_wrong_password_are_refused(secured: LocalMosquitto) -> None:
+    with pytest.raises(MqttConnectError, match="refused"):
+        MqttClient(broker_config(secured), "pi-1").connect()
+    with pytest.raises(MqttConnectError, match="refused"):
+        MqttClient(broker_config(secured, username="pi-1", password="guess"), "pi-1").connect()
+
+
+def test_a_node_can_publish_only_under_its_own_id(
+        secured: LocalMosquitto, clients: Callable[..., MqttClient]) -> None:
+    collector = clients(as_user(secured, "collector-1"), "collector-1",
+                        publish_availability=False)
+    collector.subscribe("sensors/#")
+    dashboard = clients(as_user(secured, "homeassistant"), "homeassistant",
+                        publish_availability=False)
+    dashboard.subscribe("predictions/#")
+    dashboard.subscribe("status/#")
+    node = clients(as_user(secured, "pi-1"), "pi-1")  # publishes status/pi-1 "online"
+    attempts = [
+        (climate_topic("pi-2"), reading("pi-2", 0)),  # another node's readings
+        ("sensors/pi-2/audio", b"x"),
+        ("predictions/pi-1/forecast", b"{}"),  # a forged prediction
+        ("status/collector-1", b"offline"),  # another client's availability
+        (climate_topic("pi-1"), reading("pi-1", 1)),  # its own: delivered
+    ]
+    for topic, payload in attempts:
+        # MQTT 3.1.1 has no way to say "denied": the broker acknowledges and drops.
+        assert node.publish(topic, payload).wait(5)
+    delivered = [(m.topic, m.payload) for m in drain(collector)]
+    assert delivered == [(climate_topic("pi-1"), reading("pi-1", 1))]
+    seen = [(m.topic, m.payload) for m in drain(dashboard)]
+    assert seen == [("status/pi-1", b"online")]
+
+
+def test_a_node_cannot_take_over_another_clients_session(
+        secured: LocalMosquitto, clients: Callable[..., MqttClient]) -> None:
+    collector = clients(as_user(secured, "collector-1"), "collector-1", persistent_session=True)
+    # pi-1's credentials with the collector's client id: the broker uses the user name instead.
+    impostor = clients(as_user(secured, "pi-1"), "collector-1", publish_availability=False)
+    assert impostor.publish(climate_topic("pi-1"), reading("pi-1", 0)).wait(5)
+    assert collector.is_connected  # not kicked off
+    collector.subscribe("sensors/#")
+    assert impostor.publish(climate_topic("pi-1"), reading("pi-1", 1)).wait(5)
+    assert [m.payload for m in drain(collector)] == [reading("pi-1", 1)]
+
+
+def test_the_collector_works_within_its_permissions(
+        secured: LocalMosquitto, clients: Callable[..., MqttClient]) -> None:
+    settings = CollectorSettings(
+        broker=as_user(secured, "collector-1"),
+        collector=CollectorOptions(id="collector-1", models_dir=str(REPO_ROOT / "models"),
+                                   forecast_models=("forecast_a",), keyword_model="kws_c",
+                                   share_group="pool"))  # a shared subscription, too
+    worker = Worker(settings, Inference.from_options(settings.collector))
+    worker.start()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        dashboard = clients(as_user(secured, "homeassistant"), "homeassistant",
+                            publish_availability=False)
+        dashboard.subscribe("predictions/#")
+        dashboard.subscribe("errors/#")
+        node = clients(as_user(secured, "pi-2"), "pi-2")
+        for seq in range(6):
+            assert node.publish(climate_topic("pi-2"), reading("pi-2", seq)).wait(5)
+        path = sorted((REPO_ROOT / "samples" / "speech" / "yes").glob("*.wav"))[0]
+        clip = AudioClip.from_samples("pi-2", START, 7, *read_wav(path))
+        assert node.publish(audio_topic("pi-2"), clip.encode()).wait(5)
+        assert node.publish(climate_topic("pi-2"), b"garbage").wait(5)
+        answers = [decode_message(m.topic, m.payload) for m in drain(dashboard, 3.0)]
+        kinds = sorted(type(a).__name__ for a in answers)
+        assert kinds == ["ErrorRecord", "Forecast", "KeywordResult"]
+        assert next(a for a in answers if isinstance(a, KeywordResult)).label == "yes"
+        assert next(a for a in answers if isinstance(a, Forecast)).node_id == "pi-2"
+    finally:
+        worker.stop()
+        thread.join(timeout=5)
+        worker.close()
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+@pytest.fixture
+def tls_broker(mosquitto_factory: Callable[..., LocalMosquitto],
+               tmp_path: Path) -> tuple[LocalMosquitto, TestCA]:
+    directory = tmp_path / "tinyml"
+    install(directory)
+    ca = TestCA(directory)
+    broker_cert = ca.issue("broker", server=True)
+    broker_cert.cert.rename(directory / "broker.crt")
+    broker_cert.key.rename(directory / "broker.key")
+    ca.cert.rename(directory / "ca.crt")
+    port = free_port()
+    listener = render("tinyml-tls.conf", directory, port,
+                      uncomment=("cafile", "require_certificate"))
+    return mosquitto_factory(port=port, listener=listener), ca
+
+
+def tls_user(broker: LocalMosquitto, user: str, ca_file: Path, cert: Path | None = None,
+             key: Path | None = None) -> BrokerConfig:
+    return as_user(broker, user, tls=TlsConfig(ca_file=str(ca_file), cert_file=str(cert or ""),
+                                               key_file=str(key or "")))
+
+
+def test_tls_with_the_right_ca_and_a_client_certificate_works(
+        tls_broker: tuple[LocalMosquitto, TestCA], clients: Callable[..., MqttClient]) -> None:
+    broker, ca = tls_broker
+    ca_file = ca.directory / "ca.crt"
+    collector_cert = ca.issue("collector-1", server=False)
+    collector = clients(tls_user(broker, "collector-1", ca_file, collector_cert.cert,
+                                 collector_cert.key), "collector-1", publish_availability=False)
+    collector.subscribe("sensors/#")
+    node_cert = ca.issue("pi-1", server=False)
+    node = clients(tls_user(broker, "pi-1", ca_file, node_cert.cert, node_cert.key), "pi-1")
+    assert node.publish(climate_topic("pi-1"), reading("pi-1", 3)).wait(5)
+    assert [m.payload for m in drain(collector)] == [reading("pi-1", 3)]
+
+
+def test_tls_with_the_wrong_ca_or_without_a_client_certificate_fails(
+        tls_broker: tuple[LocalMosquitto, TestCA], tmp_path: Path) -> None:
+    broker, ca = tls_broker
+    impostor_ca = TestCA(tmp_path / "other-ca", name="Someone else's CA")
+    client_cert = ca.issue("pi-1", server=False)
+    wrong_ca = tls_user(broker, "pi-1", impostor_ca.cert, client_cert.cert, client_cert.key)
+    with pytest.raises(MqttConnectError, match=r"TLS handshake .* failed.*certificate verify"):
+        MqttClient(wrong_ca, "pi-1").connect()
+    no_client_cert = tls_user(broker, "pi-1", ca.directory / "ca.crt")
+    with pytest.raises(MqttConnectError):
+        MqttClient(no_client_cert, "pi-1", publish_availability=False).connect(timeout=2.0)
+    plain = as_user(broker, "pi-1")  # no TLS at all against the TLS port
+    with pytest.raises(MqttConnectError):
+        MqttClient(plain, "pi-1", publish_availability=False).connect(timeout=2.0)
