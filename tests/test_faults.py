@@ -2,7 +2,7 @@
 
 (The node killed mid-stream is in test_node.py: its spool delivers the rest.)
 A killed Mosquitto keeps only what it saved, so these brokers save on every change
-(``autosave_on_changes``), as config/mosquitto/mosquitto.conf recommends.
+(``autosave_on_changes``): docs/security.md, "Crashes", explains the trade-off.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -165,6 +166,21 @@ def test_the_collector_works_within_its_permissions(
         worker.stop()
         thread.join(timeout=5)
         worker.close()
+
+
+def test_a_revoked_node_is_cut_off_at_the_next_reload(
+        secured: LocalMosquitto, clients: Callable[..., MqttClient], tmp_path: Path) -> None:
+    node = clients(as_user(secured, "pi-1"), "pi-1")
+    other = clients(as_user(secured, "pi-2"), "pi-2")
+    subprocess.run(["mosquitto_passwd", "-D", str(tmp_path / "tinyml" / "passwd"), "pi-1"],
+                   check=True)
+    secured.reload()
+    deadline = time.monotonic() + 5
+    while node.is_connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not node.is_connected and other.is_connected
+    with pytest.raises(MqttConnectError, match="refused"):
+        MqttClient(as_user(secured, "pi-1"), "pi-1").connect()
 
 
 # --- TLS ---------------------------------------------------------------------------------------

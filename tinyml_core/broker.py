@@ -102,6 +102,10 @@ class LocalMosquitto:
         return f"{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -132,6 +136,11 @@ class LocalMosquitto:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its password file and ACL (and drops revoked clients)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """Abrupt stop (SIGKILL), as a crash or power cut would do."""
