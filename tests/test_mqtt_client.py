@@ -100,6 +100,27 @@ def test_reconnects_resubscribes_and_republishes_online(mosquitto: LocalMosquitt
     listener.close()
 
 
+def test_a_session_lost_by_the_broker_is_reported_and_subscriptions_restored(
+        mosquitto: LocalMosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    config = broker_config(mosquitto)
+    worker = MqttClient(config, "worker", persistent_session=True).connect()
+    worker.subscribe("sensors/#")
+    mosquitto.kill()
+    shutil.rmtree(mosquitto.directory / "data")  # as if it had never saved
+    (mosquitto.directory / "data").mkdir()
+    with caplog.at_level("WARNING", logger="tinyml.mqtt"):
+        mosquitto.start()
+        assert worker.wait_connected(10)
+        with MqttClient(config, "sender", publish_availability=False) as sender:
+            assert sender.publish("sensors/pi-1/climate", b"x").wait(5)
+        message = worker.receive(timeout=5)
+    assert message is not None and message.topic == "sensors/pi-1/climate"
+    assert any("no longer had this client's session" in r.getMessage() for r in caplog.records)
+    worker.close()
+
+
 def test_persistent_session_keeps_messages_sent_while_away(mosquitto: LocalMosquitto) -> None:
     config = broker_config(mosquitto)
     worker = MqttClient(config, "worker", persistent_session=True).connect()

@@ -337,6 +337,12 @@ class MqttClient:
         self.stats.connects += 1
         log.info("connected to %s as %s%s", self.config.address, self.client_id,
                  " (session resumed)" if flags.session_present else "")
+        if self._persistent and self.stats.connects > 1 and not flags.session_present:
+            # The broker restarted without its saved state (crash, no persistence): what it
+            # held for us, and what arrived before we subscribed again, is gone.
+            log.warning("the broker at %s no longer had this client's session; messages "
+                        "queued for it while it was away may have been lost (is Mosquitto's "
+                        "persistence on? see docs/security.md, 'Crashes')", self.config.address)
         if self._status_topic is not None:
             client.publish(self._full_topic(self._status_topic), Availability.ONLINE.encode(),
                            qos=DEFAULT_QOS, retain=True)
