@@ -39,7 +39,7 @@ from collector_throughput import start_workers  # noqa: E402
 from tinyml_core.broker import LocalMosquitto  # noqa: E402
 from tinyml_core.config import BrokerConfig  # noqa: E402
 from tinyml_core.messages import AudioClip, ClimateReading  # noqa: E402
-from tinyml_core.mqtt import MqttClient  # noqa: E402
+from tinyml_core.mqtt import InboundMessage, MqttClient  # noqa: E402
 from tinyml_core.recordings import read_wav  # noqa: E402
 from tinyml_core.topics import audio_topic, climate_topic  # noqa: E402
 
@@ -54,7 +54,6 @@ class Usage:
 
     pid: int
     cpu_start: float = 0.0
-    peak_kb: int = 0
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -63,10 +62,11 @@ class Usage:
     def start(self) -> None:
         self.cpu_start = self.cpu_seconds()
 
-    def sample(self) -> None:
+    def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
 
 @dataclass
@@ -97,9 +97,9 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
     result = Run()
     lock = threading.Lock()
 
-    def on_prediction(message: object) -> None:
-        kind = message.topic.rsplit("/", 1)[1]  # type: ignore[attr-defined]
-        document = json.loads(message.payload)  # type: ignore[attr-defined]
+    def on_prediction(message: InboundMessage) -> None:
+        kind = message.topic.rsplit("/", 1)[1]
+        document = json.loads(message.payload)
         key = f"{kind}:{document['node_id']}@{document['input_time']}"
         with lock:
             if key in result.received:
@@ -116,10 +116,8 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
     usages.update({f"collector {i + 1}": Usage(w.pid) for i, w in enumerate(workers)})
     for usage in usages.values():
         usage.start()
-        usage.sample()
     events = schedule(nodes, duration)
     started = time.time()
-    next_sample = started
     for offset, node, kind, step in events:
         delay = started + offset - time.time()
         if delay > 0:
@@ -140,18 +138,13 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
         result.inputs += 1
         if expected:
             result.sent[f"{expected}:{node_id}@{message.time}"] = sent_at
-        if time.time() >= next_sample:
-            for usage in usages.values():
-                usage.sample()
-            next_sample += 1.0
     publishing = time.time() - started
     deadline = time.time() + 10
     while time.time() < deadline and len(result.received) < len(result.sent):
         time.sleep(0.1)
-    for usage in usages.values():
-        usage.sample()
     cpu = {name: (usage.cpu_seconds() - usage.cpu_start) / publishing * 100
            for name, usage in usages.items()}
+    peak = {name: usage.peak_rss_mb() for name, usage in usages.items()}
     for client in clients:
         client.close(timeout=2)
     listener.close()
@@ -176,8 +169,8 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
           f"keywords {percentiles('keyword')}")
     print(f"  lost: {lost} of {len(result.sent)} expected predictions"
           f" ({result.repeats} repeated)")
-    for name, usage in usages.items():
-        print(f"  {name:<15} CPU {cpu[name]:5.1f} %   peak RSS {usage.peak_kb / 1024:6.1f} MB")
+    for name in usages:
+        print(f"  {name:<15} CPU {cpu[name]:5.1f} %   peak RSS {peak[name]:6.1f} MB")
 
 
 def main() -> int:
