@@ -104,11 +104,9 @@ def test_broker_killed_twice_while_a_node_streams_1000_readings(
     node.start()
     node_thread = threading.Thread(target=node.run, daemon=True)
     node_thread.start()
-    kills = 0
     for seq in range(1000):
         if seq in (300, 650):
             broker.kill()  # SIGKILL: no goodbye, no final save
-            kills += 1
             time.sleep(0.5)
             broker.start()
         node.record_reading(20.0 + (seq % 50) / 10, 50.0 + (seq % 30) / 10,
@@ -130,7 +128,6 @@ def test_broker_killed_twice_while_a_node_streams_1000_readings(
     worker.close()
     observer.close()
 
-    assert kills == 2
     # Every reading reached the broker's subscribers in order; QoS 1 allows a repeat of
     # what was in flight at a kill, never a gap.
     first_arrivals = list(dict.fromkeys(observer.reading_seqs))
@@ -146,8 +143,6 @@ def test_broker_killed_twice_while_a_node_streams_1000_readings(
     assert worker.counters.errors == 0
 
 
-
-
 def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down(
         mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
     broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
@@ -158,15 +153,12 @@ def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down
     rate, samples = read_wav(sorted((REPO_ROOT / "samples" / "speech" / "yes").glob("*.wav"))[0])
     node = MqttClient(broker_config(broker), "pi-crash", publish_availability=False).connect()
     pending = []
-    killed_at = restarted_at = -1
     for seq in range(300):
         if seq == 100:
             collector.send_signal(signal.SIGKILL)
             collector.wait(timeout=5)
-            killed_at = seq
         if seq == 200:
             collector = start_collector(broker, log)
-            restarted_at = seq
         reading = ClimateReading("pi-crash", reading_time(seq), seq, 21.0, 45.0)
         pending.append(node.publish(climate_topic("pi-crash"), reading.encode()))
         if seq % 10 == 0:  # a clip is answered on its own, whatever the windows hold
@@ -175,25 +167,24 @@ def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down
         time.sleep(0.01)
     assert all(handle.wait(10) for handle in pending)
     clip_times = {reading_time(seq) for seq in range(0, 300, 10)}
-    # The restarted worker starts with empty windows: every window it completes is forecast.
-    last_windows = {reading_time(seq) for seq in range(restarted_at + WINDOW, 300)}
+    # The new worker starts with empty windows, filled from the first reading the old one
+    # had not acknowledged (the 100th at the latest): from its 6th on, every one is forecast.
+    new_windows = {reading_time(seq) for seq in range(100 + WINDOW, 300)}
     try:
         assert observer.wait_until(
             lambda: set(observer.keywords) >= clip_times
-            and {t for t, _ in observer.forecasts} >= last_windows, timeout=60), (
+            and {t for t, _ in observer.forecasts} >= new_windows, timeout=60), (
             f"{len(set(observer.keywords))} of {len(clip_times)} clips answered")
     finally:
         collector.send_signal(signal.SIGTERM)
         collector.wait(timeout=15)
         observer.close()
     assert collector.returncode == 0, log.read_text()[-2000:]
-    assert killed_at == 100
     # Every clip, including the 10 sent while no collector ran, answered; a repeat is only
     # possible for what was in flight at the kill.
     assert set(observer.keywords) == clip_times
     assert len(observer.keywords) - len(clip_times) <= 2
     forecast_times = {t for t, _ in observer.forecasts}
     assert {reading_time(seq) for seq in range(WINDOW - 1, 95)} <= forecast_times
-    # Readings sent while it was down were processed after it returned: they filled the new
-    # windows, and every window of the new worker (from its 6th reading on) was forecast.
-    assert {reading_time(seq) for seq in range(100 + WINDOW, 300)} <= forecast_times
+    # Readings sent while it was down (100 to 199) were processed after it returned.
+    assert new_windows <= forecast_times
