@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.collector_process import memory_kb, start_collector, wait_online  # noqa: E402
+from tests.collector_runner import memory_kb, start_collector, wait_online  # noqa: E402
 from tests.conftest import broker_config  # noqa: E402
 from tests.hostile import hostile_cases  # noqa: E402
 from tinyml_core.broker import LocalMosquitto  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 from collector.inference import Inference, StepWindow
 from collector.settings import CollectorOptions, CollectorSettings, parse_partition
 from collector.worker import Worker
+from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.errors import ConfigError
@@ -179,27 +180,6 @@ def test_worker_answers_readings_clips_and_garbage_over_mqtt(
     keyword = next(a for a in answers if isinstance(a, KeywordResult))
     assert keyword.label == "no" and keyword.node_id == "pi-e2e"
     assert worker.counters.received == 8 and worker.counters.errors == 1
-
-
-def start_worker(mosquitto: LocalMosquitto, client_id: str, share: str = "",
-                 forecasts: tuple[str, ...] = ("forecast_a",),
-                 partition: str = "1/1") -> tuple[Worker, threading.Thread]:
-    settings = CollectorSettings(
-        broker=broker_config(mosquitto),
-        collector=CollectorOptions(id=client_id, models_dir=str(MODELS), share_group=share,
-                                   forecast_models=forecasts, partition=partition,
-                                   keyword_model="kws_c"))
-    running = Worker(settings, Inference.from_options(settings.collector))
-    running.start()
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    return running, thread
-
-
-def stop_worker(running: Worker, thread: threading.Thread) -> None:
-    running.stop()
-    thread.join(timeout=5)
-    running.close()
 
 
 def test_two_shared_workers_handle_each_clip_exactly_once(

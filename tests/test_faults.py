@@ -13,12 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from collector.inference import Inference
-from collector.settings import CollectorOptions, CollectorSettings
-from collector.worker import Worker
 from node.daemon import Node
 from node.settings import NodeIdentity, NodeSettings
-from tests.collector_process import start_collector, wait_online
+from tests.collector_runner import start_collector, start_worker, stop_worker, wait_online
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import AudioClip, ClimateReading, Forecast, KeywordResult, decode_message
@@ -79,24 +76,10 @@ class Observer:
         self.client.close(timeout=1.0)
 
 
-def start_worker(broker: LocalMosquitto, keyword_model: str | None = None
-                 ) -> tuple[Worker, threading.Thread]:
-    settings = CollectorSettings(
-        broker=broker_config(broker),
-        collector=CollectorOptions(id="collector-faults", models_dir=str(MODELS),
-                                   forecast_models=("forecast_a",),
-                                   keyword_model=keyword_model or ""))
-    worker = Worker(settings, Inference.from_options(settings.collector))
-    worker.start()
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    return worker, thread
-
-
 def test_broker_killed_twice_while_a_node_streams_1000_readings(
         mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
     broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
-    worker, worker_thread = start_worker(broker)
+    worker, worker_thread = start_worker(broker, "collector-faults", keyword_model="")
     observer = Observer(broker, "sensors/+/climate", "predictions/+/forecast")
     node = Node(NodeSettings(broker=broker_config(broker, connect_timeout_s=1.0),
                              node=NodeIdentity(id="pi-faults", spool_path=str(tmp_path / "spool"),
@@ -113,19 +96,21 @@ def test_broker_killed_twice_while_a_node_streams_1000_readings(
                             time_s=reading_time(seq))
         time.sleep(0.003)
     expected_windows = {reading_time(seq) for seq in range(WINDOW - 1, 1000)}
+
+    def missing_steps() -> list[int]:
+        heard = {t for t, _ in observer.forecasts}
+        return sorted(int((t - START) / STEP_S) for t in expected_windows - heard)
+
     assert observer.wait_until(
-        lambda: {t for t, _ in observer.forecasts} >= expected_windows
-        and len(set(observer.reading_seqs)) == 1000, timeout=60), (
-        f"{len(set(observer.reading_seqs))} readings and "
-        f"{len({t for t, _ in observer.forecasts} & expected_windows)} of "
-        f"{len(expected_windows)} forecasts arrived")
+        lambda: not missing_steps() and len(set(observer.reading_seqs)) == 1000, timeout=60), (
+        f"{len(set(observer.reading_seqs))} readings arrived; no forecast for input steps "
+        f"{missing_steps()[:20]}; the collector received {worker.counters.received}, "
+        f"{worker.inference.repeated_readings} of them repeats")
     time.sleep(0.5)  # let late repeats arrive
     node.stop()
     node_thread.join(timeout=5)
     node.close()
-    worker.stop()
-    worker_thread.join(timeout=5)
-    worker.close()
+    stop_worker(worker, worker_thread)
     observer.close()
 
     # Every reading reached the broker's subscribers in order; QoS 1 allows a repeat of

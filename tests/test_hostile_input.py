@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.collector_process import memory_kb, start_collector, wait_online
+from tests.collector_runner import memory_kb, start_collector, wait_online
 from tests.conftest import REPO_ROOT, broker_config
 from tests.hostile import hostile_cases
 from tinyml_core.broker import LocalMosquitto

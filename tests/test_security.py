@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from collector.inference import Inference
-from collector.settings import CollectorOptions, CollectorSettings
-from collector.worker import Worker
 from tests.certificates import TestCA
+from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto, free_port
 from tinyml_core.config import BrokerConfig, TlsConfig
@@ -136,15 +133,8 @@ def test_a_node_cannot_take_over_another_clients_session(
 
 def test_the_collector_works_within_its_permissions(
         secured: LocalMosquitto, clients: Callable[..., MqttClient]) -> None:
-    settings = CollectorSettings(
-        broker=as_user(secured, "collector-1"),
-        collector=CollectorOptions(id="collector-1", models_dir=str(REPO_ROOT / "models"),
-                                   forecast_models=("forecast_a",), keyword_model="kws_c",
-                                   share_group="pool"))  # a shared subscription, too
-    worker = Worker(settings, Inference.from_options(settings.collector))
-    worker.start()
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
+    worker, thread = start_worker(secured, "collector-1", share="pool",  # a shared subscription
+                                  config=as_user(secured, "collector-1"))
     try:
         dashboard = clients(as_user(secured, "homeassistant"), "homeassistant",
                             publish_availability=False)
@@ -163,9 +153,7 @@ def test_the_collector_works_within_its_permissions(
         assert next(a for a in answers if isinstance(a, KeywordResult)).label == "yes"
         assert next(a for a in answers if isinstance(a, Forecast)).node_id == "pi-2"
     finally:
-        worker.stop()
-        thread.join(timeout=5)
-        worker.close()
+        stop_worker(worker, thread)
 
 
 def test_a_revoked_node_is_cut_off_at_the_next_reload(
