@@ -11,11 +11,10 @@ whose step it has already seen).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tinyml_core.mqtt import MqttClient, PublishHandle
+from tinyml_core.mqtt import MqttClient, PublishWindow
 
 from .spool import Spool
 
@@ -35,58 +34,46 @@ class Forwarder:
         self.spool = spool
         self.client = client
         self.rate_per_s = rate_per_s
-        self.window = window
+        self.window: PublishWindow[int] = PublishWindow(client, window)  # keys: spool ids
         self.stats = ForwarderStats()
         self._clock = clock
-        self._in_flight: deque[tuple[int, PublishHandle]] = deque()
         self._last_sent_id = 0
         self._tokens = float(window)
         self._refilled = clock()
 
     def step(self) -> int:
         """Forget acknowledged messages, send what the window and rate allow; returns sent."""
-        self._collect_acknowledged()
-        if not self.client.is_connected or self.spool.last_id <= self._last_sent_id:
-            return 0  # (the second test spares the idle loop a query)
+        done = self.window.acknowledged()
+        if done:
+            self.spool.remove(done)
+            self.stats.acknowledged += len(done)
+        if self.spool.last_id <= self._last_sent_id:
+            return 0  # nothing new (spares the idle loop a query)
         now = self._clock()
-        self._tokens = min(float(self.window),
+        self._tokens = min(float(self.window.size),
                            self._tokens + (now - self._refilled) * self.rate_per_s)
         self._refilled = now
-        room = min(self.window - len(self._in_flight), int(self._tokens))
+        room = min(self.window.room(), int(self._tokens))
         if room <= 0:
             return 0
         batch = self.spool.after(self._last_sent_id, room)
         for message in batch:
-            handle = self.client.publish(message.topic, message.payload)
-            self._in_flight.append((message.id, handle))
+            self.window.publish(message.id, message.topic, message.payload)
             self._last_sent_id = message.id
         self._tokens -= len(batch)
         self.stats.sent += len(batch)
         return len(batch)
 
-    def _collect_acknowledged(self) -> None:
-        done: list[int] = []
-        waiting: deque[tuple[int, PublishHandle]] = deque()
-        for spool_id, handle in self._in_flight:  # one look per handle: acks land meanwhile
-            if handle.is_acknowledged():
-                done.append(spool_id)
-            else:
-                waiting.append((spool_id, handle))
-        if done:
-            self.spool.remove(done)
-            self.stats.acknowledged += len(done)
-            self._in_flight = waiting
-
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self.window)
 
     def drain(self, timeout: float) -> bool:
         """Keep forwarding until the spool is empty (True) or ``timeout`` passes (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.step()
-            if not self._in_flight and len(self.spool) == 0:
+            if not self.window and len(self.spool) == 0:
                 return True
             time.sleep(0.01)
         return False

@@ -23,7 +23,7 @@ from tinyml_core.messages import (
     decode_sensor_message,
     sensor_message_topic,
 )
-from tinyml_core.mqtt import MqttClient, PublishHandle
+from tinyml_core.mqtt import MqttClient, PublishWindow
 from tinyml_core.recordings import (
     RecordingError,
     read_climate_csv,
@@ -135,28 +135,35 @@ def replay(client: MqttClient, items: Iterable[ReplayItem], speed: float,
            stop: Callable[[], bool] = lambda: False) -> ReplayResult:
     """Publish ``items`` with their gaps divided by ``speed``; wait for the acknowledgements.
 
-    ``stop`` is polled while waiting, so SIGINT ends a slow replay at once."""
+    The broker may go away meanwhile: what was sent is re-sent after the reconnect, and the
+    replay waits for it (never more than ``window`` ahead of the broker; it gives up after
+    ``ACK_TIMEOUT_S`` without any acknowledgement). ``stop`` is polled
+    while waiting, so SIGINT ends a slow replay at once."""
     result = ReplayResult()
-    handles: list[PublishHandle] = []
-    oldest = 0  # first handle that may still be unacknowledged
+    pending: PublishWindow[int] = PublishWindow(client, window)
     first_at: float | None = None
     started = time.monotonic()
-    for item in items:
+    for index, item in enumerate(items):
         first_at = item.at if first_at is None else first_at
         due = started + (item.at - first_at) / speed if speed > 0 else 0.0
         while not stop() and time.monotonic() < due:
             time.sleep(max(0.0, min(0.2, due - time.monotonic())))
-        while not stop() and len(handles) - oldest >= window:  # never ahead of the broker
-            if handles[oldest].wait(1.0):
-                oldest += 1
+        progress = time.monotonic()
+        while not stop() and pending.room() == 0:  # never ahead of the broker
+            done = len(pending.acknowledged())
+            if done:
+                result.acknowledged += done
+                progress = time.monotonic()
+            elif time.monotonic() - progress > ACK_TIMEOUT_S:
+                log.error("no acknowledgement for %.0f s; giving up", ACK_TIMEOUT_S)
+                return result
+            time.sleep(0.002)
         if stop():
             break
-        handles.append(client.publish(item.topic, item.payload))
+        pending.publish(index, item.topic, item.payload)
         result.sent += 1
-    deadline = time.monotonic() + ACK_TIMEOUT_S
-    for handle in handles[oldest:]:
-        if not handle.wait(max(0.0, deadline - time.monotonic())):
-            log.warning("no acknowledgement within %.0f s; the broker may be down", ACK_TIMEOUT_S)
-            break
-    result.acknowledged = sum(handle.is_acknowledged() for handle in handles)
+    result.acknowledged += len(pending.wait_all(ACK_TIMEOUT_S, stop))
+    if pending:
+        log.warning("%d messages not acknowledged within %.0f s; the broker may be down",
+                    len(pending), ACK_TIMEOUT_S)
     return result

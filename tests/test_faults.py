@@ -79,7 +79,7 @@ class Observer:
 def test_broker_killed_twice_while_a_node_streams_1000_readings(
         mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
     broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
-    worker, worker_thread = start_worker(broker, "collector-faults", keyword_model="")
+    worker, worker_thread = start_worker(broker, "collector-faults")
     observer = Observer(broker, "sensors/+/climate", "predictions/+/forecast")
     node = Node(NodeSettings(broker=broker_config(broker, connect_timeout_s=1.0),
                              node=NodeIdentity(id="pi-faults", spool_path=str(tmp_path / "spool"),

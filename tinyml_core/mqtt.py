@@ -19,11 +19,12 @@ import queue
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Generic, Literal, Self, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -48,6 +49,7 @@ _paho_log = logging.getLogger("tinyml.mqtt.paho")
 _paho_log.addFilter(_not_the_shutdown_race)
 
 DEFAULT_QOS = 1
+K = TypeVar("K")
 _SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
@@ -64,29 +66,102 @@ class InboundMessage:
 
 
 class PublishHandle:
-    """What :meth:`MqttClient.publish` returns: wait for the broker's acknowledgement."""
+    """What :meth:`MqttClient.publish` returns: wait for the broker's acknowledgement.
 
-    def __init__(self, info: paho.MQTTMessageInfo) -> None:
+    Never raises: a QoS 1 message published while the connection was down is kept by paho and
+    sent after the reconnect, and "acknowledged" means its PUBACK, whenever that comes.
+    """
+
+    def __init__(self, info: paho.MQTTMessageInfo, qos: int, connection: int) -> None:
+        if qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            # paho keeps and re-sends this message, but its is_published() and
+            # wait_for_publish() raise on every call for it, even after the PUBACK
+            # (shared/NOTES.md). Its rc says "not sent yet", not "failed".
+            info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         self._info = info
+        self.qos = qos
+        self.connection = connection  # MqttClient.connection when it was published
 
     @property
     def mid(self) -> int:
         return int(self._info.mid)
 
+    @property
+    def lost(self) -> bool:
+        """True when paho gave the message up (QoS 0 without a connection): it will never be
+        acknowledged."""
+        return self._info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def is_acknowledged(self) -> bool:
         """True once the broker has acknowledged (QoS 1) or the message left the socket (QoS 0)."""
-        return bool(self._info.is_published())
+        try:
+            return bool(self._info.is_published())
+        except (RuntimeError, ValueError):  # QoS 0 lost with the connection
+            return False
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the acknowledgement; False when it did not come."""
         deadline = time.monotonic() + timeout
-        while not self._info.is_published():
+        while not self.is_acknowledged():
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.lost:
                 return False
             # wait_for_publish raises while disconnected; poll instead so a reconnect can finish it.
             time.sleep(min(0.005, remaining))
         return True
+
+
+class PublishWindow(Generic[K]):
+    """Publishes in order with at most ``size`` messages unacknowledged; each message carries a
+    key of the caller's (a spool row, a position in a stream) that comes back once acknowledged.
+
+    Order across a reconnect: paho re-sends what was unacknowledged only after it has called
+    ``on_connect``, so a message published in between would overtake those. Nothing new goes
+    out until everything carried over a reconnect is acknowledged (one round trip).
+    """
+
+    def __init__(self, client: MqttClient, size: int) -> None:
+        self.client = client
+        self.size = size
+        self._in_flight: deque[tuple[K, PublishHandle]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._in_flight)
+
+    def room(self) -> int:
+        """How many messages may be published now (0 while disconnected)."""
+        if not self.client.is_connected:
+            return 0
+        connection = self.client.connection
+        if any(handle.connection != connection for _, handle in self._in_flight):
+            return 0  # carried over a reconnect: wait until paho has re-sent them
+        return max(0, self.size - len(self._in_flight))
+
+    def publish(self, key: K, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self._in_flight.append((key, self.client.publish(topic, payload, retain=retain)))
+
+    def acknowledged(self) -> list[K]:
+        """Keys of the messages acknowledged since the last call, in publish order."""
+        done: list[K] = []
+        waiting: deque[tuple[K, PublishHandle]] = deque()
+        for key, handle in self._in_flight:  # one look per handle: acks land meanwhile
+            if handle.is_acknowledged():
+                done.append(key)
+            else:
+                waiting.append((key, handle))
+        if done:
+            self._in_flight = waiting
+        return done
+
+    def wait_all(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> list[K]:
+        """Wait up to ``timeout`` seconds for every acknowledgement; returns the keys acknowledged
+        meanwhile (``stop`` is polled, so a signal ends the wait)."""
+        deadline = time.monotonic() + timeout
+        done = self.acknowledged()
+        while self._in_flight and not stop() and time.monotonic() < deadline:
+            time.sleep(0.005)
+            done += self.acknowledged()
+        return done
 
 
 @dataclass
@@ -263,6 +338,11 @@ class MqttClient:
         self.close()
 
     @property
+    def connection(self) -> int:
+        """Counts successful connections: changes with every reconnect."""
+        return self.stats.connects
+
+    @property
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
@@ -273,10 +353,11 @@ class MqttClient:
     def publish(self, topic: str, payload: bytes, *, qos: int = DEFAULT_QOS,
                 retain: bool = False) -> PublishHandle:
         """Queue a message for the broker; paho sends it now or after the next reconnect."""
+        connection = self.connection
         info = self._paho.publish(self._full_topic(topic), payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
-        return PublishHandle(info)
+        return PublishHandle(info, qos, connection)
 
     def subscribe(self, topic_filter: str, *, qos: int = DEFAULT_QOS,
                   timeout: float = 10.0) -> None:
