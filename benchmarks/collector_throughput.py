@@ -54,8 +54,10 @@ class Result:
     cpu_us_per_message: float
 
 
-def start_workers(broker: LocalMosquitto, count: int, kind: str,
-                  scratch: Path) -> list[subprocess.Popen[str]]:
+def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
+                  rate_limit_per_s: float = 0.0) -> list[subprocess.Popen[str]]:
+    """Collector processes (no saved windows; no per-node rate limit unless given: a
+    throughput run sends far more per node than any real node)."""
     forecasts = '["forecast_a"]' if kind == "readings" else "[]"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     workers = []
@@ -63,7 +65,8 @@ def start_workers(broker: LocalMosquitto, count: int, kind: str,
         config = scratch / f"collector-{index}.toml"
         config.write_text(f'[collector]\nid = "bench-worker-{index}"\n'
                           f'forecast_models = {forecasts}\nkeyword_model = "kws_b"\n'
-                          "stats_interval_s = 3600\n")
+                          "stats_interval_s = 3600\nstate_path = \"\"\n"
+                          f"rate_limit_per_s = {rate_limit_per_s}\n")
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "collector", "run", "--config", str(config), "--broker",
              f"{broker.host}:{broker.port}", "--models", str(REPO / "models"),

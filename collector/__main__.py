@@ -18,6 +18,7 @@ from tinyml_core.cli import (
     run_main,
     setup_logging,
     stop_on_signals,
+    stop_on_thread_death,
 )
 from tinyml_core.errors import ModelLoadError
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "workers); every worker still receives all readings")
     run.add_argument("--ha-discovery", action="store_true", default=None,
                      help="publish Home Assistant MQTT discovery configs for every node seen")
+    run.add_argument("--state", metavar="FILE",
+                     help="windows saved on a clean stop and loaded at start (overrides "
+                          "[collector] state_path; \"\": none)")
     run.add_argument("--duration", type=float, metavar="SECONDS",
                      help="stop after this long (default: run until stopped)")
     add_logging_arguments(run)
@@ -77,7 +81,8 @@ def load(args: argparse.Namespace) -> CollectorSettings:
     overrides = {"collector.models_dir": args.models,
                  "collector.share_group": getattr(args, "share", None),
                  "collector.partition": getattr(args, "partition", None),
-                 "collector.ha_discovery": getattr(args, "ha_discovery", None)}
+                 "collector.ha_discovery": getattr(args, "ha_discovery", None),
+                 "collector.state_path": getattr(args, "state", None)}
     return load_from_args(CollectorSettings, args, overrides)
 
 
@@ -96,23 +101,25 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ModelLoadError("no model could be loaded: " + "; ".join(inference.refused.values()))
     worker = Worker(settings, inference)
     stop_on_signals(worker.stop, "finishing the current message")
+    watch = stop_on_thread_death(worker.stop)
     worker.start()
     try:
         worker.run(args.duration)
     finally:
         worker.close()
-    return 0
+    return watch.exit_status()
 
 
 def record_command(args: argparse.Namespace, settings: CollectorSettings) -> int:
     stop = threading.Event()
     stop_on_signals(stop.set)
+    watch = stop_on_thread_death(stop.set)
     filters = args.topics or default_filters(args.predictions)
     with open_output(args.out) as out:
         count = record(settings.broker, out, filters, f"{settings.collector.id}-recorder", stop,
                        args.duration)
     print(f"recorded {count} messages to {args.out}")
-    return 0
+    return watch.exit_status()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,8 +13,10 @@ import math
 import time
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +46,10 @@ from tinyml_core.topics import (
     prediction_topic,
     reporting_node_id,
     sensor_filter,
+    validate_id,
 )
 
+from .ratelimit import NodeRateLimit
 from .settings import CollectorOptions, parse_partition
 
 log = logging.getLogger(__name__)
@@ -148,13 +152,54 @@ class StepWindow:
     def last_time(self) -> float:
         return self.values[-1][0]
 
+    def to_json(self) -> dict[str, Any]:
+        """What a restarted collector needs to carry on: the averaged steps with their times,
+        and the step still being averaged."""
+        return {"step_s": self.step_s, "size": self.size,
+                "values": [list(value) for value in self.values],
+                "closed_step": self.closed_step, "open_step": self.open_step,
+                "open_sum": list(self.open_sum), "open_count": self.open_count}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepWindow:
+        """The inverse of :meth:`to_json`; ValueError when ``data`` is not a consistent window."""
+        try:
+            window = cls(float(data["step_s"]), int(data["size"]))
+            closed, opened = data["closed_step"], data["open_step"]
+            values = [(float(t), float(temperature), float(humidity))
+                      for t, temperature, humidity in data["values"]]
+            open_sum = [float(x) for x in data["open_sum"]]
+            open_count = int(data["open_count"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a window: {error!r}") from None
+        numbers = [x for value in values for x in value] + open_sum + [window.step_s]
+        if not all(math.isfinite(x) for x in numbers) or window.step_s <= 0:
+            raise ValueError("a window holds a non-finite number")
+        if not (closed is None or type(closed) is int) or \
+                not (opened is None or type(opened) is int):
+            raise ValueError("step numbers are not integers")
+        if len(values) > window.size or len(open_sum) != 2 or \
+                (opened is None) != (open_count == 0) or open_count < 0:
+            raise ValueError("the window's counts do not fit together")
+        if values and (closed is None or any(
+                not math.isclose(t, (closed - len(values) + 1 + i) * window.step_s)
+                for i, (t, _, _) in enumerate(values))):
+            raise ValueError("the window's steps are not consecutive up to its last step")
+        if opened is not None and closed is not None and opened <= closed:
+            raise ValueError("the open step is not after the last closed one")
+        window.values.extend(values)
+        window.closed_step, window.open_step = closed, opened
+        window.open_sum, window.open_count = open_sum, open_count
+        return window
+
 
 class Inference:
     """The collector's models and per-node state; :meth:`handle` answers one message."""
 
     def __init__(self, models_dir: Path | str, forecast_models: tuple[str, ...],
                  keyword_model: str | None, confidence_floor: float = 0.0,
-                 max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1)) -> None:
+                 max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1),
+                 rate_limit: NodeRateLimit | None = None) -> None:
         self.forecasters: list[Forecaster] = []
         self.spotter: KeywordSpotter | None = None
         self.refused: dict[str, str] = {}
@@ -174,6 +219,7 @@ class Inference:
         self.max_nodes = max_nodes
         self.rejections = RejectionLog()
         self.partition = partition
+        self.rate_limit = rate_limit
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
         for forecaster in self.forecasters:
@@ -191,8 +237,39 @@ class Inference:
 
     @classmethod
     def from_options(cls, options: CollectorOptions) -> Inference:
+        rate_limit = None
+        if options.rate_limit_per_s > 0:
+            rate_limit = NodeRateLimit(options.rate_limit_per_s, options.rate_limit_burst,
+                                       options.rate_limit_report_s)
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
-                   options.confidence_floor, partition=parse_partition(options.partition))
+                   options.confidence_floor, partition=parse_partition(options.partition),
+                   rate_limit=rate_limit)
+
+    def export_windows(self) -> list[dict[str, Any]]:
+        """Every node's windows, least recently heard first (see collector/state.py)."""
+        return [{"node_id": node_id, **window.to_json()}
+                for node_id, windows in self._windows.items() for window in windows.values()]
+
+    def restore_windows(self, entries: list[Any]) -> tuple[int, list[str]]:
+        """Take windows saved by :meth:`export_windows`; returns how many were restored and why
+        the others were refused (malformed, or no configured forecaster uses their shape)."""
+        restored, refused = 0, []
+        for entry in entries:
+            try:
+                node_id = entry["node_id"]
+                validate_id(node_id)
+                window = StepWindow.from_json(entry)
+            except (PayloadError, ValueError, TypeError, KeyError) as error:
+                refused.append(f"malformed window: {error}")
+                continue
+            key = (window.step_s, window.size)
+            if key not in self._by_window:
+                refused.append(f"{node_id}: no configured forecaster has a {window.size} x "
+                               f"{window.step_s:g} s window")
+                continue
+            self._node_windows(node_id)[key] = window
+            restored += 1
+        return restored, refused
 
     def owns(self, node_id: str) -> bool:
         """Whether this worker's partition forecasts ``node_id`` (a stable hash of the id)."""
@@ -203,6 +280,13 @@ class Inference:
         if (self.partition[1] > 1 and matches(CLIMATE_FILTER, topic)
                 and not self.owns(reporting_node_id(topic))):
             return []  # another worker keeps this node's window (and reports its errors)
+        if self.rate_limit is not None:
+            admission = self.rate_limit.admit(reporting_node_id(topic))
+            if not admission.admitted:
+                if not admission.report:
+                    return []
+                reason = PayloadError(self.rate_limit.reason(admission.report))
+                return [self._error(topic, payload, reason, now)]
         try:
             message = decode_sensor_message(topic, payload)
         except PayloadError as error:

@@ -25,6 +25,16 @@ class CollectorOptions:
                                "no sharing")
     partition: str = setting("1/1", "K/N: forecast only the nodes in part K of N (readings are "
                              "split by node, since a window needs all of a node's readings)")
+    state_path: str = setting("var/{id}-windows.json", "where the windows are saved on a clean "
+                              "stop and loaded at start ({id}: the collector id); empty: not "
+                              "saved")
+    rate_limit_per_s: float = setting(250.0, "messages per second one node may send on average "
+                                      "(keep it above the nodes' flush_rate_per_s); 0: no limit",
+                                      min=0.0, max=1_000_000)
+    rate_limit_burst: int = setting(2000, "messages one node may send at once before its rate "
+                                    "limit applies", min=1, max=10_000_000)
+    rate_limit_report_s: float = setting(10.0, "seconds between error records for a node over "
+                                         "its rate limit", min=0.1, max=86_400)
     ha_discovery: bool = setting(False, "publish Home Assistant MQTT discovery config")
     stats_interval_s: float = setting(60.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)

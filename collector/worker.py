@@ -24,6 +24,7 @@ from tinyml_core.topics import SensorKind, reporting_node_id, sensor_filter, sha
 from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
 from .settings import CollectorSettings
+from .state import load_state, save_state, state_path
 
 log = logging.getLogger("collector")
 
@@ -38,14 +39,15 @@ class Counters:
     errors: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
-    def line(self) -> str:
+    def line(self, rate_limited: int = 0) -> str:
         if self.latencies_ms:
             p50, p99 = np.percentile(np.array(self.latencies_ms), [50, 99])
             latency = f"handling p50 {p50:.2f} ms, p99 {p99:.2f} ms"
         else:
             latency = "no latency yet"
+        limited = f", {rate_limited} dropped over a node's rate limit" if rate_limited else ""
         return (f"{self.received} messages in, {self.predictions} predictions out, "
-                f"{self.errors} errors; {latency}")
+                f"{self.errors} errors{limited}; {latency}")
 
 
 class Worker:
@@ -60,6 +62,7 @@ class Worker:
         self.counters = Counters()
         self.stop_requested = threading.Event()
         self.announced: set[str] = set()  # nodes whose Home Assistant discovery was sent
+        self.state_path = state_path(options.state_path, options.id)
 
     def filters(self) -> list[str]:
         """Clips are shared in the group; readings never are: a window needs all of a node's
@@ -76,6 +79,9 @@ class Worker:
                 and self.inference.partition[1] == 1):
             log.warning("--share splits clips only; without --partition K/N every worker of "
                         "the group forecasts every node")
+        if self.state_path is not None and self.inference.forecasters:
+            # Before connecting: a resumed session delivers what waited for us at once.
+            load_state(self.state_path, self.settings.collector.id, self.inference)
         self.client.connect()
         for topic_filter in self.filters():
             self.client.subscribe(topic_filter)
@@ -93,7 +99,7 @@ class Worker:
             if deadline is not None and now >= deadline:
                 break
             if now >= next_stats:
-                log.info("%s", self.counters.line())
+                log.info("%s", self.stats_line())
                 next_stats += interval
             wake = next_stats if deadline is None else min(next_stats, deadline)
             self.stop_requested.wait(min(0.5, max(0.0, wake - now)))
@@ -138,7 +144,19 @@ class Worker:
     def stop(self) -> None:
         self.stop_requested.set()
 
+    def stats_line(self) -> str:
+        limit = self.inference.rate_limit
+        return self.counters.line(limit.dropped if limit is not None else 0)
+
     def close(self) -> None:
-        log.info("stopping: %s", self.counters.line())
+        """Disconnect, then save the windows (no message is handled any more by then)."""
+        log.info("stopping: %s", self.stats_line())
         self.client.close()
+        if self.state_path is not None and self.inference.forecasters:
+            try:
+                count = save_state(self.state_path, self.settings.collector.id, self.inference)
+                log.info("saved %d windows to %s", count, self.state_path)
+            except OSError as error:
+                log.error("windows not saved to %s: %s; forecasts resume a window after the "
+                          "next start", self.state_path, error)
 

@@ -145,8 +145,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threading.Thread]:
     settings = CollectorSettings(broker=config,
+                                 # Each demo starts afresh: no windows kept between runs.
                                  collector=CollectorOptions(id="demo-collector",
-                                                            models_dir=str(models)))
+                                                            models_dir=str(models),
+                                                            state_path=""))
     worker = Worker(settings, Inference.from_options(settings.collector))
     worker.start()
     thread = threading.Thread(target=worker.run, name="demo-collector", daemon=True)

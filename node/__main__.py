@@ -18,6 +18,7 @@ from tinyml_core.cli import (
     run_main,
     setup_logging,
     stop_on_signals,
+    stop_on_thread_death,
 )
 from tinyml_core.errors import ConfigError
 from tinyml_core.mqtt import MqttClient
@@ -93,12 +94,13 @@ def run_command(args: argparse.Namespace, settings: NodeSettings) -> int:
                           "source = \"microphone\" (or use `python -m node replay`)")
     node = Node(settings, climate=climate, microphone=microphone)
     stop_on_signals(node.stop)
+    watch = stop_on_thread_death(node.stop)
     node.start()
     try:
         node.run(args.duration, settings.node.stats_interval_s)
     finally:
         node.close()
-    return 0
+    return watch.exit_status()
 
 
 def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
@@ -114,6 +116,7 @@ def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         return 0
     stop = threading.Event()
     stop_on_signals(stop.set)
+    watch = stop_on_thread_death(stop.set)
     span = items[-1].at - items[0].at
     pace = "as fast as possible" if args.speed == 0 else \
         f"over {span / args.speed:.0f} s (x{args.speed:g})"
@@ -123,7 +126,7 @@ def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         result = replay(client, items, args.speed, stop=stop.is_set)
     print(f"sent {result.sent}, acknowledged {result.acknowledged}"
           f"{f', skipped {skipped} non-sensor messages' if skipped else ''}")
-    return 0 if result.acknowledged == result.sent else 1
+    return watch.exit_status() or (0 if result.acknowledged == result.sent else 1)
 
 
 def spool_command(settings: NodeSettings) -> int:

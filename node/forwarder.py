@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tinyml_core.mqtt import MqttClient, PublishWindow
+from tinyml_core.ratelimit import TokenBucket
 
 from .spool import Spool
 
@@ -33,13 +34,10 @@ class Forwarder:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.spool = spool
         self.client = client
-        self.rate_per_s = rate_per_s
         self.window: PublishWindow[int] = PublishWindow(client, window)  # keys: spool ids
         self.stats = ForwarderStats()
-        self._clock = clock
+        self.pace = TokenBucket(rate_per_s, burst=window, clock=clock)
         self._last_sent_id = 0
-        self._tokens = float(window)
-        self._refilled = clock()
 
     def step(self) -> int:
         """Forget acknowledged messages, send what the window and rate allow; returns sent."""
@@ -49,18 +47,14 @@ class Forwarder:
             self.stats.acknowledged += len(done)
         if self.spool.last_id <= self._last_sent_id:
             return 0  # nothing new (spares the idle loop a query)
-        now = self._clock()
-        self._tokens = min(float(self.window.size),
-                           self._tokens + (now - self._refilled) * self.rate_per_s)
-        self._refilled = now
-        room = min(self.window.room(), int(self._tokens))
+        room = min(self.window.room(), self.pace.available())
         if room <= 0:
             return 0
         batch = self.spool.after(self._last_sent_id, room)
         for message in batch:
             self.window.publish(message.id, message.topic, message.payload)
             self._last_sent_id = message.id
-        self._tokens -= len(batch)
+        self.pace.spend(len(batch))
         self.stats.sent += len(batch)
         return len(batch)
 

@@ -23,15 +23,17 @@ MODELS = REPO_ROOT / "models"
 
 def start_worker(mosquitto: LocalMosquitto, client_id: str, share: str = "",
                  forecasts: tuple[str, ...] = ("forecast_a",), partition: str = "1/1",
-                 keyword_model: str = "kws_c", config: BrokerConfig | None = None
+                 keyword_model: str = "kws_c", config: BrokerConfig | None = None,
+                 state_path: str = "", rate_limit_per_s: float = 0.0,
                  ) -> tuple[Worker, threading.Thread]:
     """A Worker running in a thread (``keyword_model=""``: readings only); ``config`` for
-    credentials or TLS."""
+    credentials or TLS; no saved windows and no rate limit unless asked for."""
     settings = CollectorSettings(
         broker=config or broker_config(mosquitto),
         collector=CollectorOptions(id=client_id, models_dir=str(MODELS), share_group=share,
                                    forecast_models=forecasts, partition=partition,
-                                   keyword_model=keyword_model))
+                                   keyword_model=keyword_model, state_path=state_path,
+                                   rate_limit_per_s=rate_limit_per_s))
     running = Worker(settings, Inference.from_options(settings.collector))
     running.start()
     thread = threading.Thread(target=running.run, daemon=True)
@@ -45,14 +47,15 @@ def stop_worker(running: Worker, thread: threading.Thread) -> None:
     running.close()
 
 
-def start_collector(broker: LocalMosquitto, log: Path) -> subprocess.Popen[bytes]:
-    """Start the collector with the shipped models; its log goes to ``log`` (a pipe that nobody
-    reads would fill up and block it)."""
+def start_collector(broker: LocalMosquitto, log: Path,
+                    *extra_args: str) -> subprocess.Popen[bytes]:
+    """Start the collector with the shipped models and its defaults (windows saved beside
+    ``log``); its log goes to ``log`` (a pipe that nobody reads would fill up and block it)."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     with log.open("ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "collector", "run", "--broker", broker.address, "--models",
-             str(MODELS), "-q"],
+             str(MODELS), "--state", str(log.with_suffix(".windows.json")), "-q", *extra_args],
             cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 

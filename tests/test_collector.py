@@ -143,7 +143,8 @@ def test_node_state_is_bounded() -> None:
 def worker(mosquitto: LocalMosquitto) -> Iterator[Worker]:
     settings = CollectorSettings(broker=broker_config(mosquitto),
                                  collector=CollectorOptions(id="collector-test",
-                                                            models_dir=str(MODELS)))
+                                                            models_dir=str(MODELS),
+                                                            state_path=""))
     running = Worker(settings, Inference.from_options(settings.collector))
     running.start()
     thread = threading.Thread(target=running.run, daemon=True)
@@ -297,7 +298,8 @@ def test_home_assistant_discovery_is_retained_and_resent_when_it_restarts(
     settings = CollectorSettings(
         broker=broker_config(mosquitto),
         collector=CollectorOptions(id="collector-ha", models_dir=str(MODELS),
-                                   ha_discovery=True, forecast_models=("forecast_a",)))
+                                   ha_discovery=True, forecast_models=("forecast_a",),
+                                   state_path=""))
     running = Worker(settings, Inference(MODELS, ("forecast_a",), "kws_c"))
     running.start()
     thread = threading.Thread(target=running.run, daemon=True)

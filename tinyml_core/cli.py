@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,6 +107,44 @@ def stop_on_signals(stop: Callable[[], object], doing: str = "stopping") -> None
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+class ThreadDeathWatch:
+    """Turns an unexpected exception in any thread into a stop of the whole process.
+
+    A daemon whose forwarding or network thread died while its main loop goes on looks alive
+    to systemd and sends nothing. Instead the exception is logged, ``stop`` is called, and the
+    command exits with status 1, so the service manager restarts it (the node's spool and the
+    broker's persistent session keep the data meanwhile).
+    """
+
+    def __init__(self, stop: Callable[[], object]) -> None:
+        self._stop = stop
+        self.failure: str | None = None
+
+    def __call__(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "unknown"
+        self.failure = f"thread {name!r} died: {args.exc_type.__name__}: {args.exc_value}"
+        logging.getLogger("tinyml").critical(
+            "%s; stopping the process (exit status 1) so that it is restarted", self.failure,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+        self._stop()
+
+    def exit_status(self) -> int:
+        """0, or 1 after a thread died (also printed as the command's last line)."""
+        if self.failure is None:
+            return 0
+        print(f"error: {self.failure}", file=sys.stderr)
+        return 1
+
+
+def stop_on_thread_death(stop: Callable[[], object]) -> ThreadDeathWatch:
+    """Install a :class:`ThreadDeathWatch` for every thread of the process."""
+    watch = ThreadDeathWatch(stop)
+    threading.excepthook = watch
+    return watch
 
 
 def run_main(main: Callable[[Sequence[str] | None], int],

@@ -1,0 +1,87 @@
+"""The collector's windows on disk: saved on a clean stop, loaded at start.
+
+Without them every node's forecasts would pause for a whole window (an hour at 10-minute
+steps) after each upgrade or reboot. A window is saved with its step times and its half-averaged
+open step, so the first reading after a restart within a step continues it exactly; a window whose
+next reading is more than one step later is emptied (StepWindow's gap rule), never joined to it.
+
+The file is JSON, written atomically (a crash while saving leaves the previous file). One that
+is unreadable, of another format or version, or saved by another collector id (two workers
+sharing a folder) is refused with a warning, and the collector starts with empty windows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .inference import Inference
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tinyml-collector-windows"
+VERSION = 1
+MAX_STATE_BYTES = 256 * 1024 * 1024
+
+
+def state_path(template: str, collector_id: str) -> Path | None:
+    """The state file of ``collector_id`` (``{id}`` in ``template`` is replaced); None: off."""
+    return Path(template.replace("{id}", collector_id)) if template else None
+
+
+def save_state(path: Path, collector_id: str, inference: Inference) -> int:
+    """Write every window to ``path``; returns how many."""
+    windows = inference.export_windows()
+    document = {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
+                "saved_at": time.time(), "windows": windows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as out:
+        json.dump(document, out, separators=(",", ":"), allow_nan=False)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    return len(windows)
+
+
+def load_state(path: Path, collector_id: str, inference: Inference) -> int:
+    """Restore the windows saved in ``path``; returns how many (0 with a warning when the file is
+    refused, 0 silently when there is none)."""
+    try:
+        document = _read(path, collector_id)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as error:
+        log.warning("state file %s refused, starting with empty windows: %s", path, error)
+        return 0
+    restored, refused = inference.restore_windows(document["windows"])
+    if refused:
+        log.warning("state file %s: %d windows refused (first: %s)", path, len(refused),
+                    refused[0])
+    age = time.time() - float(document["saved_at"])
+    log.info("restored %d windows from %s (saved %.0f s ago)", restored, path, age)
+    return restored
+
+
+def _read(path: Path, collector_id: str) -> dict[str, Any]:
+    if path.stat().st_size > MAX_STATE_BYTES:
+        raise ValueError(f"larger than {MAX_STATE_BYTES // 2**20} MB")
+    try:
+        document = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"not JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"not a collector state file (no \"format\": \"{FORMAT}\")")
+    if document.get("version") != VERSION:
+        raise ValueError(f"version {document.get('version')!r}, this collector reads {VERSION}")
+    if document.get("collector_id") != collector_id:
+        raise ValueError(f"saved by collector {document.get('collector_id')!r}, this is "
+                         f"{collector_id!r}")
+    if not isinstance(document.get("windows"), list) or \
+            not isinstance(document.get("saved_at"), int | float):
+        raise ValueError("no list of windows")
+    return document
