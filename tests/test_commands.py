@@ -52,3 +52,31 @@ def test_node_and_collector_never_import_tensorflow() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO_ROOT, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_thread_that_dies_stops_the_process_with_exit_status_1(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from tinyml_core.cli import stop_on_thread_death
+
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored afterwards
+    stopped = threading.Event()
+    watch = stop_on_thread_death(stopped.set)
+    quiet = threading.Thread(target=lambda: None, name="fine")
+    quiet.start()
+    quiet.join()
+    ending = threading.Thread(target=lambda: (_ for _ in ()).throw(SystemExit), name="exits")
+    ending.start()
+    ending.join()
+    assert not stopped.is_set() and watch.exit_status() == 0
+
+    def forward() -> None:
+        raise OSError("disk full")
+
+    dying = threading.Thread(target=forward, name="forwarder")
+    dying.start()
+    dying.join()
+    assert stopped.is_set()
+    assert watch.exit_status() == 1
+    assert "error: thread 'forwarder' died: OSError: disk full" in capsys.readouterr().err

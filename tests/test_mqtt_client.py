@@ -17,7 +17,7 @@ from tinyml_core.broker import LocalMosquitto, free_port
 from tinyml_core.config import BrokerConfig, TlsConfig
 from tinyml_core.errors import MqttConnectError, MqttError
 from tinyml_core.messages import Availability
-from tinyml_core.mqtt import MqttClient
+from tinyml_core.mqtt import MqttClient, PublishWindow
 
 pytestmark = pytest.mark.broker
 
@@ -209,3 +209,60 @@ def test_inbound_queue_overflow_is_counted(mosquitto: LocalMosquitto) -> None:
         while slow.stats.received + slow.stats.dropped < 30 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (slow.stats.received, slow.stats.dropped) == (10, 20)
+
+
+def test_a_message_published_while_disconnected_is_acknowledged_after_the_reconnect(
+        mosquitto: LocalMosquitto) -> None:
+    # paho marks such a message MQTT_ERR_NO_CONN and its is_published() raised on every call,
+    # even after the re-send was acknowledged: the replay died and the node's forwarder too.
+    config = broker_config(mosquitto)
+    listener = MqttClient(config, "listener", persistent_session=True,
+                          publish_availability=False).connect()
+    listener.subscribe("sensors/#")
+    sender = MqttClient(config, "sender", publish_availability=False).connect()
+    mosquitto.stop()
+    while sender.is_connected:
+        time.sleep(0.01)
+    handle = sender.publish("sensors/pi-1/climate", b"while away")
+    assert not handle.is_acknowledged() and not handle.lost
+    assert not handle.wait(0.05)
+    mosquitto.start()
+    assert handle.wait(10), "the message was not re-sent after the reconnect"
+    assert handle.is_acknowledged()
+    message = listener.receive(timeout=5)
+    assert message is not None and message.payload == b"while away"
+    sender.close()
+    listener.close()
+
+
+def test_after_a_reconnect_nothing_new_overtakes_what_paho_re_sends(
+        mosquitto: LocalMosquitto) -> None:
+    config = broker_config(mosquitto)
+    listener = MqttClient(config, "listener", persistent_session=True,
+                          publish_availability=False).connect()
+    listener.subscribe("sensors/#")
+    sender = MqttClient(config, "sender", publish_availability=False).connect()
+    window: PublishWindow[int] = PublishWindow(sender, size=10)
+    assert window.room() == 10
+    mosquitto.stop()
+    while sender.is_connected:
+        time.sleep(0.01)
+    assert window.room() == 0  # disconnected
+    for index in range(5):  # kept by paho, re-sent after the reconnect
+        window.publish(index, "sensors/pi-1/climate", str(index).encode())
+    mosquitto.start()
+    assert sender.wait_connected(10)
+    # Carried over the reconnect: no room until all five are acknowledged, then all of it.
+    acknowledged: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(acknowledged) < 5 and time.monotonic() < deadline:
+        assert window.room() == 0
+        acknowledged += window.acknowledged()
+    assert acknowledged == [0, 1, 2, 3, 4]
+    assert window.room() == 10
+    window.publish(5, "sensors/pi-1/climate", b"5")
+    assert window.wait_all(5) == [5]
+    payloads = [listener.receive(timeout=5) for _ in range(6)]
+    assert [m.payload for m in payloads if m is not None] == [str(i).encode() for i in range(6)]
+    sender.close()
+    listener.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from node.daemon import Node
 from node.settings import NodeIdentity, NodeSettings
 from node.spool import AUDIO, CLIMATE, Spool, SpoolError
 from tests.conftest import REPO_ROOT, broker_config
+from tests.flaky_link import FlakyLink
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import AudioClip, ClimateReading, decode_sensor_message
 from tinyml_core.mqtt import InboundMessage, MqttClient
@@ -227,3 +229,68 @@ def test_a_killed_node_delivers_the_rest_of_its_spool_after_restart(
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=10) == 0
     assert len(Spool(spool, 10**6)) == 0
+
+
+def test_a_node_whose_connection_drops_mid_publish_delivers_everything_in_order(
+        mosquitto: LocalMosquitto, listener: MqttClient, tmp_path: Path) -> None:
+    # The connection is cut 60 times while the forwarder publishes: a publish() lands while
+    # paho has lost the connection, or just after on_connect before paho's re-sends. The first
+    # killed the forwarding thread (publish handles raised); the second let a new reading
+    # overtake the re-sent ones, and the collector threw that step away as late.
+    link = FlakyLink(mosquitto.host, mosquitto.port)
+    settings = NodeSettings(
+        broker=dataclasses.replace(broker_config(mosquitto), port=link.port,
+                                   reconnect_min_s=0.01, reconnect_max_s=0.05),
+        node=NodeIdentity(id="pi-node", spool_path=str(tmp_path / "spool"),
+                          flush_rate_per_s=2000))
+    node = Node(settings)
+    thread = run_in_thread(node)
+    try:
+        for index in range(600):
+            if index % 10 == 9:
+                link.cut()
+            node.record_reading(20.0, 50.0, time_s=START + 600 * index)
+            time.sleep(0.002)
+        received = collect_seqs(listener, 600, timeout=30)
+        assert thread.is_alive(), "the forwarding loop died"
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()
+        link.close()
+    assert link.cuts == 60
+    assert_complete_in_order(received, range(600), window=20 * link.cuts)
+    assert len(Spool(tmp_path / "spool", 10**6)) == 0
+
+
+class DriverWithABug:
+    """A DHT11 device whose driver fails in a way nobody anticipated (not a read error)."""
+
+    @property
+    def temperature(self) -> float:
+        raise ZeroDivisionError("division by zero in a driver")
+
+    humidity = temperature
+
+    def exit(self) -> None:
+        pass
+
+
+def test_a_node_whose_sensor_thread_dies_stops_with_exit_status_1(
+        mosquitto: LocalMosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Before, the climate thread died and the daemon went on, online and silent.
+    import node.__main__ as node_cli
+    import node.sources
+
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored afterwards
+    monkeypatch.setattr(node.sources, "open_dht11", lambda pin: DriverWithABug())
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nspool_path = "{tmp_path / "spool"}"\n')
+    started = time.monotonic()
+    status = node_cli.main(["run", "--config", str(config), "--broker", mosquitto.address,
+                            "--duration", "60"])
+    assert status == 1
+    assert time.monotonic() - started < 30  # stopped by the death, not by --duration
+    assert "error: thread 'climate' died: ZeroDivisionError: division by zero in a driver" \
+        in capsys.readouterr().err

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from node.replay import items_from_recording, load_stream, replay
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, broker_config
+from tests.flaky_link import FlakyLink
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import AudioClip, ClimateReading, decode_sensor_message
 from tinyml_core.mqtt import InboundMessage, MqttClient
@@ -117,3 +120,59 @@ def test_replay_command_without_a_stream_explains_itself() -> None:
     done = subprocess.run([sys.executable, "-m", "node", "replay"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "give a STREAM" in done.stderr
+
+
+def first_arrival_seqs(listener: MqttClient, count: int, timeout: float = 30) -> list[int]:
+    seqs: list[int] = []
+    deadline = time.monotonic() + timeout
+    while len(set(seqs)) < count and time.monotonic() < deadline:
+        message = listener.receive(timeout=0.2)
+        if message is not None:
+            seqs.append(decode_sensor_message(message.topic, message.payload).seq)
+    return list(dict.fromkeys(seqs))
+
+
+def test_replay_command_across_a_broker_restart_delivers_everything(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient]) -> None:
+    # It died with "RuntimeError: Message publish failed: The client is not currently
+    # connected" after the restart, 113 of 300 readings delivered.
+    listener = connect("listener", persistent_session=True, publish_availability=False)
+    listener.subscribe("sensors/#")
+    rows = len(read_climate_csv(SAMPLE_CSV).times)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "node", "replay", str(SAMPLE_CSV), "--speed", "60000",
+         "--broker", mosquitto.address, "--node-id", "pi-replay", "-q"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # about a third of the stream (10 ms per row)
+    mosquitto.stop()
+    time.sleep(0.5)
+    mosquitto.start()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert f"sent {rows}, acknowledged {rows}" in stdout
+    assert first_arrival_seqs(listener, rows) == list(range(rows))
+
+
+def test_replay_across_connection_drops_delivers_everything_in_order(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    listener = connect("listener", persistent_session=True, publish_availability=False)
+    listener.subscribe("sensors/#")
+    link = FlakyLink(mosquitto.host, mosquitto.port)
+    items, _ = load_stream(SAMPLE_CSV, None, "pi-replay", "unused")
+    publisher = connect("replayer", publish_availability=False, config=dataclasses.replace(
+        broker_config(mosquitto), port=link.port, reconnect_min_s=0.01, reconnect_max_s=0.05))
+    cutter = threading.Event()
+
+    def cut_every_20_ms() -> None:
+        while not cutter.wait(0.02):
+            link.cut()
+
+    threading.Thread(target=cut_every_20_ms, daemon=True).start()
+    try:
+        result = replay(publisher, items, speed=600 / 0.003, window=10)
+    finally:
+        cutter.set()
+        link.close()
+    assert link.cuts >= 10
+    assert (result.sent, result.acknowledged) == (len(items), len(items))
+    assert first_arrival_seqs(listener, len(items)) == list(range(len(items)))
