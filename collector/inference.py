@@ -12,9 +12,8 @@ import logging
 import math
 import time
 import zlib
-from collections import OrderedDict, deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,10 @@ from tinyml_core.topics import (
     validate_id,
 )
 
+from .confirmations import ConfirmationBook
 from .ratelimit import NodeRateLimit
 from .settings import CollectorOptions, parse_partition
+from .windows import ReadyWindow, StepWindow
 
 log = logging.getLogger(__name__)
 
@@ -94,105 +95,6 @@ class RejectionLog:
             self.suppressed += 1
 
 
-@dataclass
-class StepWindow:
-    """One node's readings aligned to a model step.
-
-    Step k covers (k·step − step, k·step] and is stamped k·step. Readings in one step are
-    averaged; a step is complete when a reading of a later step arrives, or at once when a
-    reading falls exactly on its end (as recorded 10-minute data does). A missing step
-    empties the window: a forecast never rests on a gap.
-    """
-
-    step_s: float
-    size: int
-    values: deque[tuple[float, float, float]] = field(default_factory=deque)
-    open_step: int | None = None
-    open_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    open_count: int = 0
-    closed_step: int | None = None
-    late: int = 0
-
-    def add(self, time_s: float, temperature: float, humidity: float) -> bool:
-        """Add a reading; True when a step was completed (the window may then be full)."""
-        step = math.ceil(time_s / self.step_s - 1e-9)
-        if (self.closed_step is not None and step <= self.closed_step) or \
-                (self.open_step is not None and step < self.open_step):
-            self.late += 1  # out of order or a redelivery: its step is already averaged
-            return False
-        completed = self.open_step is not None and step > self.open_step and self._close()
-        self.open_step = step
-        self.open_sum[0] += temperature
-        self.open_sum[1] += humidity
-        self.open_count += 1
-        if math.isclose(time_s, step * self.step_s, abs_tol=1e-6):
-            completed = self._close()
-        return completed
-
-    def _close(self) -> bool:
-        assert self.open_step is not None and self.open_count
-        if self.closed_step is not None and self.open_step != self.closed_step + 1:
-            self.values.clear()  # a missing step breaks the window
-        self.values.append((self.open_step * self.step_s, self.open_sum[0] / self.open_count,
-                            self.open_sum[1] / self.open_count))
-        while len(self.values) > self.size:
-            self.values.popleft()
-        self.closed_step = self.open_step
-        self.open_step, self.open_sum, self.open_count = None, [0.0, 0.0], 0
-        return True
-
-    @property
-    def full(self) -> bool:
-        return len(self.values) == self.size
-
-    def array(self) -> np.ndarray:
-        return np.array([[t, h] for _, t, h in self.values], dtype=np.float32)[None]
-
-    @property
-    def last_time(self) -> float:
-        return self.values[-1][0]
-
-    def to_json(self) -> dict[str, Any]:
-        """What a restarted collector needs to carry on: the averaged steps with their times,
-        and the step still being averaged."""
-        return {"step_s": self.step_s, "size": self.size,
-                "values": [list(value) for value in self.values],
-                "closed_step": self.closed_step, "open_step": self.open_step,
-                "open_sum": list(self.open_sum), "open_count": self.open_count}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StepWindow:
-        """The inverse of :meth:`to_json`; ValueError when ``data`` is not a consistent window."""
-        try:
-            window = cls(float(data["step_s"]), int(data["size"]))
-            closed, opened = data["closed_step"], data["open_step"]
-            values = [(float(t), float(temperature), float(humidity))
-                      for t, temperature, humidity in data["values"]]
-            open_sum = [float(x) for x in data["open_sum"]]
-            open_count = int(data["open_count"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"not a window: {error!r}") from None
-        numbers = [x for value in values for x in value] + open_sum + [window.step_s]
-        if not all(math.isfinite(x) for x in numbers) or window.step_s <= 0:
-            raise ValueError("a window holds a non-finite number")
-        if not (closed is None or type(closed) is int) or \
-                not (opened is None or type(opened) is int):
-            raise ValueError("step numbers are not integers")
-        if len(values) > window.size or len(open_sum) != 2 or \
-                (opened is None) != (open_count == 0) or open_count < 0:
-            raise ValueError("the window's counts do not fit together")
-        if values and (closed is None or any(
-                not math.isclose(t, (closed - len(values) + 1 + i) * window.step_s)
-                for i, (t, _, _) in enumerate(values))):
-            raise ValueError("the window's steps are not consecutive up to its last step")
-        if opened is not None and closed is not None and opened <= closed:
-            raise ValueError("the open step is not after the last closed one")
-        window.values.extend(values)
-        window.closed_step, window.open_step = closed, opened
-        window.open_sum, window.open_count = open_sum, open_count
-        return window
-
-
 class Inference:
     """The collector's models and per-node state; :meth:`handle` answers one message."""
 
@@ -220,6 +122,7 @@ class Inference:
         self.rejections = RejectionLog()
         self.partition = partition
         self.rate_limit = rate_limit
+        self.confirmations = ConfirmationBook(max_nodes=max_nodes)
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
         for forecaster in self.forecasters:
@@ -227,6 +130,12 @@ class Inference:
             self._by_window.setdefault(key, []).append(forecaster)
         # Least recently heard nodes are forgotten first.
         self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
+
+    @property
+    def repaired_steps(self) -> int:
+        """Steps filled by a reading that arrived after newer ones (re-sent after a crash)."""
+        return sum(window.repaired for windows in self._windows.values()
+                   for window in windows.values())
 
     @property
     def repeated_readings(self) -> int:
@@ -321,27 +230,31 @@ class Inference:
         out = []
         for key, forecasters in self._by_window.items():
             window = windows.setdefault(key, StepWindow(*key))
-            if window.add(reading.time, reading.temperature, reading.humidity) and window.full:
-                out += [self._run_forecaster(f, window, reading.node_id) for f in forecasters]
+            for ready in window.add(reading.time, reading.temperature, reading.humidity):
+                # A window repaired by a late reading is older than the retained forecast.
+                newest = ready.end_time >= max(window.forecast_ends) * window.step_s
+                out += [self._run_forecaster(f, ready, reading.node_id, newest)
+                        for f in forecasters]
+        self.confirmations.taken(reading.node_id, reading.seq)
         return out
 
-    def _run_forecaster(self, forecaster: Forecaster, window: StepWindow,
-                        node_id: str) -> Outgoing:
+    def _run_forecaster(self, forecaster: Forecaster, window: ReadyWindow,
+                        node_id: str, retain: bool) -> Outgoing:
         started = time.perf_counter()
-        predicted = forecaster.predict(window.array())[0]
+        predicted = forecaster.predict(window.inputs)[0]
         latency_ms = (time.perf_counter() - started) * 1000
         if not np.isfinite(predicted).all():
             raise PayloadError(f"{forecaster.name} produced a non-finite forecast")
-        last, step_s = window.last_time, forecaster.contract.step_s
+        last, step_s = window.end_time, forecaster.contract.step_s
         # A thousandth of a degree or percent is far below the models' error; shorter numbers
         # also halve the JSON encoding time.
         values = np.round(predicted.astype(np.float64), 3).tolist()
         steps = tuple(ForecastStep(last + (i + 1) * step_s, t, h)
                       for i, (t, h) in enumerate(values))
         forecast = Forecast(node_id, forecaster.name, model_version(forecaster.entry), last,
-                            round(latency_ms, 3), steps)
+                            round(latency_ms, 3), steps, filled_steps=window.filled_steps)
         return Outgoing(prediction_topic(node_id, PredictionKind.FORECAST), forecast.encode(),
-                        retain=True)
+                        retain=retain)
 
     def _keyword(self, clip: AudioClip) -> list[Outgoing]:
         if self.spotter is None:

@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.topics import SensorKind, reporting_node_id, sensor_filter, shared_filter
+from tinyml_core.topics import (
+    SensorKind,
+    confirmed_topic,
+    reporting_node_id,
+    sensor_filter,
+    shared_filter,
+)
 
 from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
@@ -101,8 +108,18 @@ class Worker:
             if now >= next_stats:
                 log.info("%s", self.stats_line())
                 next_stats += interval
+            self.publish_confirmations()
             wake = next_stats if deadline is None else min(next_stats, deadline)
-            self.stop_requested.wait(min(0.5, max(0.0, wake - now)))
+            self.stop_requested.wait(min(0.25, max(0.0, wake - now)))
+
+    def publish_confirmations(self, everything: bool = False) -> None:
+        """Tell each node the highest reading seq taken into its windows (retained, at most once
+        a second per node; docs/protocol.md)."""
+        collector_id = self.settings.collector.id
+        now = time.time()
+        for node_id, seq in self.inference.confirmations.due(everything):
+            confirmation = Confirmation(node_id, collector_id, seq, now)
+            self.client.publish(confirmed_topic(node_id), confirmation.encode(), retain=True)
 
     def handle(self, message: InboundMessage) -> None:
         """Answer one message (called in the MQTT client's network thread)."""
@@ -151,6 +168,8 @@ class Worker:
     def close(self) -> None:
         """Disconnect, then save the windows (no message is handled any more by then)."""
         log.info("stopping: %s", self.stats_line())
+        if self.client.is_connected:
+            self.publish_confirmations(everything=True)
         self.client.close()
         if self.state_path is not None and self.inference.forecasters:
             try:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.inference import Inference, StepWindow
+from collector.inference import Inference
+from collector.windows import REPAIR_STEPS, StepWindow
 from collector.settings import CollectorOptions, CollectorSettings, parse_partition
 from collector.worker import Worker
 from tests.collector_runner import start_worker, stop_worker
@@ -50,24 +51,72 @@ def clip(word: str, node: str = "pi-1") -> AudioClip:
 
 def test_readings_in_one_step_are_averaged_and_a_boundary_reading_closes_it() -> None:
     window = StepWindow(600.0, 3)
-    assert not window.add(610.0, 10.0, 50.0)
-    assert not window.add(900.0, 12.0, 52.0)
-    assert window.add(1200.0, 14.0, 54.0)  # exactly on the step's end: closed at once
-    assert list(window.values) == [(1200.0, 12.0, 52.0)]
-    assert not window.add(1300.0, 1.0, 1.0)
-    assert window.add(1900.0, 3.0, 3.0)  # a later step closes the open one
-    assert list(window.values)[-1] == (1800.0, 1.0, 1.0)
+    assert window.add(610.0, 10.0, 50.0) == []
+    assert window.add(900.0, 12.0, 52.0) == []
+    assert window.add(1200.0, 14.0, 54.0) == []  # exactly on the step's end: closed at once
+    assert window.steps == {2: (12.0, 52.0)}
+    window.add(1300.0, 1.0, 1.0)
+    window.add(1900.0, 3.0, 3.0)  # a later step closes the open one
+    assert window.steps[3] == (1.0, 1.0) and window.open_step == 4
+    [ready] = window.add(2400.0, 5.0, 5.0)  # steps 2, 3, 4: the first full window
+    assert ready.end_time == 2400.0 and ready.filled_steps == 0
+    assert ready.inputs.tolist() == [[[12.0, 52.0], [1.0, 1.0], [4.0, 4.0]]]
 
 
-def test_a_missing_step_empties_the_window_and_late_readings_are_ignored() -> None:
-    window = StepWindow(600.0, 3)
-    for t in (600.0, 1200.0, 1800.0):
-        window.add(t, t, 50.0)
-    assert window.full
-    window.add(1500.0, 99.0, 99.0)  # late: its step is already averaged
-    assert window.late == 1 and window.full
-    window.add(3000.0, 1.0, 1.0)  # 2400 is missing
-    assert [v[0] for v in window.values] == [3000.0]
+def full_window(size: int = 3) -> StepWindow:
+    window = StepWindow(600.0, size)
+    for step in range(1, size + 1):
+        window.add(600.0 * step, 10.0 * step, 50.0)
+    return window
+
+
+def test_one_missing_step_is_filled_from_its_neighbours_and_the_forecast_says_so() -> None:
+    window = full_window()  # steps 1-3
+    ready = window.add(600.0 * 5, 50.0, 60.0)  # the DHT11 failed during step 4
+    ready += window.add(600.0 * 6, 60.0, 60.0)
+    ready += window.add(600.0 * 7, 70.0, 60.0)
+    assert [(r.end_time / 600.0, r.filled_steps) for r in ready] == [(5, 1), (6, 1), (7, 0)]
+    assert ready[0].inputs.tolist() == [[[30.0, 50.0], [40.0, 55.0], [50.0, 60.0]]]
+
+
+def test_two_consecutive_missing_steps_leave_their_windows_without_a_forecast() -> None:
+    window = full_window()  # steps 1-3
+    ends = []
+    for step in range(6, 12):  # steps 4 and 5 missing
+        ends += [r.end_time / 600.0 for r in window.add(600.0 * step, 1.0, 1.0)]
+    assert ends == [8.0, 9.0, 10.0, 11.0]  # the first window of new steps only
+
+
+def test_repeats_are_counted_and_never_forecast_twice() -> None:
+    window = full_window()
+    assert window.add(1200.0, 99.0, 99.0) == []  # its step is already averaged
+    assert window.add(1800.0, 99.0, 99.0) == []
+    assert window.late == 2 and window.steps[2] == (20.0, 50.0)
+
+
+def test_a_late_reading_fills_its_step_and_releases_every_window_it_completes() -> None:
+    # A broker crash loses steps 4 and 5; the node sends them again after newer ones.
+    window = full_window()  # steps 1-3 (window 3 forecast)
+    ends = []
+    for step in (6, 7):
+        ends += [r.end_time / 600.0 for r in window.add(600.0 * step, 1.0, 1.0)]
+    assert ends == []  # 4 and 5 missing: nothing to forecast
+    late_4 = window.add(600.0 * 4, 4.0, 4.0)
+    assert [r.end_time / 600.0 for r in late_4] == [4.0]  # 2, 3, 4; 5 still missing
+    late_5 = window.add(600.0 * 5, 5.0, 5.0)
+    assert [r.end_time / 600.0 for r in late_5] == [5.0, 6.0, 7.0]
+    assert all(r.filled_steps == 0 for r in late_4 + late_5)
+    assert window.repaired == 2
+    [next_one] = window.add(600.0 * 8, 1.0, 1.0)
+    assert next_one.end_time == 4800.0
+    assert window.add(600.0 * 5, 5.0, 5.0) == []  # a repeat of the filled step
+
+
+def test_a_reading_older_than_the_repair_horizon_is_ignored() -> None:
+    window = full_window()
+    window.add(600.0 * 200, 1.0, 1.0)
+    assert window.add(600.0 * 50, 1.0, 1.0) == [] and window.late == 1
+    assert 50 not in window.steps and min(window.steps) >= 200 - 3 - REPAIR_STEPS
 
 
 # ------------------------------------------------------------------ inference

@@ -122,7 +122,7 @@ def test_malformed_windows_are_refused_one_by_one(tmp_path: Path,
     save_state(path, "collector-1", before)
     document = json.loads(path.read_text())
     good = document["windows"][0]
-    gap = dict(good, values=[good["values"][0], *good["values"][2:]])  # steps not consecutive
+    gap = dict(good, forecast_ends=[10**9])  # a forecast for a step that never closed
     nan = dict(good, open_sum=[float("nan"), 1.0])
     shape = dict(good, size=4)  # no configured forecaster has this window
     hostile = dict(good, node_id="../../etc")

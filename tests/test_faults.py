@@ -103,9 +103,12 @@ def test_broker_killed_twice_while_a_node_streams_1000_readings(
 
     assert observer.wait_until(
         lambda: not missing_steps() and len(set(observer.reading_seqs)) == 1000, timeout=60), (
-        f"{len(set(observer.reading_seqs))} readings arrived; no forecast for input steps "
-        f"{missing_steps()[:20]}; the collector received {worker.counters.received}, "
-        f"{worker.inference.repeated_readings} of them repeats")
+        f"{len(set(observer.reading_seqs))} readings arrived (missing "
+        f"{sorted(set(range(1000)) - set(observer.reading_seqs))[:20]}); no forecast for input "
+        f"steps {missing_steps()[:20]}; the collector received {worker.counters.received}, "
+        f"{worker.inference.repeated_readings} of them repeats; the node: "
+        f"{node.forwarder.stats.acknowledged} acknowledged, {len(node.spool)} in its spool, "
+        f"forwarding {'alive' if node_thread.is_alive() else 'DEAD'}")
     time.sleep(0.5)  # let late repeats arrive
     node.stop()
     node_thread.join(timeout=5)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import PayloadError
 from .topics import (
+    CONFIRMED_ROOT,
     ERRORS_ROOT,
     PREDICTIONS_ROOT,
     SENSORS_ROOT,
@@ -486,9 +487,14 @@ class ForecastStep:
 
 @dataclass(frozen=True)
 class Forecast(_PredictionHeader):
-    """``predictions/<node_id>/forecast``: the next steps after the reading at ``input_time``."""
+    """``predictions/<node_id>/forecast``: the next steps after the reading at ``input_time``.
+
+    ``filled_steps`` counts the window's steps that were missing and filled by interpolating
+    their neighbours (0: every step was measured; then the key is left out, as before it existed).
+    """
 
     steps: tuple[ForecastStep, ...]
+    filled_steps: int = 0
 
     kind: ClassVar[PredictionKind] = PredictionKind.FORECAST
     UNITS: ClassVar[dict[str, str]] = {
@@ -505,19 +511,20 @@ class Forecast(_PredictionHeader):
         if not all(isinstance(step, ForecastStep) for step in steps):
             raise PayloadError("must be ForecastStep values", field="steps")
         object.__setattr__(self, "steps", steps)
+        _integer(self.filled_steps, "filled_steps", 0, len(steps) + 1000)
 
     def encode(self) -> bytes:
         steps = [{"time": s.time, "temperature": s.temperature, "humidity": s.humidity}
                  for s in self.steps]
-        return _dump_json(self._header_json() | {"units": self.UNITS, "steps": steps})
+        filled = {"filled_steps": self.filled_steps} if self.filled_steps else {}
+        return _dump_json(self._header_json() | filled | {"units": self.UNITS, "steps": steps})
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        document = _object(
-            _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "forecast"),
-            "forecast",
-            {*_HEADER_KEYS, "units", "steps"},
-        )
+        document = _parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "forecast")
+        optional = {"filled_steps"} if isinstance(document, dict) and \
+            "filled_steps" in document else set()
+        document = _object(document, "forecast", {*_HEADER_KEYS, "units", "steps", *optional})
         if document["units"] != cls.UNITS:
             raise PayloadError(f"units must be {cls.UNITS}", field="units")
         raw_steps = document["steps"]
@@ -527,7 +534,8 @@ class Forecast(_PredictionHeader):
             ForecastStep(**_object(step, f"step {i}", {"time", "temperature", "humidity"}))
             for i, step in enumerate(raw_steps)
         )
-        return cls(**cls._header_from(document), steps=steps)
+        return cls(**cls._header_from(document), steps=steps,
+                   filled_steps=document.get("filled_steps", 0))
 
 
 @dataclass(frozen=True)
@@ -688,8 +696,41 @@ class ErrorRecord:
         return cls(**document)
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """``confirmed/<node_id>`` (retained): the highest reading ``seq`` of the node that the
+    collector owning it has taken into its windows, as of ``time``.
+
+    A node keeps readings the broker acknowledged until a confirmation covers them and sends
+    them again after a reconnect: a broker that dies between its PUBACK and its disk loses
+    them otherwise (docs/security.md, "Crashes").
+    """
+
+    node_id: str
+    collector_id: str
+    seq: int
+    time: float
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        validate_id(self.collector_id, "collector id")
+        _integer(self.seq, "seq", 0, MAX_SEQ)
+        object.__setattr__(self, "time", _timestamp(self.time))
+
+    def encode(self) -> bytes:
+        return _dump_json({"node_id": self.node_id, "collector_id": self.collector_id,
+                           "seq": self.seq, "time": self.time})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(_parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "confirmation"),
+                           "confirmation", {"node_id", "collector_id", "seq", "time"})
+        return cls(**document)
+
+
 # --- any topic ----------------------------------------------------------------------------------
-AnyMessage: TypeAlias = SensorMessage | PredictionMessage | Availability | ErrorRecord
+AnyMessage: TypeAlias = (SensorMessage | PredictionMessage | Availability | ErrorRecord
+                         | Confirmation)
 _PREDICTION_CODECS: dict[str, Callable[[bytes], PredictionMessage]] = {
     PredictionKind.FORECAST.value: Forecast.decode,
     PredictionKind.KEYWORD.value: KeywordResult.decode,
@@ -705,6 +746,11 @@ def decode_message(topic: str, payload: bytes) -> AnyMessage:
         return Availability.decode(payload)
     if root == ERRORS_ROOT and len(parts) == 2:
         return ErrorRecord.decode(payload)
+    if root == CONFIRMED_ROOT and len(parts) == 2:
+        confirmation = Confirmation.decode(payload)
+        if confirmation.node_id != validate_id(parts[1]):
+            raise PayloadError(f"payload is for node {confirmation.node_id!r}, topic is {topic!r}")
+        return confirmation
     if root == PREDICTIONS_ROOT and len(parts) == 3 and parts[2] in _PREDICTION_CODECS:
         prediction = _PREDICTION_CODECS[parts[2]](payload)
         if prediction.node_id != validate_id(parts[1]):

@@ -36,6 +36,7 @@ SENSORS_ROOT = "sensors"
 PREDICTIONS_ROOT = "predictions"
 STATUS_ROOT = "status"
 ERRORS_ROOT = "errors"
+CONFIRMED_ROOT = "confirmed"
 
 
 def validate_id(value: str, what: str = "node id") -> str:
@@ -70,6 +71,11 @@ def status_topic(client_id: str) -> str:
 
 def errors_topic(node_id: str) -> str:
     return f"{ERRORS_ROOT}/{validate_id(node_id)}"
+
+
+def confirmed_topic(node_id: str) -> str:
+    """Where the collector owning ``node_id`` confirms the readings it has taken."""
+    return f"{CONFIRMED_ROOT}/{validate_id(node_id)}"
 
 
 def sensor_filter(kind: SensorKind | None = None) -> str:
