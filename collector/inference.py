@@ -123,6 +123,7 @@ class Inference:
         self.partition = partition
         self.rate_limit = rate_limit
         self.confirmations = ConfirmationBook(max_nodes=max_nodes)
+        self.readings = 0  # valid readings of the nodes this worker forecasts, repeats included
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
         for forecaster in self.forecasters:
@@ -236,6 +237,7 @@ class Inference:
                 out += [self._run_forecaster(f, ready, reading.node_id, newest)
                         for f in forecasters]
         self.confirmations.taken(reading.node_id, reading.seq)
+        self.readings += 1
         return out
 
     def _run_forecaster(self, forecaster: Forecaster, window: ReadyWindow,

@@ -16,12 +16,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tinyml_core.errors import MqttConnectError, TinyMLError
+from tinyml_core.errors import MqttConnectError, MqttError, TinyMLError
 from tinyml_core.messages import AudioClip, ClimateReading, sensor_message_topic
 from tinyml_core.mqtt import MqttClient
+from tinyml_core.topics import confirmed_topic
 
+from .confirmations import ConfirmationTracker
 from .dht11 import Dht11Sensor
-from .forwarder import Forwarder
+from .forwarder import CONFIRMATIONS_HEARD, Forwarder
 from .hardware import SensorReadError
 from .microphone import Microphone
 from .settings import NodeSettings
@@ -38,9 +40,17 @@ class Node:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.node_id = settings.node.id
-        self.spool = Spool(settings.node.spool_path, int(settings.node.spool_max_mb * 1e6))
+        self.spool = Spool(settings.node.spool_path, int(settings.node.spool_max_mb * 1e6),
+                           settings.node.max_unconfirmed)
         self.client = MqttClient(settings.broker, self.node_id)
-        self.forwarder = Forwarder(self.spool, self.client, settings.node.flush_rate_per_s)
+        tracker = None
+        if settings.node.confirm:
+            tracker = ConfirmationTracker(self.spool.unconfirmed(),
+                                          active=self.spool.counter(CONFIRMATIONS_HEARD) > 0)
+        else:  # left by a run with confirmations on
+            self.spool.confirmed([m.id for m in self.spool.unconfirmed()])
+        self.forwarder = Forwarder(self.spool, self.client, settings.node.flush_rate_per_s,
+                                   confirmations=tracker)
         self.climate = climate
         self.microphone = microphone
         self.stop_requested = threading.Event()
@@ -108,12 +118,24 @@ class Node:
         while not self.stop_requested.is_set():
             try:
                 self.client.connect(timeout=CONNECT_ATTEMPT_S)
+                self._subscribe_to_confirmations()
                 return
             except MqttConnectError as error:
                 log.warning("%s; spooling meanwhile, next attempt in %.0f s", error, delay)
                 if self.stop_requested.wait(delay):
                     return
                 delay = min(delay * 2, self.settings.broker.reconnect_max_s)
+
+    def _subscribe_to_confirmations(self) -> None:
+        if self.forwarder.confirmations is None:
+            return
+        topic = confirmed_topic(self.node_id)
+        try:
+            self.client.subscribe(topic)  # sent again after every reconnect
+        except MqttError as error:
+            log.warning("%s; readings are forgotten once the broker has them (the broker's ACL "
+                        "needs 'pattern read confirmed/%%u', see config/mosquitto/acl)", error)
+            self.forwarder.disable_confirmations()
 
     def run(self, duration_s: float | None = None, stats_interval_s: float = 60.0) -> None:
         """Forward spooled messages until stop() or ``duration_s``."""
@@ -130,8 +152,11 @@ class Node:
                 next_stats += stats_interval_s
 
     def stats_line(self) -> str:
-        parts = [f"sent {self.forwarder.stats.sent}, acknowledged "
-                 f"{self.forwarder.stats.acknowledged}; spool {self.spool.stats().line()}"]
+        stats = self.forwarder.stats
+        parts = [f"sent {stats.sent} ({stats.sent_again} again after a reconnect), "
+                 f"acknowledged {stats.acknowledged}; spool {self.spool.stats().line()}"]
+        tracker = self.forwarder.confirmations
+        parts.append(tracker.line() if tracker is not None else "confirmations off")
         if self.climate is not None:
             parts.append(f"DHT11 {self.climate.stats.line()}")
         if self.microphone is not None:

@@ -18,6 +18,11 @@ class NodeIdentity:
                                       min=1, max=100_000)
     stats_interval_s: float = setting(600.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
+    confirm: bool = setting(True, "keep readings the broker acknowledged until the collector "
+                            "confirms them, and send them again after a reconnect (a broker "
+                            "crash can lose what it acknowledged); off: forget them at once")
+    max_unconfirmed: int = setting(1000, "readings kept waiting for a confirmation at most; "
+                                   "past it the oldest go (counted)", min=1, max=10_000_000)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
-"""The node's on-disk spool: every message waits here until the broker has acknowledged it.
+"""The node's on-disk spool: every message waits here until the broker has acknowledged it,
+and a reading until the collector has confirmed it too.
 
 One SQLite file (standard library, crash-safe with a journal). Messages come out in the
-order they went in, so order per topic survives outages and restarts. The file has a size
-cap; past it the oldest audio clips are dropped first, and readings only when no clip is
-left (a clip is ~200 readings' worth of bytes, and readings are what forecasts need). What
-was dropped is counted in the file, as is the node's sequence counter, so numbers carry on
-after a restart.
+order they went in, so order per topic survives outages and restarts. A reading the broker
+acknowledged moves to a second table, ``unconfirmed``, until a confirmation covers it
+(node/confirmations.py): a broker that crashes between its PUBACK and its disk loses it
+otherwise. The file has a size cap; past it the oldest unconfirmed readings go first (the
+broker has them, most likely), then the oldest audio clips, and waiting readings only when
+no clip is left (a clip is ~200 readings' worth of bytes, and readings are what forecasts
+need). The unconfirmed table also has a cap of its own in rows. What was dropped is counted
+in the file, as is the node's sequence counter, so numbers carry on after a restart.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ CREATE TABLE IF NOT EXISTS messages (
     payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS unconfirmed (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
 """
+UNCONFIRMED = "unconfirmed"
 # Row overhead in SQLite is a few dozen bytes; counting it keeps the cap honest for readings.
 _ROW_OVERHEAD = 40
 
@@ -47,6 +58,7 @@ class SpooledMessage:
     id: int
     topic: str
     payload: bytes
+    seq: int | None = None  # a reading's sequence number (None: a clip, or an old spool's row)
 
 
 @dataclass(frozen=True)
@@ -55,18 +67,23 @@ class SpoolStats:
     bytes: int
     dropped_audio: int
     dropped_climate: int
+    unconfirmed: int = 0
+    dropped_unconfirmed: int = 0
 
     def line(self) -> str:
-        return (f"{self.messages} waiting ({self.bytes / 1e6:.2f} MB); dropped by the size cap: "
-                f"{self.dropped_audio} clips, {self.dropped_climate} readings")
+        return (f"{self.messages} waiting, {self.unconfirmed} unconfirmed "
+                f"({self.bytes / 1e6:.2f} MB); dropped by the size cap: {self.dropped_audio} "
+                f"clips, {self.dropped_climate} readings, {self.dropped_unconfirmed} unconfirmed "
+                f"readings")
 
 
 class Spool:
     """Messages not yet acknowledged by the broker, in order, within ``max_bytes``."""
 
-    def __init__(self, path: Path | str, max_bytes: int) -> None:
+    def __init__(self, path: Path | str, max_bytes: int, max_unconfirmed: int = 1000) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.max_unconfirmed = max_unconfirmed
         self._lock = threading.Lock()  # one connection, used by the sources and the forwarder
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +92,14 @@ class Spool:
             # FULL: a message the node has spooled survives a power cut, not just a crash.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "seq" not in columns:  # a spool written before readings kept their seq
+                self._db.execute("ALTER TABLE messages ADD COLUMN seq INTEGER")
             self.last_id = int(self._db.execute(
                 "SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
-            self._bytes = int(self._db.execute(
+            self._bytes = sum(int(self._db.execute(
                 f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
-                "FROM messages").fetchone()[0])
+                f"FROM {table}").fetchone()[0]) for table in ("messages", UNCONFIRMED))
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"spool {self.path} cannot be used: {exc}") from None
 
@@ -88,6 +108,27 @@ class Spool:
         """The node's next sequence number (persisted, so it keeps counting after a restart)."""
         with self._lock, self._transaction():
             return self._bump("seq") - 1
+
+    def peek_seq(self) -> int:
+        """The sequence number the next message will get."""
+        return self.counter("seq")
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?",
+                                   (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def increment(self, name: str) -> int:
+        with self._lock, self._transaction():
+            return self._bump(name)
+
+    def skip_seq_to(self, seq: int) -> None:
+        """Number from ``seq`` on (when a collector has seen higher numbers from this node, e.g.
+        before its spool file was deleted: numbers stay unique)."""
+        with self._lock, self._transaction():
+            self._db.execute("INSERT INTO counters (name, value) VALUES ('seq', ?) ON CONFLICT("
+                             "name) DO UPDATE SET value = MAX(value, excluded.value)", (seq,))
 
     def put(self, kind: str, topic: str, payload: bytes) -> int:
         """Store a message; returns its id. Makes room under the cap first (see module doc)."""
@@ -98,46 +139,113 @@ class Spool:
         """Take the next sequence number, ``build(seq)`` → (topic, payload), store it: one
         transaction (one disk sync), and a message that fails to build uses up no number."""
         with self._lock, self._transaction():
-            topic, payload = build(self._bump("seq") - 1)
-            return self._insert(kind, topic, payload)
+            seq = self._bump("seq") - 1
+            topic, payload = build(seq)
+            return self._insert(kind, topic, payload, seq)
 
-    def _insert(self, kind: str, topic: str, payload: bytes) -> int:
+    def _insert(self, kind: str, topic: str, payload: bytes, seq: int | None = None) -> int:
         size = len(payload) + len(topic) + _ROW_OVERHEAD
         self._make_room(size)
-        cursor = self._db.execute("INSERT INTO messages (kind, topic, payload) VALUES (?, ?, ?)",
-                                  (kind, topic, payload))
+        cursor = self._db.execute(
+            "INSERT INTO messages (kind, topic, payload, seq) VALUES (?, ?, ?, ?)",
+            (kind, topic, payload, seq))
         self._bytes += size
         self.last_id = int(cursor.lastrowid or 0)
         return self.last_id
 
     def remove(self, ids: list[int]) -> None:
         """Forget messages the broker has acknowledged (ids already gone are ignored)."""
+        if ids:
+            with self._lock, self._transaction():
+                self._delete("messages", ids)
+
+    def acknowledged(self, ids: list[int], keep_readings: bool) -> list[SpooledMessage]:
+        """The broker acknowledged these: clips are forgotten, readings (with a seq) move to
+        the unconfirmed table when ``keep_readings``. Returns the readings kept."""
         if not ids:
-            return
+            return []
+        kept: list[SpooledMessage] = []
         with self._lock, self._transaction():
             for chunk in range(0, len(ids), 500):
                 part = ids[chunk:chunk + 500]
                 marks = ",".join("?" * len(part))
-                freed = self._db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
-                    f"FROM messages WHERE id IN ({marks})", part).fetchone()[0]
-                self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", part)
-                self._bytes -= int(freed)
+                if keep_readings:
+                    rows = self._db.execute(
+                        f"SELECT id, topic, payload, seq FROM messages WHERE id IN ({marks}) "
+                        f"AND kind = ? AND seq IS NOT NULL", (*part, CLIMATE)).fetchall()
+                    kept += [SpooledMessage(int(i), str(t), bytes(p), int(q))
+                             for i, t, p, q in rows]
+                    self._db.execute(
+                        f"INSERT OR IGNORE INTO unconfirmed (id, seq, topic, payload) SELECT id, "
+                        f"seq, topic, payload FROM messages WHERE id IN ({marks}) AND kind = ? "
+                        f"AND seq IS NOT NULL", (*part, CLIMATE))
+                    self._db.execute(
+                        f"DELETE FROM messages WHERE id IN ({marks}) AND kind = ? "
+                        f"AND seq IS NOT NULL", (*part, CLIMATE))
+                self._delete("messages", part)
+            self._cap_unconfirmed()
+        return kept
+
+    def confirmed(self, ids: list[int]) -> None:
+        """A collector confirmed these readings: forget them."""
+        if ids:
+            with self._lock, self._transaction():
+                self._delete(UNCONFIRMED, ids)
+
+    def unconfirmed(self, ids: list[int] | None = None) -> list[SpooledMessage]:
+        """Unconfirmed readings (all, or those of ``ids`` still there), oldest first."""
+        with self._lock:
+            if ids is None:
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, seq FROM unconfirmed ORDER BY id").fetchall()
+            else:
+                rows = []
+                for chunk in range(0, len(ids), 500):
+                    part = ids[chunk:chunk + 500]
+                    rows += self._db.execute(
+                        f"SELECT id, topic, payload, seq FROM unconfirmed WHERE id IN "
+                        f"({','.join('?' * len(part))})", part).fetchall()
+                rows.sort()
+        return [SpooledMessage(int(i), str(t), bytes(p), int(q)) for i, t, p, q in rows]
+
+    def _delete(self, table: str, ids: list[int]) -> None:
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            marks = ",".join("?" * len(part))
+            freed = self._db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
+                f"FROM {table} WHERE id IN ({marks})", part).fetchone()[0]
+            self._db.execute(f"DELETE FROM {table} WHERE id IN ({marks})", part)
+            self._bytes -= int(freed)
+
+    def _cap_unconfirmed(self) -> None:
+        count = int(self._db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0])
+        while count > self.max_unconfirmed:
+            self._drop_oldest(UNCONFIRMED, UNCONFIRMED, "no collector confirms them? (the cap "
+                              f"is {self.max_unconfirmed} readings)")
+            count -= 1
 
     def _make_room(self, size: int) -> None:
-        for kind in (AUDIO, CLIMATE):
+        for table, kind in ((UNCONFIRMED, None), ("messages", AUDIO), ("messages", CLIMATE)):
             while self._bytes + size > self.max_bytes:
-                row = self._db.execute(
-                    "SELECT id, LENGTH(payload) + LENGTH(topic) FROM messages WHERE kind = ? "
-                    "ORDER BY id LIMIT 1", (kind,)).fetchone()
-                if row is None:
+                if not self._drop_oldest(table, kind or UNCONFIRMED,
+                                         f"spool full ({self.max_bytes / 1e6:.1f} MB)",
+                                         kind=kind):
                     break
-                self._db.execute("DELETE FROM messages WHERE id = ?", (row[0],))
-                self._bytes -= int(row[1]) + _ROW_OVERHEAD
-                dropped = self._bump(f"dropped_{kind}")
-                if dropped == 1 or dropped % 100 == 0:
-                    log.warning("spool full (%.1f MB): dropped the oldest %s message "
-                                "(%d so far)", self.max_bytes / 1e6, kind, dropped)
+
+    def _drop_oldest(self, table: str, counter: str, why: str, kind: str | None = None) -> bool:
+        where = "WHERE kind = ?" if kind is not None else ""
+        row = self._db.execute(
+            f"SELECT id, LENGTH(payload) + LENGTH(topic) FROM {table} {where} ORDER BY id "
+            "LIMIT 1", (kind,) if kind is not None else ()).fetchone()
+        if row is None:
+            return False
+        self._db.execute(f"DELETE FROM {table} WHERE id = ?", (row[0],))
+        self._bytes -= int(row[1]) + _ROW_OVERHEAD
+        dropped = self._bump(f"dropped_{counter}")
+        if dropped == 1 or dropped % 100 == 0:
+            log.warning("%s: dropped the oldest %s message (%d so far)", why, counter, dropped)
+        return True
 
     def _bump(self, name: str) -> int:
         self._db.execute("INSERT INTO counters (name, value) VALUES (?, 1) "
@@ -150,16 +258,19 @@ class Spool:
         """Up to ``limit`` messages with an id above ``last_id``, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, topic, payload, seq FROM messages WHERE id > ? ORDER BY id LIMIT ?",
                 (last_id, limit)).fetchall()
-        return [SpooledMessage(int(i), str(t), bytes(p)) for i, t, p in rows]
+        return [SpooledMessage(int(i), str(t), bytes(p), None if q is None else int(q))
+                for i, t, p, q in rows]
 
     def stats(self) -> SpoolStats:
         with self._lock:
             count = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            unconfirmed = int(self._db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0])
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
         return SpoolStats(count, self._bytes, int(counters.get(f"dropped_{AUDIO}", 0)),
-                          int(counters.get(f"dropped_{CLIMATE}", 0)))
+                          int(counters.get(f"dropped_{CLIMATE}", 0)), unconfirmed,
+                          int(counters.get(f"dropped_{UNCONFIRMED}", 0)))
 
     def __len__(self) -> int:
         with self._lock:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from collector.inference import Inference
-from collector.windows import REPAIR_STEPS, StepWindow
 from collector.settings import CollectorOptions, CollectorSettings, parse_partition
+from collector.windows import REPAIR_STEPS, StepWindow
 from collector.worker import Worker
 from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT, broker_config

@@ -13,8 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from collector.settings import CollectorOptions
 from node.daemon import Node
 from node.settings import NodeIdentity, NodeSettings
+from node.spool import Spool
 from tests.collector_runner import start_collector, start_worker, stop_worker, wait_online
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
@@ -43,7 +47,8 @@ class Observer:
         for topic_filter in filters:
             self.client.subscribe(topic_filter)
         self.reading_seqs: list[int] = []
-        self.forecasts: list[tuple[float, bytes]] = []
+        self.reading_steps: list[int] = []  # which reading of the stream (seqs count clips too)
+        self.forecasts: list[tuple[float, str, bytes]] = []
         self.keywords: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, daemon=True)
@@ -57,8 +62,9 @@ class Observer:
             message = decode_message(inbound.topic, inbound.payload)
             if isinstance(message, ClimateReading):
                 self.reading_seqs.append(message.seq)
+                self.reading_steps.append(round((message.time - START) / STEP_S))
             elif isinstance(message, Forecast):
-                self.forecasts.append((message.input_time, inbound.payload))
+                self.forecasts.append((message.input_time, message.model, inbound.payload))
             elif isinstance(message, KeywordResult):
                 self.keywords.append(message.input_time)
 
@@ -76,39 +82,65 @@ class Observer:
         self.client.close(timeout=1.0)
 
 
-def test_broker_killed_twice_while_a_node_streams_1000_readings(
-        mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
+@pytest.mark.parametrize("kills, clip_every", [((300, 650), 0), ((150, 320, 480, 650, 820), 10)],
+                         ids=["twice", "five-times-with-clips"])
+def test_broker_killed_while_a_node_streams_1000_readings(
+        mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path,
+        kills: tuple[int, ...], clip_every: int) -> None:
+    # The collector as users run it: both forecasters and a keyword model (two subscriptions),
+    # windows saved, the per-node rate limit on. Mosquitto acknowledges a PUBLISH before its
+    # disk write, so a kill can lose readings it had acknowledged: the node keeps each one
+    # until the collector confirms it and sends the unconfirmed again after a reconnect.
     broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
-    worker, worker_thread = start_worker(broker, "collector-faults")
-    observer = Observer(broker, "sensors/+/climate", "predictions/+/forecast")
+    defaults = CollectorOptions()
+    worker, worker_thread = start_worker(
+        broker, "collector-faults", forecasts=defaults.forecast_models,
+        keyword_model=defaults.keyword_model, state_path=str(tmp_path / "windows.json"),
+        rate_limit_per_s=defaults.rate_limit_per_s)
+    observer = Observer(broker, "sensors/+/climate", "predictions/+/forecast",
+                        "predictions/+/keyword")
+    # The node at its defaults too: it sends at most flush_rate_per_s (200/s), below the
+    # collector's per-node limit (250/s), re-sent readings included.
     node = Node(NodeSettings(broker=broker_config(broker, connect_timeout_s=1.0),
-                             node=NodeIdentity(id="pi-faults", spool_path=str(tmp_path / "spool"),
-                                               flush_rate_per_s=1000)))
+                             node=NodeIdentity(id="pi-faults", spool_path=str(tmp_path / "spool"))))
     node.start()
     node_thread = threading.Thread(target=node.run, daemon=True)
     node_thread.start()
+    rate, samples = read_wav(sorted((REPO_ROOT / "samples" / "speech" / "no").glob("*.wav"))[0])
     for seq in range(1000):
-        if seq in (300, 650):
+        if seq in kills:
             broker.kill()  # SIGKILL: no goodbye, no final save
             time.sleep(0.5)
             broker.start()
         node.record_reading(20.0 + (seq % 50) / 10, 50.0 + (seq % 30) / 10,
                             time_s=reading_time(seq))
+        if clip_every and seq % clip_every == 0:
+            node.record_clip(reading_time(seq), rate, samples)
         time.sleep(0.003)
     expected_windows = {reading_time(seq) for seq in range(WINDOW - 1, 1000)}
+    clip_times = {reading_time(seq) for seq in range(0, 1000, clip_every)} if clip_every else set()
+    tracker = node.forwarder.confirmations
+    assert tracker is not None
 
     def missing_steps() -> list[int]:
-        heard = {t for t, _ in observer.forecasts}
+        heard = {t for t, model, _ in observer.forecasts if model == "forecast_a"}
         return sorted(int((t - START) / STEP_S) for t in expected_windows - heard)
 
-    assert observer.wait_until(
-        lambda: not missing_steps() and len(set(observer.reading_seqs)) == 1000, timeout=60), (
-        f"{len(set(observer.reading_seqs))} readings arrived (missing "
-        f"{sorted(set(range(1000)) - set(observer.reading_seqs))[:20]}); no forecast for input "
-        f"steps {missing_steps()[:20]}; the collector received {worker.counters.received}, "
-        f"{worker.inference.repeated_readings} of them repeats; the node: "
-        f"{node.forwarder.stats.acknowledged} acknowledged, {len(node.spool)} in its spool, "
-        f"forwarding {'alive' if node_thread.is_alive() else 'DEAD'}")
+    def complete() -> bool:
+        return (not missing_steps() and len(set(observer.reading_steps)) == 1000
+                and set(observer.keywords) >= clip_times
+                and len(tracker) == 0 and len(node.spool) == 0)
+
+    assert observer.wait_until(complete, timeout=60), (
+        f"{len(set(observer.reading_steps))} readings arrived (missing "
+        f"{sorted(set(range(1000)) - set(observer.reading_steps))[:20]}); no forecast for input "
+        f"steps {missing_steps()[:20]}; {len(clip_times - set(observer.keywords))} clips "
+        f"unanswered; the collector received {worker.counters.received}, "
+        f"{worker.inference.repeated_readings} of them repeats, "
+        f"{worker.inference.repaired_steps} steps repaired; the node: "
+        f"{node.forwarder.stats.acknowledged} acknowledged, {node.forwarder.stats.sent_again} "
+        f"sent again, {len(node.spool)} waiting, {tracker.line()}, forwarding "
+        f"{'alive' if node_thread.is_alive() else 'DEAD'}")
     time.sleep(0.5)  # let late repeats arrive
     node.stop()
     node_thread.join(timeout=5)
@@ -116,18 +148,27 @@ def test_broker_killed_twice_while_a_node_streams_1000_readings(
     stop_worker(worker, worker_thread)
     observer.close()
 
-    # Every reading reached the broker's subscribers in order; QoS 1 allows a repeat of
-    # what was in flight at a kill, never a gap.
-    first_arrivals = list(dict.fromkeys(observer.reading_seqs))
-    assert first_arrivals == list(range(1000))
-    # The collector averaged each reading into its window exactly once (repeats recognised)...
-    assert worker.counters.received - worker.inference.repeated_readings == 1000
-    # ...and forecast every full window; a forecast heard twice is the same message.
-    assert {t for t, _ in observer.forecasts} == expected_windows
-    by_window: dict[float, set[bytes]] = {}
-    for input_time, payload in observer.forecasts:
-        by_window.setdefault(input_time, set()).add(payload)
+    # Every reading reached the broker's subscribers; QoS 1 allows repeats. A reading arrives
+    # behind newer ones only when the broker lost it and the node sent it again.
+    assert set(observer.reading_steps) == set(range(1000))
+    first_arrivals = list(dict.fromkeys(observer.reading_steps))
+    if node.forwarder.stats.sent_again == 0:
+        assert first_arrivals == list(range(1000))
+    # Every reading was confirmed by the collector, which took each exactly once (repeats
+    # recognised; a reading that arrived after newer ones filled its step)...
+    assert tracker.active and tracker.highest is not None and tracker.highest >= 999
+    with Spool(tmp_path / "spool", 10**6) as spool:
+        assert len(spool) == 0 and spool.unconfirmed() == []
+    assert worker.inference.readings - worker.inference.repeated_readings == 1000
+    # ...and forecast every full window once with each model; a forecast heard twice (a QoS 1
+    # redelivery) is the same message.
+    for model in defaults.forecast_models:
+        assert {t for t, m, _ in observer.forecasts if m == model} == expected_windows
+    by_window: dict[tuple[float, str], set[bytes]] = {}
+    for input_time, model, payload in observer.forecasts:
+        by_window.setdefault((input_time, model), set()).add(payload)
     assert all(len(payloads) == 1 for payloads in by_window.values())
+    assert set(observer.keywords) == clip_times
     assert worker.counters.errors == 0
 
 
@@ -161,7 +202,7 @@ def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down
     try:
         assert observer.wait_until(
             lambda: set(observer.keywords) >= clip_times
-            and {t for t, _ in observer.forecasts} >= new_windows, timeout=60), (
+            and {t for t, _, _ in observer.forecasts} >= new_windows, timeout=60), (
             f"{len(set(observer.keywords))} of {len(clip_times)} clips answered")
     finally:
         collector.send_signal(signal.SIGTERM)
@@ -172,7 +213,7 @@ def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down
     # possible for what was in flight at the kill.
     assert set(observer.keywords) == clip_times
     assert len(observer.keywords) - len(clip_times) <= 2
-    forecast_times = {t for t, _ in observer.forecasts}
+    forecast_times = {t for t, _, _ in observer.forecasts}
     assert {reading_time(seq) for seq in range(WINDOW - 1, 95)} <= forecast_times
     # Readings sent while it was down (100 to 199) were processed after it returned.
     assert new_windows <= forecast_times

@@ -63,6 +63,7 @@ class InboundMessage:
     retain: bool
     received_at: float  # time.time() when paho handed it over
     mid: int
+    connection: int = 0  # MqttClient.connection it arrived on
 
 
 class PublishHandle:
@@ -447,7 +448,7 @@ class MqttClient:
         if prefix and topic.startswith(prefix):
             topic = topic[len(prefix):]
         inbound = InboundMessage(topic, bytes(message.payload), message.qos, bool(message.retain),
-                                 time.time(), message.mid)
+                                 time.time(), message.mid, self.stats.connects)
         if self._handler is not None:
             self.stats.received += 1
             try:
