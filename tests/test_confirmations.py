@@ -1,0 +1,178 @@
+"""The node keeps what the broker acknowledged until a collector confirms it (issue: a broker
+killed between its PUBACK and its disk loses readings the node had already let go)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from node.confirmations import ConfirmationTracker
+from node.spool import CLIMATE, Spool
+from tests.test_node import collect_seqs, make_node, run_in_thread
+from tinyml_core.broker import LocalMosquitto
+from tinyml_core.messages import Confirmation
+from tinyml_core.mqtt import MqttClient
+from tinyml_core.topics import climate_topic, confirmed_topic
+
+START = 1_729_300_000.0
+
+
+# --- bookkeeping -------------------------------------------------------------------------------
+def test_a_confirmation_covers_only_what_was_acknowledged_on_its_connection_before_it() -> None:
+    tracker = ConfirmationTracker(active=True)
+    tracker.acknowledged(1, seq=10, connection=1, now=100.0)
+    tracker.acknowledged(2, seq=11, connection=1, now=100.0)  # then the broker crashed
+    tracker.acknowledged(3, seq=12, connection=2, now=101.0)
+    tracker.acknowledged(4, seq=13, connection=2, now=103.0)
+    # After the crash the collector took 12 (sent after it) but never 10 and 11.
+    assert tracker.confirmation(12, connection=2, received_at=102.0) == [3]
+    assert tracker.to_send_again(connection=2) == [1, 2]
+    assert tracker.highest == 12 and len(tracker) == 3
+    tracker.forget([1, 2])  # sent again: back when acknowledged on connection 2
+    tracker.acknowledged(1, seq=10, connection=2, now=104.0)
+    assert tracker.confirmation(13, connection=2, received_at=104.5) == [4, 1]
+    assert tracker.to_send_again(connection=3) == []
+
+
+def test_readings_left_by_an_earlier_run_are_sent_again_on_the_first_connection(
+        tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool", 10**6) as spool:
+        ids = [spool.put_numbered(CLIMATE, lambda seq: (climate_topic("pi-1"), b"r%d" % seq))
+               for _ in range(3)]
+        kept = spool.acknowledged(ids, keep_readings=True)
+        assert [m.seq for m in kept] == [0, 1, 2] and len(spool) == 0
+    with Spool(tmp_path / "spool", 10**6) as spool:  # a restart
+        tracker = ConfirmationTracker(spool.unconfirmed())
+        assert tracker.active and tracker.to_send_again(connection=1) == ids
+        assert [m.payload for m in spool.unconfirmed(ids[1:])] == [b"r1", b"r2"]
+
+
+def test_unconfirmed_readings_are_capped_oldest_first_and_counted(tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool", 10**6, max_unconfirmed=3) as spool:
+        ids = [spool.put_numbered(CLIMATE, lambda seq: (climate_topic("pi-1"), b"r%d" % seq))
+               for _ in range(5)]
+        spool.acknowledged(ids, keep_readings=True)
+        assert [m.seq for m in spool.unconfirmed()] == [2, 3, 4]
+        stats = spool.stats()
+        assert (stats.unconfirmed, stats.dropped_unconfirmed) == (3, 2)
+        assert "2 unconfirmed readings" in stats.line()
+
+
+def test_the_size_cap_drops_unconfirmed_readings_before_anything_still_to_send(
+        tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool", 2_000) as spool:
+        first = [spool.put_numbered(CLIMATE, lambda seq: (climate_topic("pi-1"), b"x" * 100))
+                 for _ in range(5)]
+        spool.acknowledged(first, keep_readings=True)
+        for _ in range(10):  # ~1.7 kB waiting: the unconfirmed make room first
+            spool.put_numbered(CLIMATE, lambda seq: (climate_topic("pi-1"), b"y" * 100))
+        stats = spool.stats()
+        assert stats.messages == 10 and stats.dropped_climate == 0
+        assert stats.dropped_unconfirmed >= 3
+
+
+# --- the node against Mosquitto, with a scripted collector -------------------------------------
+class ScriptedCollector:
+    """Hears the node's readings and confirms exactly what the test says."""
+
+    def __init__(self, connect: Callable[..., MqttClient], node_id: str) -> None:
+        self.node_id = node_id
+        self.client = connect("script-collector", persistent_session=True,
+                              publish_availability=False)
+        self.client.subscribe(climate_topic(node_id))
+
+    def confirm(self, seq: int) -> None:
+        message = Confirmation(self.node_id, "script-collector", seq, time.time())
+        assert self.client.publish(confirmed_topic(self.node_id), message.encode(),
+                                   retain=True).wait(5)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_unconfirmed_readings_are_sent_again_after_a_reconnect_and_kept_until_confirmed(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    collector = ScriptedCollector(connect, "pi-node")
+    node = make_node(mosquitto, tmp_path)
+    thread = run_in_thread(node)
+    tracker = node.forwarder.confirmations
+    assert tracker is not None and not tracker.active
+    try:
+        for index in range(5):
+            node.record_reading(20.0, 50.0, time_s=START + 600 * index)
+        assert collect_seqs(collector.client, 5) == [0, 1, 2, 3, 4]
+        collector.confirm(4)  # from now on the node keeps what is not confirmed
+        assert wait_for(lambda: tracker.active)
+        for index in range(5, 10):
+            node.record_reading(20.0, 50.0, time_s=START + 600 * index)
+        assert collect_seqs(collector.client, 10, seen=[0, 1, 2, 3, 4])[5:] == [5, 6, 7, 8, 9]
+        assert wait_for(lambda: len(node.spool) == 0 and len(tracker) == 5)
+        # The broker restarts (as if it had lost them): the node sends 5-9 again, in order.
+        mosquitto.stop()
+        mosquitto.start()
+        again = collect_seqs(collector.client, 5)
+        assert again == [5, 6, 7, 8, 9]
+        assert node.forwarder.stats.sent_again == 5 and len(tracker) == 5
+        collector.confirm(9)
+        assert wait_for(lambda: len(tracker) == 0 and node.spool.unconfirmed() == [])
+        assert "confirmed up to seq 9" in node.stats_line()
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()
+
+
+def test_a_node_that_no_collector_ever_confirmed_keeps_nothing_and_says_so(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    listener = connect("listener", persistent_session=True, publish_availability=False)
+    listener.subscribe("sensors/#")
+    node = make_node(mosquitto, tmp_path)
+    thread = run_in_thread(node)
+    try:
+        for index in range(5):
+            node.record_reading(20.0, 50.0, time_s=START + 600 * index)
+        assert collect_seqs(listener, 5) == [0, 1, 2, 3, 4]
+        assert wait_for(lambda: len(node.spool) == 0)
+        assert node.spool.unconfirmed() == []
+        assert "no collector has ever confirmed a reading" in node.stats_line()
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()
+
+
+def test_a_collector_that_stops_answering_leaves_at_most_the_cap_kept(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    collector = ScriptedCollector(connect, "pi-node")
+    node = make_node(mosquitto, tmp_path, max_unconfirmed=10)
+    thread = run_in_thread(node)
+    try:
+        node.record_reading(20.0, 50.0, time_s=START)
+        collect_seqs(collector.client, 1)
+        collector.confirm(0)
+        tracker = node.forwarder.confirmations
+        assert tracker is not None and wait_for(lambda: tracker.active)
+        for index in range(1, 31):  # the collector is gone from here on
+            node.record_reading(20.0, 50.0, time_s=START + 600 * index)
+        assert wait_for(lambda: len(node.spool) == 0 and node.forwarder.window.room() > 0)
+        stats = node.spool.stats()
+        assert stats.unconfirmed == 10 and stats.dropped_unconfirmed == 20
+        assert [m.seq for m in node.spool.unconfirmed()] == list(range(21, 31))
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()
+
+
+def test_confirmations_can_be_turned_off(mosquitto: LocalMosquitto, tmp_path: Path) -> None:
+    node = make_node(mosquitto, tmp_path, confirm=False)
+    assert node.forwarder.confirmations is None
+    assert "confirmations off" in node.stats_line()
+    node.close(drain_s=0)
