@@ -13,6 +13,11 @@ from a node's sixth reading on every reading completes a window and is forecast
 - lost: expected predictions that never came (10 s of grace after the last publish);
 - CPU (% of one core, user + system) and peak RSS of the broker, each collector and the
   load generator (this process: 100 clients, their threads and the listener).
+
+``--flood`` adds one more node that publishes valid readings as fast as Mosquitto's C client
+can (``mosquitto_pub -l``, QoS 1), each completing a window: a buggy or hijacked node. The
+collectors run with their per-node rate limit (``--rate-limit``, 250/s by default; 0: none), so
+the run shows whether the other nodes' forecasts stay fast and complete.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -89,17 +95,78 @@ def schedule(nodes: int, duration: int) -> list[tuple[float, int, str, int]]:
     return sorted(events)
 
 
+FLOODER = "load-flooder"
+
+
+class Flooder:
+    """One node publishing readings as fast as ``mosquitto_pub -l`` can (QoS 1), each a new step
+    (so every one it gets through completes a window), until stopped."""
+
+    ROUND = 20_000
+
+    def __init__(self, broker: LocalMosquitto, scratch: Path) -> None:
+        self.broker, self.scratch = broker, scratch
+        self.sent = 0
+        self.cpu_seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flood, daemon=True)
+        self._thread.start()
+
+    def _flood(self) -> None:
+        lines = self.scratch / "flood.txt"
+        step = 0
+        while not self._stop.is_set():
+            with lines.open("wb") as out:
+                for _ in range(self.ROUND):
+                    out.write(ClimateReading(FLOODER, T0 + 600.0 * step, step, 20.0, 50.0)
+                              .encode() + b"\n")
+                    step += 1
+            with lines.open("rb") as source:
+                process = subprocess.Popen(
+                    ["mosquitto_pub", "-h", self.broker.host, "-p", str(self.broker.port), "-q",
+                     "1", "-i", FLOODER, "-t", climate_topic(FLOODER), "-l"], stdin=source,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                usage = Usage(process.pid)
+                cpu = 0.0
+                while process.poll() is None:
+                    cpu = usage.cpu_seconds()
+                    if self._stop.wait(0.1):
+                        process.terminate()
+                self.cpu_seconds += cpu
+                process.wait()
+                if process.returncode == 0:
+                    self.sent += self.ROUND
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
-        sample: np.ndarray, scratch: Path) -> None:
+        sample: np.ndarray, scratch: Path, flood: bool = False, rate_limit: float = 0.0) -> None:
     config = BrokerConfig(host=broker.host, port=broker.port, connect_timeout_s=10)
-    workers = start_workers(broker, collectors, "readings", scratch)  # forecast_a + kws_b
+    workers = start_workers(broker, collectors, "readings", scratch,  # forecast_a + kws_b
+                            rate_limit_per_s=rate_limit)
     time.sleep(3.0)  # models load, subscriptions made
     result = Run()
     lock = threading.Lock()
 
+    flood_answers = {"forecasts": 0, "error records": 0, "dropped (reported)": 0}
+
     def on_prediction(message: InboundMessage) -> None:
         kind = message.topic.rsplit("/", 1)[1]
         document = json.loads(message.payload)
+        if document["node_id"] == FLOODER:
+            with lock:
+                if message.topic.startswith("errors/"):
+                    flood_answers["error records"] += 1
+                    reason = document["reason"]
+                    if "dropped since" in reason:
+                        flood_answers["dropped (reported)"] += int(
+                            reason.rsplit(": ", 1)[1].split()[0])
+                else:
+                    flood_answers["forecasts"] += 1
+            return
         key = f"{kind}:{document['node_id']}@{document['input_time']}"
         with lock:
             if key in result.received:
@@ -111,12 +178,14 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
                           handler=on_prediction)
     listener.connect()
     listener.subscribe("predictions/#")
+    listener.subscribe(f"errors/{FLOODER}")
     clients = [MqttClient(config, f"load-node-{n:03d}").connect() for n in range(nodes)]
     usages = {"broker": Usage(broker.pid or 0), "load generator": Usage(os.getpid())}
     usages.update({f"collector {i + 1}": Usage(w.pid) for i, w in enumerate(workers)})
     for usage in usages.values():
         usage.start()
     events = schedule(nodes, duration)
+    flooder = Flooder(broker, scratch) if flood else None
     started = time.time()
     for offset, node, kind, step in events:
         delay = started + offset - time.time()
@@ -139,6 +208,8 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
         if expected:
             result.sent[f"{expected}:{node_id}@{message.time}"] = sent_at
     publishing = time.time() - started
+    if flooder is not None:
+        flooder.stop()
     deadline = time.time() + 10
     while time.time() < deadline and len(result.received) < len(result.sent):
         time.sleep(0.1)
@@ -165,6 +236,11 @@ def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
     print(f"\n{collectors} collector{'s' if collectors > 1 else ''}: {nodes} nodes for "
           f"{duration} s, {result.inputs} messages in ({result.inputs / publishing:.0f}/s), "
           f"{len(result.received)} predictions out ({len(result.received) / publishing:.0f}/s)")
+    if flooder is not None:
+        limit = f"rate limit {rate_limit:g}/s per node" if rate_limit else "no rate limit"
+        print(f"  flooding node ({limit}): at least {flooder.sent} readings sent "
+              f"({flooder.sent / publishing:.0f}/s, {flooder.cpu_seconds / publishing * 100:.0f} "
+              "% CPU); " + ", ".join(f"{count} {what}" for what, count in flood_answers.items()))
     print(f"  latency p50 / p99 (ms): forecasts {percentiles('forecast')}, "
           f"keywords {percentiles('keyword')}")
     print(f"  lost: {lost} of {len(result.sent)} expected predictions"
@@ -179,18 +255,25 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=60, help="seconds of load (default 60)")
     parser.add_argument("--collectors", type=int, nargs="+", default=[1, 2],
                         help="collector counts to run (default: 1 2)")
+    parser.add_argument("--flood", action="store_true",
+                        help="add a node publishing readings as fast as it can")
+    parser.add_argument("--rate-limit", type=float, nargs="+", default=[250.0],
+                        metavar="PER_S",
+                        help="collectors' per-node rate limits to run (0: none; default 250)")
     args = parser.parse_args()
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("mosquitto not found: apt-get install mosquitto", file=sys.stderr)
         return 2
     _, sample = read_wav(next((REPO / "samples" / "speech" / "yes").glob("*.wav")))
     for collectors in args.collectors:
-        with tempfile.TemporaryDirectory() as scratch:
-            broker = LocalMosquitto(Path(scratch) / "mosquitto").start()
-            try:
-                run(broker, collectors, args.nodes, args.duration, sample, Path(scratch))
-            finally:
-                broker.stop()
+        for rate_limit in args.rate_limit:
+            with tempfile.TemporaryDirectory() as scratch:
+                broker = LocalMosquitto(Path(scratch) / "mosquitto").start()
+                try:
+                    run(broker, collectors, args.nodes, args.duration, sample, Path(scratch),
+                        args.flood, rate_limit)
+                finally:
+                    broker.stop()
     return 0
 
 

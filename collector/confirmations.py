@@ -1,9 +1,11 @@
 """What the collector tells each node it owns: the highest reading ``seq`` it has taken.
 
 A node keeps what the broker acknowledged until a confirmation covers it (node/confirmations.py).
-Published retained on ``confirmed/<node_id>`` at most once a second per node, and again after any
-reading of the node was handled since the last one (a re-sent reading the collector already had
-must still be confirmed, although the highest seq did not move).
+Published retained on ``confirmed/<node_id>`` at most once a second per node: after any reading of
+the node was handled since the last one (a re-sent reading the collector already had must still
+be confirmed, although the highest seq did not move), and once more a second after the last one.
+That echo covers a reading whose broker acknowledgement the node saw only after the previous
+confirmation had arrived (the node counts only acknowledgements it saw before a confirmation).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ CONFIRM_INTERVAL_S = 1.0
 @dataclass
 class _Entry:
     highest: int
-    dirty: bool = True
+    dirty: bool = True  # readings handled since the last publication
+    echo: bool = False  # publish once more after the interval
     published_at: float = float("-inf")
 
 
@@ -48,13 +51,16 @@ class ConfirmationBook:
             entry.dirty = True
 
     def due(self, everything: bool = False) -> list[tuple[str, int]]:
-        """(node, highest seq) to publish now (``everything``: all not yet published, as on a
+        """(node, highest seq) to publish now (``everything``: all due sooner or later, as on a
         clean stop); marks them published."""
         now = self._clock()
         out = []
         with self._lock:
             for node_id, entry in self._entries.items():
-                if entry.dirty and (everything or now - entry.published_at >= self.interval_s):
+                if not (entry.dirty or entry.echo):
+                    continue
+                if everything or now - entry.published_at >= self.interval_s:
+                    entry.echo = entry.dirty  # an echo is not echoed again
                     entry.dirty, entry.published_at = False, now
                     out.append((node_id, entry.highest))
         return out

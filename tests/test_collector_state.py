@@ -229,3 +229,42 @@ def test_rate_limit_settings_reach_the_inference() -> None:
     assert limit is not None and (limit.rate_per_s, limit.burst) == (5.0, 7)
     off = CollectorOptions(models_dir=str(MODELS), keyword_model="kws_c", rate_limit_per_s=0)
     assert Inference.from_options(off).rate_limit is None
+
+
+# ------------------------------------------------------------------ confirmations
+
+
+def test_confirmations_are_published_at_most_once_a_second_and_echoed_once() -> None:
+    from collector.confirmations import ConfirmationBook
+
+    clock = FakeClock()
+    book = ConfirmationBook(interval_s=1.0, clock=clock)
+    assert book.due() == []
+    book.taken("pi-1", 5)
+    assert book.due() == [("pi-1", 5)]  # the first at once
+    book.taken("pi-1", 6)
+    book.taken("pi-1", 4)  # a repeat: the highest stays
+    clock.now += 0.5
+    assert book.due() == []  # within the second
+    clock.now += 0.5
+    assert book.due() == [("pi-1", 6)]
+    clock.now += 1.0
+    assert book.due() == [("pi-1", 6)]  # the echo, for acknowledgements seen late
+    clock.now += 5.0
+    assert book.due() == []  # then quiet until the next reading
+    book.taken("pi-1", 3)  # a reading sent again: confirmed again although nothing moved
+    assert book.due() == [("pi-1", 6)]
+    book.taken("pi-2", 1)
+    assert book.due(everything=True) == [("pi-1", 6), ("pi-2", 1)]  # a clean stop
+
+
+def test_the_collector_confirms_only_the_readings_of_nodes_it_forecasts() -> None:
+    inference = Inference(MODELS, ("forecast_a",), None, partition=(1, 2))
+    owned = [n for n in ("pi-1", "pi-2", "pi-3", "pi-4") if inference.owns(n)]
+    other = [n for n in ("pi-1", "pi-2", "pi-3", "pi-4") if not inference.owns(n)]
+    assert owned and other
+    for node in owned + other:
+        for reading in minute_readings(node, range(3)):
+            inference.handle(climate_topic(node), reading.encode())
+    assert sorted(node for node, _ in inference.confirmations.due()) == sorted(owned)
+    assert inference.confirmations.highest(owned[0]) == 2
