@@ -4,10 +4,12 @@ killed between its PUBACK and its disk loses readings the node had already let g
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from node.confirmations import ConfirmationTracker
+from node.daemon import Node
 from node.spool import CLIMATE, Spool
 from tests.test_node import collect_seqs, make_node, run_in_thread
 from tinyml_core.broker import LocalMosquitto
@@ -88,6 +90,18 @@ class ScriptedCollector:
                                    retain=True).wait(5)
 
 
+@contextmanager
+def running_node(mosquitto: LocalMosquitto, tmp_path: Path, **identity: object) -> Iterator[Node]:
+    node = make_node(mosquitto, tmp_path, **identity)
+    thread = run_in_thread(node)
+    try:
+        yield node
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -100,11 +114,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 def test_unconfirmed_readings_are_sent_again_after_a_reconnect_and_kept_until_confirmed(
         mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
     collector = ScriptedCollector(connect, "pi-node")
-    node = make_node(mosquitto, tmp_path)
-    thread = run_in_thread(node)
-    tracker = node.forwarder.confirmations
-    assert tracker is not None and not tracker.active
-    try:
+    with running_node(mosquitto, tmp_path) as node:
+        tracker = node.forwarder.confirmations
+        assert tracker is not None and not tracker.active
         for index in range(5):
             node.record_reading(20.0, 50.0, time_s=START + 600 * index)
         assert collect_seqs(collector.client, 5) == [0, 1, 2, 3, 4]
@@ -123,37 +135,25 @@ def test_unconfirmed_readings_are_sent_again_after_a_reconnect_and_kept_until_co
         collector.confirm(9)
         assert wait_for(lambda: len(tracker) == 0 and node.spool.unconfirmed() == [])
         assert "confirmed up to seq 9" in node.stats_line()
-    finally:
-        node.stop()
-        thread.join(timeout=5)
-        node.close()
 
 
 def test_a_node_that_no_collector_ever_confirmed_keeps_nothing_and_says_so(
         mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
     listener = connect("listener", persistent_session=True, publish_availability=False)
     listener.subscribe("sensors/#")
-    node = make_node(mosquitto, tmp_path)
-    thread = run_in_thread(node)
-    try:
+    with running_node(mosquitto, tmp_path) as node:
         for index in range(5):
             node.record_reading(20.0, 50.0, time_s=START + 600 * index)
         assert collect_seqs(listener, 5) == [0, 1, 2, 3, 4]
         assert wait_for(lambda: len(node.spool) == 0)
         assert node.spool.unconfirmed() == []
         assert "no collector has ever confirmed a reading" in node.stats_line()
-    finally:
-        node.stop()
-        thread.join(timeout=5)
-        node.close()
 
 
 def test_a_collector_that_stops_answering_leaves_at_most_the_cap_kept(
         mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
     collector = ScriptedCollector(connect, "pi-node")
-    node = make_node(mosquitto, tmp_path, max_unconfirmed=10)
-    thread = run_in_thread(node)
-    try:
+    with running_node(mosquitto, tmp_path, max_unconfirmed=10) as node:
         node.record_reading(20.0, 50.0, time_s=START)
         collect_seqs(collector.client, 1)
         collector.confirm(0)
@@ -165,10 +165,6 @@ def test_a_collector_that_stops_answering_leaves_at_most_the_cap_kept(
         stats = node.spool.stats()
         assert stats.unconfirmed == 10 and stats.dropped_unconfirmed == 20
         assert [m.seq for m in node.spool.unconfirmed()] == list(range(21, 31))
-    finally:
-        node.stop()
-        thread.join(timeout=5)
-        node.close()
 
 
 def test_confirmations_can_be_turned_off(mosquitto: LocalMosquitto, tmp_path: Path) -> None:

@@ -211,18 +211,27 @@ def test_inbound_queue_overflow_is_counted(mosquitto: LocalMosquitto) -> None:
         assert (slow.stats.received, slow.stats.dropped) == (10, 20)
 
 
-def test_a_message_published_while_disconnected_is_acknowledged_after_the_reconnect(
-        mosquitto: LocalMosquitto) -> None:
-    # paho marks such a message MQTT_ERR_NO_CONN and its is_published() raised on every call,
-    # even after the re-send was acknowledged: the replay died and the node's forwarder too.
+def listener_and_sender(mosquitto: LocalMosquitto) -> tuple[MqttClient, MqttClient]:
+    """A persistent subscriber to sensors/# and a publisher."""
     config = broker_config(mosquitto)
     listener = MqttClient(config, "listener", persistent_session=True,
                           publish_availability=False).connect()
     listener.subscribe("sensors/#")
-    sender = MqttClient(config, "sender", publish_availability=False).connect()
+    return listener, MqttClient(config, "sender", publish_availability=False).connect()
+
+
+def stop_broker_under(client: MqttClient, mosquitto: LocalMosquitto) -> None:
     mosquitto.stop()
-    while sender.is_connected:
+    while client.is_connected:
         time.sleep(0.01)
+
+
+def test_a_message_published_while_disconnected_is_acknowledged_after_the_reconnect(
+        mosquitto: LocalMosquitto) -> None:
+    # paho marks such a message MQTT_ERR_NO_CONN and its is_published() raised on every call,
+    # even after the re-send was acknowledged: the replay died and the node's forwarder too.
+    listener, sender = listener_and_sender(mosquitto)
+    stop_broker_under(sender, mosquitto)
     handle = sender.publish("sensors/pi-1/climate", b"while away")
     assert not handle.is_acknowledged() and not handle.lost
     assert not handle.wait(0.05)
@@ -237,16 +246,10 @@ def test_a_message_published_while_disconnected_is_acknowledged_after_the_reconn
 
 def test_after_a_reconnect_nothing_new_overtakes_what_paho_re_sends(
         mosquitto: LocalMosquitto) -> None:
-    config = broker_config(mosquitto)
-    listener = MqttClient(config, "listener", persistent_session=True,
-                          publish_availability=False).connect()
-    listener.subscribe("sensors/#")
-    sender = MqttClient(config, "sender", publish_availability=False).connect()
+    listener, sender = listener_and_sender(mosquitto)
     window: PublishWindow[int] = PublishWindow(sender, size=10)
     assert window.room() == 10
-    mosquitto.stop()
-    while sender.is_connected:
-        time.sleep(0.01)
+    stop_broker_under(sender, mosquitto)
     assert window.room() == 0  # disconnected
     for index in range(5):  # kept by paho, re-sent after the reconnect
         window.publish(index, "sensors/pi-1/climate", str(index).encode())
