@@ -60,6 +60,8 @@ class Forwarder:
         self._last_sent_id = 0
         self._connection = 0  # the client's connection the unconfirmed were last queued for
         self._send_again: deque[int] = deque()
+        self._queued: set[int] = set()  # in _send_again
+        self._look_again = False  # an acknowledgement came for a message of an older connection
 
     def step(self) -> int:
         """Forget acknowledged and confirmed messages, send what the window and rate allow;
@@ -68,9 +70,15 @@ class Forwarder:
         tracker = self.confirmations
         if tracker is not None:
             self._take_confirmations(tracker)
-            if self.client.is_connected and self.client.connection != self._connection:
-                self._connection = self.client.connection
-                self._send_again.extend(tracker.to_send_again(self._connection))
+            if self.client.is_connected and (self.client.connection != self._connection
+                                             or self._look_again):
+                # Published on an earlier connection (also those paho re-sent after the reconnect
+                # and the broker acknowledged only then): no confirmation can cover them.
+                self._connection, self._look_again = self.client.connection, False
+                again = [spool_id for spool_id in tracker.to_send_again(self._connection)
+                         if spool_id not in self._queued]
+                self._send_again.extend(again)
+                self._queued.update(again)
         if not self._send_again and self.spool.last_id <= self._last_sent_id:
             return 0  # nothing new (spares the idle loop a query)
         room = min(self.window.room(), self.pace.available())
@@ -91,6 +99,7 @@ class Forwarder:
         ids = [self._send_again.popleft() for _ in range(min(room, len(self._send_again)))]
         if not ids:
             return 0
+        self._queued.difference_update(ids)
         messages = self.spool.unconfirmed(ids)
         tracker.forget(ids)  # back when acknowledged, with this connection; gone if dropped
         connection = self.client.connection
@@ -111,6 +120,7 @@ class Forwarder:
             self.spool.remove(first_time)
             return
         by_id = {sent.spool_id: sent for sent in done}
+        self._look_again |= any(sent.connection != self._connection for sent in done)
         now = time.time()
         kept = self.spool.acknowledged(first_time, keep_readings=True)
         for message in kept:
@@ -146,6 +156,7 @@ class Forwarder:
             self.spool.confirmed([m.id for m in self.spool.unconfirmed()])
             self.confirmations = None
             self._send_again.clear()
+            self._queued.clear()
 
     @property
     def in_flight(self) -> int:

@@ -16,6 +16,7 @@ class FlakyLink:
         self.target = (broker_host, broker_port)
         self.host, self.port = LOOPBACK, free_port()
         self.cuts = 0
+        self.holding = False  # bytes are read and dropped, as on a link that went dead
         self._listener = socket.create_server((self.host, self.port))
         self._listener.setblocking(False)
         self._selector = selectors.DefaultSelector()
@@ -27,11 +28,17 @@ class FlakyLink:
         self._thread.start()
 
     def cut(self) -> None:
-        """Close every connection through the link at once, both sides."""
+        """Close every connection through the link at once, both sides (and stop holding)."""
         with self._lock:
             for sock in list(self._peers):
                 self._drop(sock)
             self.cuts += 1
+            self.holding = False
+
+    def hold(self) -> None:
+        """From now on, drop everything in both directions until :meth:`cut`."""
+        with self._lock:
+            self.holding = True
 
     def close(self) -> None:
         self._running = False
@@ -69,7 +76,8 @@ class FlakyLink:
         try:
             data = sock.recv(65536)
             if data:
-                self._peers[sock].sendall(data)
+                if not self.holding:
+                    self._peers[sock].sendall(data)
                 return
         except OSError:
             pass

@@ -3,6 +3,7 @@ killed between its PUBACK and its disk loses readings the node had already let g
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,10 @@ from pathlib import Path
 
 from node.confirmations import ConfirmationTracker
 from node.daemon import Node
+from node.settings import NodeIdentity, NodeSettings
 from node.spool import CLIMATE, Spool
+from tests.conftest import broker_config
+from tests.flaky_link import FlakyLink
 from tests.test_node import collect_seqs, make_node, run_in_thread
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import Confirmation
@@ -135,6 +139,40 @@ def test_unconfirmed_readings_are_sent_again_after_a_reconnect_and_kept_until_co
         collector.confirm(9)
         assert wait_for(lambda: len(tracker) == 0 and node.spool.unconfirmed() == [])
         assert "confirmed up to seq 9" in node.stats_line()
+
+
+def test_readings_paho_re_sent_after_a_reconnect_are_sent_again_until_confirmed(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    # Published on one connection, acknowledged on the next (paho's own re-send): no
+    # confirmation can cover them, so the node sends them again itself.
+    collector = ScriptedCollector(connect, "pi-node")
+    link = FlakyLink(mosquitto.host, mosquitto.port)
+    node = Node(NodeSettings(
+        broker=dataclasses.replace(broker_config(mosquitto), port=link.port),
+        node=NodeIdentity(id="pi-node", spool_path=str(tmp_path / "spool"))))
+    thread = run_in_thread(node)
+    tracker = node.forwarder.confirmations
+    assert tracker is not None
+    try:
+        node.record_reading(20.0, 50.0, time_s=START)
+        assert collect_seqs(collector.client, 1) == [0]
+        collector.confirm(0)
+        assert wait_for(lambda: tracker.active)
+        link.hold()  # the link goes dead: 1-3 leave the node, nothing arrives
+        for index in range(1, 4):
+            node.record_reading(20.0, 50.0, time_s=START + 600 * index)
+        assert wait_for(lambda: node.forwarder.in_flight == 3)
+        link.cut()  # the node reconnects; paho re-sends 1-3 and gets their PUBACKs
+        assert collect_seqs(collector.client, 3)[:3] == [1, 2, 3]
+        assert wait_for(lambda: node.forwarder.stats.sent_again >= 3 and len(tracker) == 3
+                        and node.forwarder.in_flight == 0)
+        collector.confirm(3)
+        assert wait_for(lambda: len(tracker) == 0), tracker.line()
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()
+        link.close()
 
 
 def test_a_node_that_no_collector_ever_confirmed_keeps_nothing_and_says_so(
