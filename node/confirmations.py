@@ -10,7 +10,8 @@ from, or counts them as repeats).
 The highest seq does not prove that every lower one arrived: after a broker crash the collector
 takes the readings sent after it, above the lost ones. So a confirmation only covers readings
 published on the connection it arrived on (the same broker lifetime, where delivery is complete
-and in order) and acknowledged before it arrived; older ones wait to be sent again.
+and in order) and acknowledged before it arrived (in the order the MQTT client's network thread
+saw them, however late the forwarder looks); older ones wait to be sent again.
 
 Until a node has heard its first confirmation (ever: the spool remembers), nothing is kept: a
 node without any collector behaves as if confirmations were off, and says so.
@@ -18,7 +19,6 @@ node without any collector behaves as if confirmations were off, and says so.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,13 +30,13 @@ from .spool import SpooledMessage
 class _Kept:
     seq: int
     connection: int  # MqttClient.connection it was published on (-1: before this process)
-    acknowledged_at: float  # time.time() the acknowledgement was seen
+    acknowledged: int  # where its PUBACK came among the client's arrivals (InboundMessage.event)
 
 
 class ConfirmationTracker:
     def __init__(self, restored: Iterable[SpooledMessage] = (), active: bool = False) -> None:
         # Left in the spool by an earlier run: sent again on the first connection.
-        self._kept = {m.id: _Kept(m.seq or 0, -1, -math.inf) for m in restored}
+        self._kept = {m.id: _Kept(m.seq or 0, -1, -1) for m in restored}
         self.active = active or bool(self._kept)  # a collector has confirmed something, ever
         self.highest: int | None = None  # highest seq any confirmation named
         self.heard_at: float | None = None  # time.time() of the last confirmation
@@ -45,18 +45,18 @@ class ConfirmationTracker:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def acknowledged(self, spool_id: int, seq: int, connection: int,
-                     now: float | None = None) -> None:
-        self._kept[spool_id] = _Kept(seq, connection, time.time() if now is None else now)
+    def acknowledged(self, spool_id: int, seq: int, connection: int, event: int) -> None:
+        self._kept[spool_id] = _Kept(seq, connection, event)
 
-    def confirmation(self, seq: int, connection: int, received_at: float) -> list[int]:
-        """A confirmation arrived: the spool ids it covers (see the module doc)."""
+    def confirmation(self, seq: int, connection: int, event: int) -> list[int]:
+        """A confirmation arrived (``event``: InboundMessage.event): the spool ids it covers
+        (see the module doc)."""
         self.active = True
         self.highest = seq if self.highest is None else max(self.highest, seq)
-        self.heard_at = received_at
+        self.heard_at = time.time()
         covered = [spool_id for spool_id, kept in self._kept.items()
                    if kept.seq <= seq and kept.connection == connection
-                   and kept.acknowledged_at < received_at]
+                   and kept.acknowledged < event]
         for spool_id in covered:
             del self._kept[spool_id]
         self.confirmed += len(covered)

@@ -42,7 +42,7 @@ class Node:
         self.node_id = settings.node.id
         self.spool = Spool(settings.node.spool_path, int(settings.node.spool_max_mb * 1e6),
                            settings.node.max_unconfirmed)
-        self.client = MqttClient(settings.broker, self.node_id)
+        self.client = MqttClient(settings.broker, self.node_id, track_acknowledgements=True)
         tracker = None
         if settings.node.confirm:
             tracker = ConfirmationTracker(self.spool.unconfirmed(),

@@ -110,24 +110,26 @@ class Forwarder:
         return len(messages)
 
     def _take_acknowledgements(self) -> None:
-        done = self.window.acknowledged()
-        if not done:
+        handles = self.window.acknowledged_handles()
+        if not handles:
             return
+        done = [sent for sent, _ in handles]
         self.stats.acknowledged += len(done)
         tracker = self.confirmations
         first_time = [sent.spool_id for sent in done if not sent.again]
         if tracker is None or not tracker.active:
             self.spool.remove(first_time)
             return
-        by_id = {sent.spool_id: sent for sent in done}
         self._look_again |= any(sent.connection != self._connection for sent in done)
-        now = time.time()
-        kept = self.spool.acknowledged(first_time, keep_readings=True)
-        for message in kept:
-            tracker.acknowledged(message.id, message.seq or 0, by_id[message.id].connection, now)
-        for sent in done:
-            if sent.again:
-                tracker.acknowledged(sent.spool_id, sent.seq or 0, sent.connection, now)
+        # Where each PUBACK came among the arrivals; without the client's tracking, now (later
+        # than the truth: a confirmation that came meanwhile does not count, the next one does).
+        now = self.client.events
+        kept = {m.id for m in self.spool.acknowledged(first_time, keep_readings=True)}
+        for sent, handle in handles:
+            if sent.again or sent.spool_id in kept:
+                event = handle.acknowledged_event()
+                tracker.acknowledged(sent.spool_id, sent.seq or 0, sent.connection,
+                                     now if event is None else event)
 
     def _take_confirmations(self, tracker: ConfirmationTracker) -> None:
         while (message := self.client.receive(timeout=0)) is not None:
@@ -147,7 +149,7 @@ class Forwarder:
             if not tracker.active:
                 self.spool.increment(CONFIRMATIONS_HEARD)  # from now on, readings are kept
             self.spool.confirmed(tracker.confirmation(
-                confirmation.seq, message.connection, message.received_at))
+                confirmation.seq, message.connection, message.event))
 
     def disable_confirmations(self) -> None:
         """No collector can confirm (e.g. the broker refused the subscription): forget readings

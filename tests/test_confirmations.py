@@ -27,17 +27,17 @@ START = 1_729_300_000.0
 # --- bookkeeping -------------------------------------------------------------------------------
 def test_a_confirmation_covers_only_what_was_acknowledged_on_its_connection_before_it() -> None:
     tracker = ConfirmationTracker(active=True)
-    tracker.acknowledged(1, seq=10, connection=1, now=100.0)
-    tracker.acknowledged(2, seq=11, connection=1, now=100.0)  # then the broker crashed
-    tracker.acknowledged(3, seq=12, connection=2, now=101.0)
-    tracker.acknowledged(4, seq=13, connection=2, now=103.0)
+    tracker.acknowledged(1, seq=10, connection=1, event=100)
+    tracker.acknowledged(2, seq=11, connection=1, event=101)  # then the broker crashed
+    tracker.acknowledged(3, seq=12, connection=2, event=110)
+    tracker.acknowledged(4, seq=13, connection=2, event=113)
     # After the crash the collector took 12 (sent after it) but never 10 and 11.
-    assert tracker.confirmation(12, connection=2, received_at=102.0) == [3]
+    assert tracker.confirmation(12, connection=2, event=112) == [3]
     assert tracker.to_send_again(connection=2) == [1, 2]
     assert tracker.highest == 12 and len(tracker) == 3
     tracker.forget([1, 2])  # sent again: back when acknowledged on connection 2
-    tracker.acknowledged(1, seq=10, connection=2, now=104.0)
-    assert tracker.confirmation(13, connection=2, received_at=104.5) == [4, 1]
+    tracker.acknowledged(1, seq=10, connection=2, event=114)
+    assert tracker.confirmation(13, connection=2, event=115) == [4, 1]
     assert tracker.to_send_again(connection=3) == []
 
 

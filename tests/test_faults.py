@@ -139,8 +139,10 @@ def test_broker_killed_while_a_node_streams_1000_readings(
         f"{worker.inference.repeated_readings} of them repeats, "
         f"{worker.inference.repaired_steps} steps repaired; the node: "
         f"{node.forwarder.stats.acknowledged} acknowledged, {node.forwarder.stats.sent_again} "
-        f"sent again, {len(node.spool)} waiting, {tracker.line()}, forwarding "
-        f"{'alive' if node_thread.is_alive() else 'DEAD'}")
+        f"sent again, {len(node.spool)} waiting, {tracker.line()}, kept "
+        f"{sorted((k.seq, k.connection, k.acknowledged) for k in tracker._kept.values())[:5]}, "
+        f"connection {node.client.connection}, {node.client.events} arrivals, "
+        f"forwarding {'alive' if node_thread.is_alive() else 'DEAD'}")
     time.sleep(0.5)  # let late repeats arrive
     node.stop()
     node_thread.join(timeout=5)

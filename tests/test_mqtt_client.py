@@ -269,3 +269,27 @@ def test_after_a_reconnect_nothing_new_overtakes_what_paho_re_sends(
     assert [m.payload for m in payloads if m is not None] == [str(i).encode() for i in range(6)]
     sender.close()
     listener.close()
+
+
+def test_acknowledgements_and_messages_are_ordered_as_they_arrived(
+        mosquitto: LocalMosquitto) -> None:
+    config = broker_config(mosquitto)
+    client = MqttClient(config, "tracker", publish_availability=False,
+                        track_acknowledgements=True).connect()
+    client.subscribe("confirmed/#")
+    first = client.publish("sensors/pi-1/climate", b"1")
+    second = client.publish("sensors/pi-1/climate", b"2")
+    assert first.wait(5) and second.wait(5)
+    with MqttClient(config, "other", publish_availability=False) as other:
+        assert other.publish("confirmed/pi-1", b"later").wait(5)
+    message = client.receive(timeout=5)
+    assert message is not None
+    one, two = first.acknowledged_event(), second.acknowledged_event()
+    assert one is not None and two is not None
+    assert one < two < message.event
+    assert first.acknowledged_event() == one  # asked again: the same answer
+    plain = MqttClient(config, "plain", publish_availability=False).connect()
+    handle = plain.publish("sensors/pi-1/climate", b"3")
+    assert handle.wait(5) and handle.acknowledged_event() is None
+    plain.close()
+    client.close()

@@ -64,6 +64,7 @@ class InboundMessage:
     received_at: float  # time.time() when paho handed it over
     mid: int
     connection: int = 0  # MqttClient.connection it arrived on
+    event: int = 0  # its place among the client's arrivals (with track_acknowledgements=True)
 
 
 class PublishHandle:
@@ -73,7 +74,8 @@ class PublishHandle:
     sent after the reconnect, and "acknowledged" means its PUBACK, whenever that comes.
     """
 
-    def __init__(self, info: paho.MQTTMessageInfo, qos: int, connection: int) -> None:
+    def __init__(self, info: paho.MQTTMessageInfo, qos: int, connection: int,
+                 ack_events: dict[int, int] | None = None) -> None:
         if qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             # paho keeps and re-sends this message, but its is_published() and
             # wait_for_publish() raise on every call for it, even after the PUBACK
@@ -82,6 +84,8 @@ class PublishHandle:
         self._info = info
         self.qos = qos
         self.connection = connection  # MqttClient.connection when it was published
+        self._ack_events = ack_events
+        self._ack_event: int | None = None
 
     @property
     def mid(self) -> int:
@@ -99,6 +103,14 @@ class PublishHandle:
             return bool(self._info.is_published())
         except (RuntimeError, ValueError):  # QoS 0 lost with the connection
             return False
+
+    def acknowledged_event(self) -> int | None:
+        """Where the acknowledgement stands among the client's arrivals (compare with
+        :attr:`InboundMessage.event`): exact order, however late this thread looks. None before
+        the acknowledgement, or without ``track_acknowledgements``."""
+        if self._ack_event is None and self._ack_events is not None and self.is_acknowledged():
+            self._ack_event = self._ack_events.pop(self.mid, None)
+        return self._ack_event
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the acknowledgement; False when it did not come."""
@@ -143,11 +155,15 @@ class PublishWindow(Generic[K]):
 
     def acknowledged(self) -> list[K]:
         """Keys of the messages acknowledged since the last call, in publish order."""
-        done: list[K] = []
+        return [key for key, _ in self.acknowledged_handles()]
+
+    def acknowledged_handles(self) -> list[tuple[K, PublishHandle]]:
+        """Like :meth:`acknowledged`, with each message's handle."""
+        done: list[tuple[K, PublishHandle]] = []
         waiting: deque[tuple[K, PublishHandle]] = deque()
         for key, handle in self._in_flight:  # one look per handle: acks land meanwhile
             if handle.is_acknowledged():
-                done.append(key)
+                done.append((key, handle))
             else:
                 waiting.append((key, handle))
         if done:
@@ -184,6 +200,8 @@ class MqttClient:
     escapes is logged and the message stays unacknowledged.
     ``max_inflight=0`` lifts paho's own window of unacknowledged publishes; paho rescans all
     pending messages on each PUBACK, which costs ~100 µs per message at a window of 100.
+    ``track_acknowledgements=True`` lets :meth:`PublishHandle.acknowledged_event` say where an
+    acknowledgement came among the inbound messages.
     """
 
     def __init__(
@@ -197,6 +215,7 @@ class MqttClient:
         queue_size: int = 10_000,
         max_inflight: int = 100,
         handler: Callable[[InboundMessage], None] | None = None,
+        track_acknowledgements: bool = False,
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -205,6 +224,10 @@ class MqttClient:
         self._status_topic = status_topic(client_id) if publish_availability else None
         self._inbound: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
         self._handler = handler
+        # Arrivals (PUBACKs and messages) counted in the network thread, so that a caller can
+        # tell which came first (the node's confirmations). Keys are mids: at most 65535.
+        self._events = 0
+        self._ack_events: dict[int, int] | None = {} if track_acknowledgements else None
         self._subscriptions: dict[str, int] = {}
         self._pending_subacks: dict[int, tuple[threading.Event, list[Any]]] = {}
         self._lock = threading.Lock()
@@ -242,6 +265,8 @@ class MqttClient:
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_subscribe = self._on_subscribe
+        if track_acknowledgements:
+            self._paho.on_publish = self._on_publish
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _configure_tls(self) -> None:
@@ -339,6 +364,11 @@ class MqttClient:
         self.close()
 
     @property
+    def events(self) -> int:
+        """How many arrivals (PUBACKs and messages) the network thread has counted so far."""
+        return self._events
+
+    @property
     def connection(self) -> int:
         """Counts successful connections: changes with every reconnect."""
         return self.stats.connects
@@ -358,7 +388,7 @@ class MqttClient:
         info = self._paho.publish(self._full_topic(topic), payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
-        return PublishHandle(info, qos, connection)
+        return PublishHandle(info, qos, connection, self._ack_events)
 
     def subscribe(self, topic_filter: str, *, qos: int = DEFAULT_QOS,
                   timeout: float = 10.0) -> None:
@@ -448,7 +478,8 @@ class MqttClient:
         if prefix and topic.startswith(prefix):
             topic = topic[len(prefix):]
         inbound = InboundMessage(topic, bytes(message.payload), message.qos, bool(message.retain),
-                                 time.time(), message.mid, self.stats.connects)
+                                 time.time(), message.mid, self.stats.connects, self._events)
+        self._events += 1
         if self._handler is not None:
             self.stats.received += 1
             try:
@@ -463,6 +494,12 @@ class MqttClient:
             self.stats.dropped += 1
             log.warning("inbound queue full (%d): dropped a message on %s (%d dropped so far)",
                         self._inbound.maxsize, topic, self.stats.dropped)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        assert self._ack_events is not None
+        self._ack_events[mid] = self._events
+        self._events += 1
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
                       properties: Any) -> None:

@@ -23,12 +23,17 @@ from tinyml_core.models import load_forecaster, load_keyword_spotter, read_manif
 from tinyml_core.recordings import RecordingError, read_wav
 
 from . import MODELS_DIR, climate
+from .sensors import Sensor, sensor
 
 log = logging.getLogger("training.evaluate")
 
 
-def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path]) -> dict[str, Any]:
-    """MAE per feature over every window of ``files`` (no split), next to persistence."""
+def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
+                        sensor: Sensor | None = None) -> dict[str, Any]:
+    """MAE per feature over every window of ``files`` (no split), next to persistence.
+
+    With a ``sensor``, the inputs are what it would report (its resolution); the targets stay
+    as recorded, and persistence repeats the sensor's last reading."""
     forecaster = load_forecaster(models_dir, name)
     steps = forecaster.contract.steps
     inputs, labels = climate.windows(climate.load_segments(files, forecaster.contract.step_s),
@@ -36,10 +41,14 @@ def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path]) -> d
     if not len(inputs):
         raise climate.DataError(f"no gap-free run of {forecaster.contract.window + steps} "
                                 f"readings in {', '.join(map(str, files))}")
+    if sensor is not None:
+        inputs = sensor.quantize(inputs)
     predictions = forecaster.predict(inputs)
-    return {"model": name, "windows": len(inputs),
-            "mae": climate.mae_per_feature(predictions, labels),
-            "persistence": climate.mae_per_feature(climate.persistence(inputs, steps), labels)}
+    mae = climate.mae_per_feature(predictions, labels)
+    persistence = climate.mae_per_feature(climate.persistence(inputs, steps), labels)
+    return {"model": name, "windows": len(inputs), "sensor": sensor.name if sensor else "none",
+            "mae": mae, "persistence": persistence,
+            "skill": {feature: 1 - mae[feature] / persistence[feature] for feature in mae}}
 
 
 def evaluate_clips(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
@@ -85,11 +94,13 @@ def speech_folder(speech_dir: Path, labels: Sequence[str]
 
 
 def print_forecast(result: dict[str, Any]) -> None:
-    print(f"{result['model']} on {result['windows']} windows")
-    print(f"{'':<12}{'model':>10}{'persistence':>14}")
+    print(f"{result['model']} on {result['windows']} windows, inputs as {result['sensor']} "
+          "reads them, targets as recorded")
+    print(f"{'MAE':<12}{'model':>10}{'persistence':>14}{'skill':>9}")
     for feature, unit in (("temperature", "°C"), ("humidity", "%RH")):
         print(f"{feature:<12}{result['mae'][feature]:>8.3f} {unit:<3}"
-              f"{result['persistence'][feature]:>10.3f} {unit}")
+              f"{result['persistence'][feature]:>10.3f} {unit:<3}"
+              f"{result['skill'][feature]:>+8.1%}")
 
 
 def print_keyword(result: dict[str, Any], labels: Sequence[str]) -> None:
@@ -110,6 +121,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folder with manifest.json (default: models/)")
     parser.add_argument("--climate-csv", type=Path, action="append", metavar="FILE",
                         help="climate CSV in the Jena format (repeatable), for forecasters")
+    parser.add_argument("--sensor", default="none", metavar="NAME",
+                        help="forecasters: feed the inputs as this sensor reads them (its "
+                             "resolution, config/sensors.toml: none, dht11, dht22); targets "
+                             "stay as recorded (default: none)")
     parser.add_argument("--speech-dir", type=Path, help="folder of <word>/*.wav, for keyword "
                                                         "models")
     parser.add_argument("--confusion-png", type=Path,
@@ -129,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entry.get("task") == "forecast":
         if not args.climate_csv:
             raise climate.DataError("a forecaster needs --climate-csv FILE")
-        result = evaluate_forecaster(args.models, args.model, args.climate_csv)
+        chosen = sensor(args.sensor)
+        result = evaluate_forecaster(args.models, args.model, args.climate_csv,
+                                     None if chosen.name == "none" else chosen)
         if args.json:
             print(json.dumps(result))
         else:
