@@ -53,6 +53,18 @@ def test_every_shipped_model_loads_and_answers_in_its_contract() -> None:
             assert abs(float(probabilities.sum()) - 1.0) < 0.02
 
 
+def test_forecast_humidity_stays_within_0_and_100_percent() -> None:
+    # A window rising into saturation: a residual model extrapolates past 100 %.
+    for name in ("forecast_a", "forecast_b"):
+        forecaster = load_forecaster(MODELS, name)
+        rising = np.array([[10.0, 95.0 + step] for step in range(6)], dtype=np.float32)[None]
+        falling = np.array([[10.0, 5.0 - step] for step in range(6)], dtype=np.float32)[None]
+        for window in (rising, falling):
+            humidity = forecaster.predict(window)[0, :, 1]
+            assert (humidity >= 0).all() and (humidity <= 100).all(), (name, humidity)
+        assert forecaster.predict(rising)[0, -1, 1] == 100.0
+
+
 def test_a_changed_model_file_is_refused(models: Path) -> None:
     path = models / "forecast_a.tflite.zlib"
     data = bytearray(path.read_bytes())

@@ -253,8 +253,13 @@ class Forecaster:
         self.name, self.entry, self.model = name, entry, model
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        """[N, window, features] → [N, steps, features]."""
-        return self.model.predict(windows)
+        """[N, window, features] → [N, steps, features]; relative humidity kept within 0-100 %
+        (a model extrapolating a rising trend near saturation would say 100.2 %)."""
+        predicted: np.ndarray = self.model.predict(windows)
+        if "humidity" in self.contract.features:
+            index = self.contract.features.index("humidity")
+            np.clip(predicted[..., index], 0.0, 100.0, out=predicted[..., index])
+        return predicted
 
 
 class KeywordSpotter:
