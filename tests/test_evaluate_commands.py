@@ -42,6 +42,27 @@ def test_forecaster_on_a_csv_beats_persistence(capsys: pytest.CaptureFixture[str
     assert mae["temperature"] < persistence["temperature"]
 
 
+def test_forecaster_as_a_dht11_reads_the_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    recorded = evaluate_json(capsys, "forecast_a", "--climate-csv", str(SAMPLE_CSV))
+    dht11 = evaluate_json(capsys, "forecast_a", "--climate-csv", str(SAMPLE_CSV),
+                          "--sensor", "dht11")
+    assert (recorded["sensor"], dht11["sensor"]) == ("none", "dht11")
+    # Targets stay as recorded, so persistence from whole degrees is worse than from
+    # the station's hundredths; the skill is reported against the same inputs.
+    for result in (recorded, dht11):
+        mae, base, skill = result["mae"], result["persistence"], result["skill"]
+        assert isinstance(mae, dict) and isinstance(base, dict) and isinstance(skill, dict)
+        assert skill["humidity"] == pytest.approx(1 - mae["humidity"] / base["humidity"])
+    assert dht11["persistence"]["temperature"] > recorded["persistence"]["temperature"]  # type: ignore[index]
+
+
+def test_an_unknown_sensor_is_a_clear_error() -> None:
+    done = run("-m", "training.evaluate", "forecast_a", "--climate-csv", str(SAMPLE_CSV),
+               "--sensor", "bme280")
+    assert done.returncode == 1
+    assert "unknown sensor 'bme280'; known: none, dht11, dht22" in done.stderr
+
+
 @pytest.mark.parametrize("model", ["kws_a", "kws_b", "kws_c"])
 def test_keyword_models_recognise_the_bundled_clips(
         model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
