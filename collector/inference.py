@@ -243,7 +243,7 @@ class Inference:
     def _run_forecaster(self, forecaster: Forecaster, window: ReadyWindow,
                         node_id: str, retain: bool) -> Outgoing:
         started = time.perf_counter()
-        predicted = forecaster.predict(window.inputs)[0]
+        predicted = forecaster.predict(window.inputs, np.array([window.end_time]))[0]
         latency_ms = (time.perf_counter() - started) * 1000
         if not np.isfinite(predicted).all():
             raise PayloadError(f"{forecaster.name} produced a non-finite forecast")

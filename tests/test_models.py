@@ -30,6 +30,9 @@ def models(tmp_path: Path) -> Path:
     return target
 
 
+NOON = 1_729_339_200.0  # 2024-10-19 12:00 UTC
+
+
 def edit_manifest(models: Path, change: object) -> None:
     path = models / MANIFEST_NAME
     document = json.loads(path.read_text())
@@ -42,7 +45,7 @@ def test_every_shipped_model_loads_and_answers_in_its_contract() -> None:
         if entry["task"] == "forecast":
             forecaster = load_forecaster(MODELS, name)
             window = np.tile([[12.0, 75.0]], (forecaster.contract.window, 1))[None]
-            forecast = forecaster.predict(window)
+            forecast = forecaster.predict(window, np.array([NOON]))
             assert forecast.shape == (1, entry["output"]["steps"], 2)
             # A flat window: the forecast stays near it (physical units in and out).
             assert np.abs(forecast[0] - [12.0, 75.0]).max() < 3.0
@@ -57,12 +60,13 @@ def test_forecast_humidity_stays_within_0_and_100_percent() -> None:
     # A window rising into saturation: a residual model extrapolates past 100 %.
     for name in ("forecast_a", "forecast_b"):
         forecaster = load_forecaster(MODELS, name)
-        rising = np.array([[10.0, 95.0 + step] for step in range(6)], dtype=np.float32)[None]
+        rising = np.array([[10.0, 85.0 + 3 * step] for step in range(6)], dtype=np.float32)[None]
         falling = np.array([[10.0, 5.0 - step] for step in range(6)], dtype=np.float32)[None]
         for window in (rising, falling):
-            humidity = forecaster.predict(window)[0, :, 1]
+            humidity = forecaster.predict(window, np.array([NOON]))[0, :, 1]
             assert (humidity >= 0).all() and (humidity <= 100).all(), (name, humidity)
-        assert forecaster.predict(rising)[0, -1, 1] == 100.0
+        # At midnight humidity keeps rising: the model says more than 100 %, the loader 100.
+        assert forecaster.predict(rising, np.array([NOON + 43_200]))[0, :, 1].max() == 100.0
 
 
 def test_a_changed_model_file_is_refused(models: Path) -> None:
@@ -126,7 +130,18 @@ def test_corrupt_model_bytes_with_matching_hash_are_refused(models: Path) -> Non
 def test_wrong_input_shape_is_a_clear_error() -> None:
     forecaster = load_forecaster(MODELS, "forecast_a")
     with pytest.raises(ModelLoadError, match="input of shape"):
-        forecaster.predict(np.zeros((1, 5, 2), np.float32))
+        forecaster.predict(np.zeros((1, 5, 2), np.float32), np.array([NOON]))
+
+
+def test_a_forecaster_that_uses_the_time_of_day_needs_the_times() -> None:
+    forecaster = load_forecaster(MODELS, "forecast_a")
+    assert forecaster.contract.time_features == ("time_of_day",)
+    window = np.tile([[12.0, 75.0]], (6, 1))[None].astype(np.float32)
+    with pytest.raises(ValueError, match="needs the time of each window's last reading"):
+        forecaster.predict(window)
+    # Noon and midnight differ: the daily cycle is part of the forecast.
+    noon, midnight = (forecaster.predict(window, np.array([t])) for t in (NOON, NOON + 43_200))
+    assert not np.allclose(noon, midnight)
 
 
 def test_write_manifest_entry_keeps_the_others(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_tiny_build_writes_a_verified_model_manifest_and_report(
     assert entry["recipe"]["model"]["architecture"] == "residual_mlp"
     forecaster = load_forecaster(models, "forecast_a")
     window = np.tile([[10.0, 80.0]], (6, 1))[None]
-    forecast = forecaster.predict(window)
+    forecast = forecaster.predict(window, np.array([1_729_339_200.0]))
     assert forecast.shape == (1, 3, 2) and np.isfinite(forecast).all()
     report = (models / "REPORT.md").read_text()
     assert "| **forecast_a** | residual_mlp" in report

@@ -108,21 +108,42 @@ def file_sha256(data: bytes) -> str:
 # ---------------------------------------------------------------- contracts
 
 
+TIME_FEATURES = ("time_of_day",)  # what a forecaster may ask for besides the readings
+
+
+def time_of_day(end_times: np.ndarray) -> np.ndarray:
+    """[N] times of each window's last reading → [N, 1, 2]: sin and cos of its UTC time of day
+    (the daily cycle of temperature and humidity), one more row after the readings."""
+    angle = (np.asarray(end_times, np.float64) % 86_400.0) / 86_400.0 * 2 * np.pi
+    return np.stack([np.sin(angle), np.cos(angle)], axis=-1)[:, None, :].astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ForecastContract:
     """Input: ``window`` readings ``step_s`` apart, features in ``features`` order, physical
-    units. Output: ``steps`` future readings, same features and units."""
+    units; with ``time_features`` = ("time_of_day",) one more row: sin and cos of the last
+    reading's time of day, added by :meth:`Forecaster.predict`. Output: ``steps`` future
+    readings, same features and units."""
 
     window: int
     step_s: float
     features: tuple[str, ...]
     steps: int
+    time_features: tuple[str, ...] = ()
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> ForecastContract:
+        time_features = tuple(entry["input"].get("time_features", ()))
+        unknown = [name for name in time_features if name not in TIME_FEATURES]
+        if unknown:
+            raise KeyError(f"time_features {unknown}")
         return cls(window=int(entry["input"]["window"]), step_s=float(entry["input"]["step_s"]),
                    features=tuple(entry["input"]["features"]),
-                   steps=int(entry["output"]["steps"]))
+                   steps=int(entry["output"]["steps"]), time_features=time_features)
+
+    @property
+    def input_rows(self) -> int:
+        return self.window + len(self.time_features)
 
 
 @dataclass(frozen=True)
@@ -247,14 +268,22 @@ class Forecaster:
     def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel) -> None:
         self.contract = _contract(name, entry, FORECAST_TASK, "forecaster",
                                   ForecastContract.from_entry)
-        features = len(self.contract.features)
-        _check_shape(name, "input", model.input_shape, (self.contract.window, features))
-        _check_shape(name, "output", model.output_shape, (self.contract.steps, features))
+        contract = self.contract
+        features = len(contract.features)
+        _check_shape(name, "input", model.input_shape, (contract.input_rows, features))
+        _check_shape(name, "output", model.output_shape, (contract.steps, features))
         self.name, self.entry, self.model = name, entry, model
 
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        """[N, window, features] → [N, steps, features]; relative humidity kept within 0-100 %
-        (a model extrapolating a rising trend near saturation would say 100.2 %)."""
+    def predict(self, windows: np.ndarray, end_times: np.ndarray | None = None) -> np.ndarray:
+        """[N, window, features] (and the [N] times of each window's last reading, for a model
+        that uses the time of day) → [N, steps, features]; relative humidity kept within
+        0-100 % (a model extrapolating a rising trend near saturation would say 100.2 %)."""
+        contract = self.contract
+        if contract.time_features:
+            if end_times is None:
+                raise ValueError(f"{self.name} needs the time of each window's last reading")
+            windows = np.concatenate([np.asarray(windows, np.float32), time_of_day(end_times)],
+                                     axis=1)
         predicted: np.ndarray = self.model.predict(windows)
         if "humidity" in self.contract.features:
             index = self.contract.features.index("humidity")

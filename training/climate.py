@@ -209,6 +209,16 @@ def windows(parts: Sequence[Segment], steps: int, window: int = WINDOW
             np.concatenate(labels).astype(np.float32))
 
 
+def window_end_times(parts: Sequence[Segment], steps: int, window: int = WINDOW) -> np.ndarray:
+    """The time of each window's last reading, in the order of :func:`windows`."""
+    times = []
+    for segment in parts:
+        count = len(segment) - window - steps + 1
+        if count > 0:
+            times.append(segment.start_time + (np.arange(count) + window - 1) * STEP_S)
+    return np.concatenate(times) if times else np.zeros(0)
+
+
 def normalization(parts: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation of the readings in ``parts``."""
     values = np.concatenate([segment.values for segment in parts])

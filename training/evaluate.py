@@ -36,14 +36,15 @@ def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
     as recorded, and persistence repeats the sensor's last reading."""
     forecaster = load_forecaster(models_dir, name)
     steps = forecaster.contract.steps
-    inputs, labels = climate.windows(climate.load_segments(files, forecaster.contract.step_s),
-                                     steps, forecaster.contract.window)
+    parts = climate.load_segments(files, forecaster.contract.step_s)
+    inputs, labels = climate.windows(parts, steps, forecaster.contract.window)
+    end_times = climate.window_end_times(parts, steps, forecaster.contract.window)
     if not len(inputs):
         raise climate.DataError(f"no gap-free run of {forecaster.contract.window + steps} "
                                 f"readings in {', '.join(map(str, files))}")
     if sensor is not None:
         inputs = sensor.quantize(inputs)
-    predictions = forecaster.predict(inputs)
+    predictions = forecaster.predict(inputs, end_times)
     mae = climate.mae_per_feature(predictions, labels)
     persistence = climate.mae_per_feature(climate.persistence(inputs, steps), labels)
     return {"model": name, "windows": len(inputs), "sensor": sensor.name if sensor else "none",

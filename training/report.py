@@ -110,6 +110,7 @@ def forecast_section(entries: dict[str, dict[str, Any]], models_dir: Path,
             models_dir / FIGURES / f"{name}_test_week.png"
         if figure and figure.exists():
             notes.append(f"  ![{name} forecast vs truth]({FIGURES}/{figure.name})")
+    notes += sensor_table(entries)
     data_files = next(iter(entries.values()))["data"]["files"]
     notes.append("- \"int8_weights\" on these tiny models stores float32: the converter only "
                  "quantizes weight tensors of 1024 elements or more (\"weights stored\" is "
@@ -117,6 +118,34 @@ def forecast_section(entries: dict[str, dict[str, Any]], models_dir: Path,
     return [*lines, "", *notes, "",
             "Data: " + ", ".join(f"`{item['file']}`" for item in data_files)
             + " (Max Planck Institute for Biogeochemistry, Jena roof station, CC BY 4.0).", ""]
+
+
+def sensor_table(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """MAE, persistence and skill with the inputs as recorded and as each sensor reads them."""
+    rows = []
+    for name, entry in entries.items():
+        metrics = entry["metrics"]
+        conditions = {"as recorded (0.01 °C, 0.01 %RH)": metrics,
+                      **{_condition(sensor): result
+                         for sensor, result in metrics.get("sensors", {}).items()}}
+        for condition, result in conditions.items():
+            cells = [name, condition]
+            for feature in ("temperature", "humidity"):
+                mae, base = result["mae"][feature], result["persistence"][feature]
+                cells += [f"{mae:.3f}", f"{base:.3f}", f"{1 - mae / base:+.1%}"]
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "Inputs as a sensor reads them (targets as recorded; persistence repeats the "
+            "sensor's own last reading; `python -m training.evaluate NAME --sensor dht11`):", "",
+            "| model | inputs | MAE T (°C) | persistence | skill | MAE RH (%) | persistence | "
+            "skill |", "|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _condition(key: str) -> str:
+    sensor, _, averaged = key.partition(", ")
+    return f"{sensor.upper()}, {averaged} per step" if averaged else \
+        f"{sensor.upper()}, one read per step"
 
 
 def _limits(limits: dict[str, float]) -> str:
@@ -137,9 +166,9 @@ def plot_forecast_week(name: str, models_dir: Path, data: Any) -> Path | None:
     steps = forecaster.contract.steps
     segment = max(data.parts["test"], key=len)
     week = segment.values[: 7 * 24 * 6 + climate.WINDOW + steps]
-    inputs, labels = climate.windows([climate.Segment(segment.source, segment.start_time, week)],
-                                     steps)
-    predicted = forecaster.predict(inputs)
+    first_week = [climate.Segment(segment.source, segment.start_time, week)]
+    inputs, labels = climate.windows(first_week, steps)
+    predicted = forecaster.predict(inputs, climate.window_end_times(first_week, steps))
     hours = (np.arange(len(labels)) + climate.WINDOW + steps - 1) / 6
     figure, axes = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
     for axis, feature, unit in ((axes[0], 0, "°C"), (axes[1], 1, "%RH")):

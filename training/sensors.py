@@ -37,6 +37,28 @@ class Sensor:
         return out
 
 
+    def collected(self, values: np.ndarray, rng: np.random.Generator,
+                  readings_per_step: tuple[int, int] = (1, 30),
+                  dropped: float = 0.1, noise_scale: np.ndarray | None = None) -> np.ndarray:
+        """``values`` [N, window, 2] (°C, %RH, one per step) as the collector averages them from
+        this sensor: per step, a random number of reads (``readings_per_step``, each lost with
+        probability ``dropped``, at least one kept), each with the sensor's noise (times
+        ``noise_scale`` [N] when given: sensors differ) and rounded to its resolution. Averaging
+        noisy rounded reads recovers some of what rounding lost."""
+        values = np.asarray(values, np.float32)
+        low, high = readings_per_step
+        counts = rng.integers(low, high + 1, size=values.shape[:2])
+        counts = np.maximum(1, rng.binomial(counts, 1.0 - dropped))[..., None]
+        total = np.zeros_like(values)
+        noise = np.asarray(self.noise, np.float32)
+        if noise_scale is not None:
+            noise = noise * np.asarray(noise_scale, np.float32)[:, None, None]
+        for read in range(high):
+            reading = self.quantize(values + rng.standard_normal(values.shape, np.float32) * noise)
+            total += np.where(read < counts, reading, 0.0)
+        return (total / counts).astype(np.float32)
+
+
 def load_sensors(path: Path = SENSORS_PATH) -> dict[str, Sensor]:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
