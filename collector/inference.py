@@ -50,7 +50,7 @@ from tinyml_core.topics import (
 
 from .confirmations import ConfirmationBook
 from .ratelimit import NodeRateLimit
-from .settings import CollectorOptions, parse_partition
+from .settings import CollectorOptions, parse_node_models, parse_partition
 from .windows import ReadyWindow, StepWindow
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ class Inference:
     def __init__(self, models_dir: Path | str, forecast_models: tuple[str, ...],
                  keyword_model: str | None, confidence_floor: float = 0.0,
                  max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1),
-                 rate_limit: NodeRateLimit | None = None) -> None:
+                 rate_limit: NodeRateLimit | None = None,
+                 node_models: dict[str, str] | None = None) -> None:
         self.forecasters: list[Forecaster] = []
         self.spotter: KeywordSpotter | None = None
         self.refused: dict[str, str] = {}
@@ -124,6 +125,23 @@ class Inference:
         self.rate_limit = rate_limit
         self.confirmations = ConfirmationBook(max_nodes=max_nodes)
         self.readings = 0  # valid readings of the nodes this worker forecasts, repeats included
+        # A node's own forecaster replaces the one it was tuned from, for that node only.
+        self._own: dict[str, dict[str, Forecaster]] = {}
+        for node_id, name in (node_models or {}).items():
+            try:
+                own = load_forecaster(models_dir, name)
+                base = own.entry.get("base_model")
+                shipped = {f.name: f for f in self.forecasters}.get(str(base))
+                if shipped is None:
+                    raise ModelLoadError(f"{name}: tuned from {base!r}, which this collector "
+                                         f"does not run ({', '.join(forecast_models)})")
+                if own.contract != shipped.contract:
+                    raise ModelLoadError(f"{name}: its input/output contract differs from "
+                                         f"{base}'s")
+                self._own.setdefault(node_id, {})[str(base)] = own
+            except ModelLoadError as error:
+                self.refused[name] = str(error)
+                log.error("model refused for node %s: %s", node_id, error)
         # Forecasters with the same step and window size share one window per node.
         self._by_window: dict[tuple[float, int], list[Forecaster]] = {}
         for forecaster in self.forecasters:
@@ -153,7 +171,7 @@ class Inference:
                                        options.rate_limit_report_s)
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
                    options.confidence_floor, partition=parse_partition(options.partition),
-                   rate_limit=rate_limit)
+                   rate_limit=rate_limit, node_models=parse_node_models(options.node_models))
 
     def export_windows(self) -> list[dict[str, Any]]:
         """Every node's windows, least recently heard first (see collector/state.py)."""
@@ -228,8 +246,10 @@ class Inference:
         if not self.forecasters:
             return []
         windows = self._node_windows(reading.node_id)
+        own = self._own.get(reading.node_id, {})
         out = []
         for key, forecasters in self._by_window.items():
+            forecasters = [own.get(f.name, f) for f in forecasters]
             window = windows.setdefault(key, StepWindow(*key))
             for ready in window.add(reading.time, reading.temperature, reading.humidity):
                 # A window repaired by a late reading is older than the retained forecast.

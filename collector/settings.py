@@ -17,6 +17,9 @@ class CollectorOptions:
     models_dir: str = setting("models", "folder holding manifest.json and the .tflite.zlib files")
     forecast_models: tuple[str, ...] = setting(FORECAST_MODELS, "forecasters to run per window",
                                                choices=FORECAST_MODELS)
+    node_models: tuple[str, ...] = setting((), "NODE=MODEL: a node's own forecaster (made by "
+                                           "`training.build forecast_a --from-recording`) "
+                                           "in place of the one it was tuned from")
     keyword_model: str = setting("kws_b", "keyword spotter for audio clips",
                                  choices=KEYWORD_MODELS)
     confidence_floor: float = setting(0.0, "below this probability the label is 'unknown'",
@@ -44,6 +47,18 @@ class CollectorOptions:
 class CollectorSettings:
     broker: BrokerConfig = setting(BrokerConfig(), "MQTT broker")
     collector: CollectorOptions = setting(CollectorOptions(), "inference worker")
+
+
+def parse_node_models(entries: tuple[str, ...]) -> dict[str, str]:
+    """``("pi-kitchen=forecast_a.pi-kitchen", ...)`` → {node: model}."""
+    mapping = {}
+    for entry in entries:
+        node, separator, model = entry.partition("=")
+        if not separator or not node.strip() or not model.strip():
+            raise ConfigError(f"{entry!r} is not NODE=MODEL (e.g. pi-kitchen=forecast_a."
+                              "pi-kitchen)", key="collector.node_models")
+        mapping[node.strip()] = model.strip()
+    return mapping
 
 
 def parse_partition(text: str) -> tuple[int, int]:

@@ -80,3 +80,30 @@ def test_build_fails_when_a_constraint_is_not_met(
     assert build(tmp_path, 100, capsys) == 1
     assert "max_bytes is" in capsys.readouterr().err
     assert read_manifest(tmp_path / "models")["forecast_a"]["constraints_met"] is False
+
+
+def test_fine_tuning_on_a_recording_says_whether_it_helped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.build import main
+
+    assert build(tmp_path, 1500, capsys) == 0
+    capsys.readouterr()
+    models = tmp_path / "models"
+    status = main(["forecast_a", "--climate-csv", str(SAMPLE_CSV), "--models", str(models),
+                   "--recipes", str(recipes_file(tmp_path, 1500)), "--epochs", "3",
+                   "--from-recording", str(SAMPLE_CSV), "--node-id", "pi-test", "--no-progress",
+                   "-q"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "forecast_a.pi-test: on the recording's last 20 %" in out
+    assert "shipped" in out and "tuned" in out and "persistence" in out
+    manifest = read_manifest(models)
+    if "wrote" in out:
+        entry = manifest["forecast_a.pi-test"]
+        assert entry["base_model"] == "forecast_a"
+        assert entry["recording"]["node_id"] == "pi-test"
+        assert len(entry["recording"]["sha256"]) == 64
+        load_forecaster(models, "forecast_a.pi-test")
+    else:
+        assert "nothing written, keep forecast_a" in out
+        assert "forecast_a.pi-test" not in manifest

@@ -49,6 +49,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--speech-dir", type=Path,
                       help="mini speech commands folder (<word>/*.wav); default: data/ "
                            "extracted from the archive, or a download")
+    tune = parser.add_argument_group("a node's own room")
+    tune.add_argument("--from-recording", type=Path, metavar="REC",
+                      help="fine-tune the forecaster on one node's history: a `collector "
+                           "record` file or a Jena-format CSV; writes <model>.<node> only when "
+                           "it beats the shipped model on the recording's held-out tail")
+    tune.add_argument("--node-id", help="the node the recording is of (needed for a CSV, or a "
+                                        "recording of several nodes)")
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs (smoke tests)")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip training the published recipes beside the models")
@@ -151,11 +158,56 @@ def forecast_data(args: argparse.Namespace) -> Any:
     return ClimateData.load(files or climate.default_climate_files())
 
 
+def fine_tune_command(args: argparse.Namespace, recipes: dict[str, Recipe]) -> int:
+    from tinyml_core.errors import ConfigError
+    from tinyml_core.topics import validate_id
+
+    from .forecast import fine_tune
+    from .recording import load_recording
+
+    if args.target not in FORECASTERS:
+        raise ConfigError(f"--from-recording fine-tunes one forecaster ({', '.join(FORECASTERS)}),"
+                          f" not {args.target!r}")
+    recording = load_recording(args.from_recording, args.node_id)
+    if recording.node_id is None:
+        raise ConfigError("a CSV does not say which node it is from: give --node-id")
+    name = f"{args.target}.{validate_id(recording.node_id)}"
+    if len(name) > 32:
+        raise ConfigError(f"{name!r} is longer than a model name may be (32 characters): use "
+                          "a shorter --node-id")
+    recipe = with_epochs(recipes[args.target], args.epochs)
+    log.info("fine-tuning %s on %s: %d steps in %d segments", args.target,
+             args.from_recording, recording.steps, len(recording.segments))
+    result = fine_tune(recipe, forecast_data(args), recording, args.models, name,
+                       show_progress=not args.no_progress)
+    before, after = result["before"], result["after"]
+    print(f"{name}: on the recording's last 20 % ({result['tail_windows']} windows; trained on "
+          f"{result['train_windows']}), MAE and skill over persistence:")
+    for feature, unit in (("temperature", "°C"), ("humidity", "%RH")):
+        print(f"  {feature:<12} shipped {before['mae'][feature]:.3f} {unit} "
+              f"({before['skill'][feature]:+.1%}), tuned {after['mae'][feature]:.3f} {unit} "
+              f"({after['skill'][feature]:+.1%}), persistence "
+              f"{after['persistence'][feature]:.3f} {unit}")
+    if not result["fits"]:
+        print(f"the tuned model has {result['size_bytes']} bytes, over the recipe's limit: "
+              f"nothing written, keep {args.target}")
+        return 1
+    if not result["better"]:
+        print(f"the tuned model is not better on both: nothing written, keep {args.target}")
+        return 0
+    print(f"wrote {args.models / (name + '.tflite.zlib')} ({result['size_bytes']} bytes) and its "
+          f"manifest entry; use it for the node with [collector] node_models = "
+          f"[\"{recording.node_id}={name}\"]")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
     recipes = load_recipes(args.recipes)
     args.models.mkdir(parents=True, exist_ok=True)
+    if args.from_recording is not None:
+        return fine_tune_command(args, recipes)
     failed: list[str] = []
     datasets: dict[str, Any] = {}
     started = time.perf_counter()

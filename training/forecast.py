@@ -8,7 +8,10 @@ What is reported is measured on the test split by the shipped file itself: the z
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from tinyml_core.models import FORECAST_TASK, load_forecaster, time_of_day
+from tinyml_core.models import FORECAST_TASK, load_forecaster, time_of_day, write_manifest_entry
 
 from . import climate
 from .compress import apply_pruning, kernel_sparsity, pruning_callbacks, ship, strip_pruning
 from .progress import EpochProgress
-from .recipes import Recipe
+from .recipes import Pruning, Recipe
 from .sensors import load_sensors, sensor
 from .tf import keras, seed_everything
 
@@ -311,3 +314,72 @@ def summary_line(name: str, entry: dict[str, Any]) -> str:
                  f" RH {metrics['skill']['humidity']:+.1%}, DHT11 inputs T "
                  f"{dht11['skill']['temperature']:+.1%} RH {dht11['skill']['humidity']:+.1%}")
     return line
+
+
+# ---------------------------------------------------------------- a node's own room
+
+
+FINE_TUNE_SPLIT = (0.7, 0.1, 0.2)  # the recording's own chronological split: tail held out
+
+
+def fine_tune(recipe: Recipe, data: ClimateData, recording: Any, models_dir: Path,
+              name: str, show_progress: bool = True) -> dict[str, Any]:
+    """Train the recipe as shipped, then go on training on the recording's first 70 % (pruning
+    held at its final sparsity, a fifth of the learning rate); measure the shipped model and the
+    tuned one on the recording's last 20 %. Writes ``models_dir/<name>.tflite.zlib`` and its
+    manifest entry only when the tuned model is better on both features and within the recipe's
+    size limit; returns the result."""
+    parts = climate.split_segments(recording.segments, FINE_TUNE_SPLIT)
+    x_train, y_train = climate.windows(parts["train"], recipe.steps)
+    x_val, y_val = climate.windows(parts["validation"], recipe.steps)
+    x_tail, y_tail = climate.windows(parts["test"], recipe.steps)
+    if min(len(x_train), len(x_val), len(x_tail)) == 0:
+        raise climate.DataError(f"{recording.path}: too few gap-free steps in one of the "
+                                "recording's parts (70/10/20) to fine-tune and measure")
+
+    def times(part: str) -> np.ndarray:
+        return climate.window_end_times(parts[part], recipe.steps)
+
+    base, _ = train(recipe, data, show_progress)
+    tuned_recipe = dataclasses.replace(recipe, name=name)
+    epochs = int(recipe.train.get("fine_tune_epochs", 30))
+    batch = int(recipe.train.get("batch_size", 32))
+    final = recipe.pruning.final_sparsity
+    hold = Pruning(final, final, 0, epochs) if recipe.pruning.enabled else recipe.pruning
+    model = apply_pruning(base, hold, -(-len(x_train) // batch))
+    model.compile(optimizer=keras.optimizers.Adam(
+        float(recipe.train.get("learning_rate", 1e-3)) / 5),
+        loss=str(recipe.train.get("loss", "mse")))
+    model.fit(model_inputs(recipe, x_train, times("train")), y_train, batch_size=batch,
+              epochs=epochs, verbose=0, shuffle=True,
+              validation_data=(model_inputs(recipe, x_val, times("validation")), y_val),
+              callbacks=[*pruning_callbacks(hold),
+                         EpochProgress(f"{name} (fine-tune)", epochs, show_progress)])
+    model = fold_normalization(recipe, strip_pruning(model), data.mean, data.std)
+
+    def measured(forecaster_dir: Path, model_name: str) -> dict[str, Any]:
+        forecaster = load_forecaster(forecaster_dir, model_name)
+        mae = climate.mae_per_feature(forecaster.predict(x_tail, times("test")), y_tail)
+        base_mae = climate.mae_per_feature(climate.persistence(x_tail, recipe.steps), y_tail)
+        return {"mae": mae, "persistence": base_mae,
+                "skill": {f: round(1 - mae[f] / base_mae[f], 4) for f in mae}}
+
+    before = measured(models_dir, recipe.name)
+    with tempfile.TemporaryDirectory() as scratch:
+        entry = ship(tuned_recipe, model, model_inputs(recipe, x_train, times("train")),
+                     Path(scratch), manifest_entry(recipe, data))
+        after = measured(Path(scratch), name)
+        better = all(after["mae"][f] < before["mae"][f] for f in climate.FEATURES)
+        fits = entry["size_bytes"] < recipe.constraints.get("max_bytes", float("inf"))
+        result = {"model": name, "base_model": recipe.name, "tail_windows": len(x_tail),
+                  "train_windows": len(x_train), "before": before, "after": after,
+                  "better": better, "fits": fits, "recording": recording.describe(),
+                  "size_bytes": entry["size_bytes"]}
+        if better and fits:
+            shutil.copy2(Path(scratch) / entry["file"], models_dir / entry["file"])
+            write_manifest_entry(models_dir, name, entry | {
+                "base_model": recipe.name, "metrics": {"recording_tail": after,
+                                                       "shipped_on_tail": before},
+                "recording": result["recording"], "training": {"fine_tune_epochs": epochs},
+                "seed": recipe.seed, "recipe": recipe.raw, "data": data.describe()})
+    return result
