@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tinyml_core.errors import MqttError
 from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import InboundMessage, MqttClient
 from tinyml_core.topics import (
@@ -119,7 +120,11 @@ class Worker:
         now = time.time()
         for node_id, seq in self.inference.confirmations.due(everything):
             confirmation = Confirmation(node_id, collector_id, seq, now)
-            self.client.publish(confirmed_topic(node_id), confirmation.encode(), retain=True)
+            try:
+                self.client.publish(confirmed_topic(node_id), confirmation.encode(), retain=True)
+            except MqttError as error:  # e.g. paho's queue full under a flood: try again later
+                log.warning("confirmation for %s not sent: %s", node_id, error)
+                self.inference.confirmations.taken(node_id, seq)
 
     def handle(self, message: InboundMessage) -> None:
         """Answer one message (called in the MQTT client's network thread)."""
