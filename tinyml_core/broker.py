@@ -94,6 +94,7 @@ class LocalMosquitto:
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "max_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
             f"{extra_config}\n"
         )
 

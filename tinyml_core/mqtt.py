@@ -14,8 +14,10 @@ prefix is added and removed here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -265,6 +267,7 @@ class MqttClient:
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_subscribe = self._on_subscribe
+        self._paho.on_socket_open = _no_delay
         if track_acknowledgements:
             self._paho.on_publish = self._on_publish
 
@@ -508,6 +511,14 @@ class MqttClient:
         if pending is not None:
             pending[1].extend(reason_codes)
             pending[0].set()
+
+
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Small messages go out at once. With Nagle's algorithm (paho leaves it on) a small write
+    waits for the ACK of the previous one, and the broker delays its ACKs by up to 40 ms: a
+    collector answering a reading while it also publishes a confirmation waited ~15 ms (p50)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _describe_socket_error(exc: BaseException) -> str:
