@@ -1,0 +1,29 @@
+"""The dashboard's configuration schema (config/dashboard.toml documents every key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinyml_core.config import BrokerConfig, setting
+
+
+@dataclass(frozen=True)
+class DashboardOptions:
+    id: str = setting("dashboard-1", "MQTT client id (the dashboard only subscribes)")
+    listen: str = setting("127.0.0.1:8080", "HOST:PORT to serve on; loopback unless you choose "
+                          "otherwise (then set username and password)")
+    history_hours: float = setting(48.0, "hours of readings and forecasts kept per node",
+                                   min=1.0, max=24 * 30)
+    keywords_kept: int = setting(200, "keyword results kept per node", min=1, max=100_000)
+    errors_kept: int = setting(200, "error records kept per node", min=1, max=100_000)
+    max_nodes: int = setting(1000, "nodes kept; the least recently heard go first",
+                             min=1, max=100_000)
+    username: str = setting("", "HTTP basic auth user; empty: no login")
+    password: str = setting("", "HTTP basic auth password (prefer TINYML_DASHBOARD_PASSWORD)",
+                            secret=True)
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    broker: BrokerConfig = setting(BrokerConfig(), "MQTT broker")
+    dashboard: DashboardOptions = setting(DashboardOptions(), "web dashboard")
