@@ -3,12 +3,14 @@
 Starts a private broker (Mosquitto when installed, else the embedded amqtt broker) unless
 ``--broker`` names one, starts the collector with the shipped models, replays the bundled
 readings and clips as a node would publish them, and prints what a subscriber to the whole
-protocol sees (readings, forecasts, keywords), then a summary. It ends by itself.
+protocol sees (readings, forecasts, keywords), then a summary. The web dashboard runs beside
+it (its address is printed); it ends by itself, or with ``--keep`` stays up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import threading
@@ -21,9 +23,17 @@ from pathlib import Path
 from collector.inference import Inference
 from collector.settings import CollectorOptions, CollectorSettings
 from collector.worker import Worker
+from dashboard.server import Dashboard
+from dashboard.settings import DashboardOptions, DashboardSettings
 from node.replay import ReplayItem, ReplayResult, load_stream, replay
 from tinyml_core.broker import EmbeddedBroker, LocalMosquitto, start_private_broker
-from tinyml_core.cli import add_logging_arguments, host_port, run_main, setup_logging
+from tinyml_core.cli import (
+    add_logging_arguments,
+    host_port,
+    run_main,
+    setup_logging,
+    stop_on_signals,
+)
 from tinyml_core.config import BrokerConfig
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
@@ -58,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with climate/*.csv and speech/<word>/*.wav "
                              "(default: the bundled samples)")
     parser.add_argument("--node-id", default="demo-node", help="id the replayed node uses")
+    parser.add_argument("--dashboard", default="127.0.0.1:8080", metavar="HOST:PORT",
+                        help="where the web dashboard listens (default 127.0.0.1:8080; a free "
+                             "port when that one is taken)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the broker, collector and dashboard running after the replay, "
+                             "until Ctrl-C, to look around")
     parser.add_argument("--speed", type=float, default=200_000.0,
                         help="replay time scale (default 200000: a 10-minute reading every "
                              "3 ms; 0: as fast as the broker acknowledges)")
@@ -135,7 +151,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"broker: {kind} on {host}:{port}")
     config = BrokerConfig(host=host, port=port, connect_timeout_s=10)
     try:
-        return run_demo(config, args.node_id, items, words, args.speed)
+        return run_demo(config, args.node_id, items, words, args.speed,
+                        dashboard_listen=args.dashboard, keep=args.keep)
     finally:
         if broker is not None:
             broker.stop()
@@ -156,9 +173,25 @@ def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threadi
     return worker, thread
 
 
+def start_web_dashboard(config: BrokerConfig, listen: str) -> Dashboard:
+    """The web dashboard on ``listen``, or on a free port of the same host when that is taken."""
+    options = DashboardOptions(id="demo-web-dashboard", listen=listen)
+    try:
+        web = Dashboard(DashboardSettings(broker=config, dashboard=options))
+    except OSError:
+        host = listen.rpartition(":")[0] or "127.0.0.1"
+        web = Dashboard(DashboardSettings(broker=config, dashboard=dataclasses.replace(
+            options, listen=f"{host}:0")))
+    web.start()
+    return web
+
+
 def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
-             words: dict[float, str], speed: float, models: Path = MODELS) -> int:
+             words: dict[float, str], speed: float, models: Path = MODELS,
+             dashboard_listen: str = "127.0.0.1:8080", keep: bool = False) -> int:
     counts: Counter[str] = Counter()
+    web = start_web_dashboard(config, dashboard_listen)
+    print(f"dashboard: {web.address} (the web page; --keep keeps it up after the replay)")
     with MqttClient(config, "demo-dashboard", publish_availability=False) as dashboard:
         for root in (SENSORS_ROOT, PREDICTIONS_ROOT, STATUS_ROOT, ERRORS_ROOT):
             dashboard.subscribe(f"{root}/#")
@@ -187,9 +220,16 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
             if line:
                 print(line, flush=True)
         elapsed = time.monotonic() - started
+        if keep:
+            print(f"\nreplay done; broker, collector and dashboard ({web.address}) keep running: "
+                  "Ctrl-C to stop", flush=True)
+            stop = threading.Event()
+            stop_on_signals(stop.set)
+            stop.wait()
         collector.stop()
         collector_thread.join(timeout=5)
         collector.close()
+    web.close()
 
     sensors = counts[SENSORS_ROOT]
     print(f"\nsummary: node published {result.sent} messages in {elapsed:.1f} s, broker "

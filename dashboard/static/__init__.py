@@ -1,0 +1,1 @@
+"""The dashboard page: HTML, script and style, served as files (no CDN)."""
