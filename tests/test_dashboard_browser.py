@@ -1,0 +1,129 @@
+"""The dashboard in a real headless browser (Debian's Chromium and chromedriver, installed by
+scripts/bootstrap --browser, driven by Selenium): the page shows a node and its chart, a keyword
+arrives live over Server-Sent Events, and text from the network stays text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from selenium.webdriver.common.by import By
+except ImportError:  # the dev extra brings it; the fixture skips without it
+    By = None
+
+from dashboard.server import Dashboard
+from dashboard.settings import DashboardOptions, DashboardSettings
+from tests.conftest import broker_config
+from tinyml_core.broker import LocalMosquitto
+from tinyml_core.messages import (
+    ClimateReading,
+    ErrorRecord,
+    Forecast,
+    ForecastStep,
+    KeywordResult,
+)
+from tinyml_core.mqtt import MqttClient
+from tinyml_core.topics import PredictionKind, climate_topic, errors_topic, prediction_topic
+
+pytestmark = pytest.mark.broker
+T0 = 1_729_299_600.0
+HOSTILE = "sensors/<script>document.title='owned'</script>/climate"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        message = "chromium and chromedriver are not installed (scripts/bootstrap --browser)"
+        if os.environ.get("TINYML_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1300"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def dashboard(mosquitto: LocalMosquitto) -> Iterator[Dashboard]:
+    running = Dashboard(DashboardSettings(broker=broker_config(mosquitto),
+                                          dashboard=DashboardOptions(listen="127.0.0.1:0")))
+    running.start()
+    yield running
+    running.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_node_page_shows_the_chart_and_a_keyword_arriving_live(
+        dashboard: Dashboard, connect: Callable[..., MqttClient], browser: Any) -> None:
+    node = connect("pi-kitchen")
+    for step in range(8):
+        reading = ClimateReading("pi-kitchen", T0 + 600 * step, step, 20.0 + step / 4, 50.0)
+        assert node.publish(climate_topic("pi-kitchen"), reading.encode()).wait(5)
+    collector = connect("collector-1")
+    forecast = Forecast("pi-kitchen", "forecast_a", "1+abc", T0 + 600 * 7, 0.2,
+                        tuple(ForecastStep(T0 + 600 * (8 + i), 22.0, 50.0) for i in range(3)))
+    assert collector.publish(prediction_topic("pi-kitchen", PredictionKind.FORECAST),
+                             forecast.encode(), retain=True).wait(5)
+    record = ErrorRecord("pi-kitchen", T0, HOSTILE, "not a valid node id", 40, "x")
+    assert collector.publish(errors_topic("pi-kitchen"), record.encode()).wait(5)
+    assert wait_for(lambda: dashboard.history.node("pi-kitchen") is not None)
+
+    browser.get(dashboard.address + "node/pi-kitchen")
+    assert wait_for(lambda: browser.find_element(By.ID, "node-title").text == "pi-kitchen")
+    assert browser.find_elements(By.CSS_SELECTOR, "#chart-temperature path.measured")
+    assert browser.find_elements(By.CSS_SELECTOR, "#chart-temperature path.forecast")
+    assert wait_for(lambda: browser.find_element(By.ID, "connection").text == "live")
+    assert "go" not in keyword_words(browser)
+    # Published only now that the page is listening: it can only arrive live.
+    keyword = KeywordResult("pi-kitchen", "kws_b", "1+abc", T0 + 4000, 1.0, 0.1, "go",
+                            {"go": 0.93, "no": 0.07})
+    assert collector.publish(prediction_topic("pi-kitchen", PredictionKind.KEYWORD),
+                             keyword.encode()).wait(5)
+    assert wait_for(lambda: "go" in keyword_words(browser)), "the keyword did not arrive live"
+    # The hostile topic is shown as text: no script ran, no element was made of it.
+    cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#errors td")]
+    assert HOSTILE in cells
+    assert browser.title == "tinyml dashboard"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#errors script")
+
+
+def keyword_words(browser: Any) -> list[str]:
+    return [row.find_elements(By.TAG_NAME, "td")[1].text
+            for row in browser.find_elements(By.CSS_SELECTOR, "#keywords tbody tr")]
+
+
+def test_the_overview_lists_the_node(dashboard: Dashboard, connect: Callable[..., MqttClient],
+                                     browser: Any) -> None:
+    node = connect("pi-hall")
+    reading = ClimateReading("pi-hall", T0, 0, 19.5, 61.0)
+    assert node.publish(climate_topic("pi-hall"), reading.encode()).wait(5)
+    assert wait_for(lambda: dashboard.history.node("pi-hall") is not None)
+    browser.get(dashboard.address)
+    assert wait_for(lambda: bool(browser.find_elements(By.LINK_TEXT, "pi-hall")))
+    row = browser.find_element(By.CSS_SELECTOR, "#nodes tbody tr").text
+    assert "19.5 °C, 61 %" in row and "online" in row
