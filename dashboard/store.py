@@ -35,12 +35,15 @@ class NodeHistory:
     node_id: str
     steps: dict[int, list[float]] = field(default_factory=dict)  # step → [ΣT, ΣRH, count]
     last_reading: tuple[float, float, float] | None = None  # (time, T, RH) of the newest
-    reading_times: set[float] = field(default_factory=set)  # of the newest steps: repeats
+    reading_times: set[float] = field(default_factory=set)  # of the last steps: repeats
     forecasts: dict[tuple[str, float], dict[str, Any]] = field(default_factory=dict)
     keywords: deque[dict[str, Any]] = field(default_factory=deque)
     errors: deque[dict[str, Any]] = field(default_factory=deque)
     error_count: int = 0
     heard_at: float = 0.0  # time.time() of the last message about it
+
+
+REPEAT_STEPS = 2  # steps of reading times remembered to recognise a repeat
 
 
 class History:
@@ -96,12 +99,13 @@ class History:
         bucket[2] += 1
         if node.last_reading is None or reading.time >= node.last_reading[0]:
             node.last_reading = (reading.time, reading.temperature, reading.humidity)
-        if step > newest or len(node.steps) == 1:
+        if step > newest:
             oldest = step - self.span_s / self.step_s
             for old in [s for s in node.steps if s < oldest]:
                 del node.steps[old]
-            first_time = min(node.steps) * self.step_s - self.step_s
-            node.reading_times = {t for t in node.reading_times if t > first_time}
+            # Repeats come right after a reconnect: remembering two steps' readings is enough.
+            recent = (step - REPEAT_STEPS) * self.step_s
+            node.reading_times = {t for t in node.reading_times if t > recent}
         return {"kind": "reading", "node_id": node.node_id, "time": reading.time,
                 "temperature": reading.temperature, "humidity": reading.humidity,
                 "step_time": step * self.step_s, "step": _mean(bucket)}

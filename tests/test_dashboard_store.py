@@ -88,3 +88,12 @@ def test_nodes_and_other_clients_and_what_does_not_decode() -> None:
     assert overview["clients"] == {"collector-1": "online"}
     assert overview["undecodable"] == 1
     assert history.node("nobody") is None
+
+
+def test_memory_per_node_does_not_grow_with_the_reading_rate() -> None:
+    history = History(hours=1)
+    for index in range(6 * 60 * 3):  # three hours of a reading every 10 s
+        history.add(*reading("pi-1", T0 + 10 * index + 5, seq=index))
+    node = history._nodes["pi-1"]
+    assert len(node.steps) == 7  # an hour of 10-minute steps (and the one it ends in)
+    assert len(node.reading_times) <= 3 * 60  # two or three steps of readings, not three hours
