@@ -80,7 +80,7 @@ class Dashboard:
         options = settings.dashboard
         self.settings = settings
         self.history = History(options.history_hours, options.keywords_kept, options.errors_kept,
-                               options.max_nodes)
+                               options.max_nodes, forecast_hours=options.forecast_hours)
         self.events = Broadcaster()
         self.client = MqttClient(settings.broker, options.id, publish_availability=False,
                                  handler=self.handle)

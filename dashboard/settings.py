@@ -12,8 +12,10 @@ class DashboardOptions:
     id: str = setting("dashboard-1", "MQTT client id (the dashboard only subscribes)")
     listen: str = setting("127.0.0.1:8080", "HOST:PORT to serve on; loopback unless you choose "
                           "otherwise (then set username and password)")
-    history_hours: float = setting(48.0, "hours of readings and forecasts kept per node",
+    history_hours: float = setting(48.0, "hours of readings kept per node (as 10-minute steps)",
                                    min=1.0, max=24 * 30)
+    forecast_hours: float = setting(6.0, "hours of forecasts kept per node (the chart draws "
+                                    "each ahead of its reading)", min=1.0, max=24 * 30)
     keywords_kept: int = setting(200, "keyword results kept per node", min=1, max=100_000)
     errors_kept: int = setting(200, "error records kept per node", min=1, max=100_000)
     max_nodes: int = setting(1000, "nodes kept; the least recently heard go first",

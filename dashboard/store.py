@@ -4,7 +4,8 @@ Every message of the protocol goes through :meth:`History.add`, which decodes it
 shared codec (anything that does not decode is counted and ignored), keeps it, and returns the
 event to push to open pages. Readings are averaged per ``step_s`` (the forecasters' 10-minute
 step, so the chart holds 288 points for 48 hours, whatever the node's reading period). Bounds:
-steps and forecasts for ``hours`` of node time, the last ``keywords`` keyword results and
+steps for ``hours`` and forecasts for ``forecast_hours`` of node time (the chart draws those
+ahead of the readings they were made from), the last ``keywords`` keyword results and
 ``errors`` error records per node, ``max_nodes`` nodes (the least recently heard go first).
 A message heard twice (QoS 1 after a reconnect, a retained forecast on resubscribing) is kept
 once.
@@ -13,11 +14,15 @@ once.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
@@ -30,13 +35,43 @@ from tinyml_core.messages import (
 )
 
 
+class StepRing:
+    """Sums of temperature, humidity and count per step for the last ``size`` steps, in two
+    numpy arrays (about 32 bytes a step: 500 nodes x 48 h is under 5 MB)."""
+
+    def __init__(self, size: int) -> None:
+        self.ids = np.full(size, -1, np.int64)
+        self.sums = np.zeros((size, 3))
+
+    def add(self, step: int, temperature: float, humidity: float) -> list[float] | None:
+        """Add a reading to its step; None when the step is older than the ring holds."""
+        slot = step % len(self.ids)
+        if self.ids[slot] != step:
+            if self.ids[slot] > step:
+                return None
+            self.ids[slot] = step
+            self.sums[slot] = 0.0
+        self.sums[slot] += (temperature, humidity, 1.0)
+        return _mean(self.sums[slot])
+
+    @property
+    def newest(self) -> int:
+        return int(self.ids.max())
+
+    def items(self) -> list[tuple[int, list[float]]]:
+        """(step, [mean T, mean RH]) from oldest to newest."""
+        order = np.argsort(self.ids)
+        return [(int(self.ids[i]), _mean(self.sums[i])) for i in order if self.ids[i] >= 0]
+
+
 @dataclass
 class NodeHistory:
     node_id: str
-    steps: dict[int, list[float]] = field(default_factory=dict)  # step → [ΣT, ΣRH, count]
+    steps: StepRing
     last_reading: tuple[float, float, float] | None = None  # (time, T, RH) of the newest
     reading_times: set[float] = field(default_factory=set)  # of the last steps: repeats
-    forecasts: dict[tuple[str, float], dict[str, Any]] = field(default_factory=dict)
+    # (model, input time) → (filled steps, [time, T, RH, time, T, RH, ...]) for the last hours
+    forecasts: dict[tuple[str, float], tuple[int, array[float]]] = field(default_factory=dict)
     keywords: deque[dict[str, Any]] = field(default_factory=deque)
     errors: deque[dict[str, Any]] = field(default_factory=deque)
     error_count: int = 0
@@ -48,8 +83,10 @@ REPEAT_STEPS = 2  # steps of reading times remembered to recognise a repeat
 
 class History:
     def __init__(self, hours: float = 48.0, keywords: int = 200, errors: int = 200,
-                 max_nodes: int = 1000, step_s: float = 600.0) -> None:
+                 max_nodes: int = 1000, step_s: float = 600.0,
+                 forecast_hours: float = 6.0) -> None:
         self.span_s, self.step_s = hours * 3600.0, step_s
+        self.forecast_span_s = min(forecast_hours, hours) * 3600.0
         self.keywords, self.errors, self.max_nodes = keywords, errors, max_nodes
         self.undecodable = 0
         # Retained availability of every client; a client with readings, predictions or error
@@ -89,39 +126,33 @@ class History:
         if reading.time in node.reading_times:
             return None  # heard twice
         step = math.ceil(reading.time / self.step_s - 1e-9)  # as the collector aligns them
-        newest = max(node.steps, default=step)
-        if step < newest - self.span_s / self.step_s:
+        newest = node.steps.newest
+        mean = node.steps.add(step, reading.temperature, reading.humidity)
+        if mean is None:
             return None  # older than what is shown
         node.reading_times.add(reading.time)
-        bucket = node.steps.setdefault(step, [0.0, 0.0, 0])
-        bucket[0] += reading.temperature
-        bucket[1] += reading.humidity
-        bucket[2] += 1
         if node.last_reading is None or reading.time >= node.last_reading[0]:
             node.last_reading = (reading.time, reading.temperature, reading.humidity)
         if step > newest:
-            oldest = step - self.span_s / self.step_s
-            for old in [s for s in node.steps if s < oldest]:
-                del node.steps[old]
             # Repeats come right after a reconnect: remembering two steps' readings is enough.
             recent = (step - REPEAT_STEPS) * self.step_s
             node.reading_times = {t for t in node.reading_times if t > recent}
         return {"kind": "reading", "node_id": node.node_id, "time": reading.time,
                 "temperature": reading.temperature, "humidity": reading.humidity,
-                "step_time": step * self.step_s, "step": _mean(bucket)}
+                "step_time": step * self.step_s, "step": mean}
 
     def _forecast(self, node: NodeHistory, forecast: Forecast) -> dict[str, Any] | None:
-        key = (forecast.model, forecast.input_time)
+        key = (sys.intern(forecast.model), forecast.input_time)
         if key in node.forecasts:
             return None
-        entry = {"model": forecast.model, "input_time": forecast.input_time,
-                 "filled_steps": forecast.filled_steps,
-                 "steps": [[s.time, s.temperature, s.humidity] for s in forecast.steps]}
-        node.forecasts[key] = entry
-        newest = max(t for _, t in node.forecasts)
-        for old in [k for k in node.forecasts if k[1] < newest - self.span_s]:
-            del node.forecasts[old]
-        return {"kind": "forecast", "node_id": node.node_id, **entry}
+        values = array("d", [x for s in forecast.steps for x in (s.time, s.temperature,
+                                                                   s.humidity)])
+        node.forecasts[key] = (forecast.filled_steps, values)
+        cutoff = forecast.input_time - self.forecast_span_s
+        if len(node.forecasts) > 1 and min(t for _, t in node.forecasts) < cutoff:
+            for old in [k for k in node.forecasts if k[1] < cutoff]:
+                del node.forecasts[old]
+        return {"kind": "forecast", "node_id": node.node_id, **_forecast(key, node.forecasts[key])}
 
     def _keyword(self, node: NodeHistory, result: KeywordResult) -> dict[str, Any] | None:
         entry = {"time": result.input_time, "label": result.label, "model": result.model,
@@ -149,7 +180,8 @@ class History:
         if node is None:
             if len(self._nodes) >= self.max_nodes:
                 self._nodes.popitem(last=False)
-            node = self._nodes[node_id] = NodeHistory(node_id)
+            node = self._nodes[node_id] = NodeHistory(
+                node_id, StepRing(int(self.span_s / self.step_s) + 1))
         self._nodes.move_to_end(node_id)
         node.heard_at = now
         return node
@@ -168,10 +200,9 @@ class History:
             if node is None:
                 return None
             return self._summary(node) | {
-                "steps": [[step * self.step_s, *_mean(bucket)]
-                          for step, bucket in sorted(node.steps.items())],
-                "forecasts": sorted(node.forecasts.values(),
-                                    key=lambda f: (f["input_time"], f["model"])),
+                "steps": [[step * self.step_s, *mean] for step, mean in node.steps.items()],
+                "forecasts": [_forecast(key, node.forecasts[key])
+                              for key in sorted(node.forecasts, key=lambda k: (k[1], k[0]))],
                 "keywords": list(node.keywords), "errors": list(node.errors)}
 
     def __len__(self) -> int:
@@ -179,7 +210,8 @@ class History:
 
     def _summary(self, node: NodeHistory) -> dict[str, Any]:
         last = node.last_reading
-        latest = max(node.forecasts.values(), key=lambda f: f["input_time"], default=None)
+        newest = max(node.forecasts, key=lambda k: k[1], default=None)
+        latest = None if newest is None else _forecast(newest, node.forecasts[newest])
         return {"node_id": node.node_id, "status": self.statuses.get(node.node_id),
                 "heard_at": node.heard_at,
                 "reading": None if last is None else {"time": last[0], "temperature": last[1],
@@ -188,5 +220,11 @@ class History:
                 "error_count": node.error_count}
 
 
-def _mean(bucket: list[float]) -> list[float]:
-    return [round(bucket[0] / bucket[2], 3), round(bucket[1] / bucket[2], 3)]
+def _mean(bucket: Any) -> list[float]:
+    return [round(float(bucket[0] / bucket[2]), 3), round(float(bucket[1] / bucket[2]), 3)]
+
+
+def _forecast(key: tuple[str, float], stored: tuple[int, array[float]]) -> dict[str, Any]:
+    filled, values = stored
+    return {"model": key[0], "input_time": key[1], "filled_steps": filled,
+            "steps": [list(values[i:i + 3]) for i in range(0, len(values), 3)]}

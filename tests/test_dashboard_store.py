@@ -95,5 +95,5 @@ def test_memory_per_node_does_not_grow_with_the_reading_rate() -> None:
     for index in range(6 * 60 * 3):  # three hours of a reading every 10 s
         history.add(*reading("pi-1", T0 + 10 * index + 5, seq=index))
     node = history._nodes["pi-1"]
-    assert len(node.steps) == 7  # an hour of 10-minute steps (and the one it ends in)
+    assert len(node.steps.items()) == 7  # an hour of 10-minute steps (and the one it ends in)
     assert len(node.reading_times) <= 3 * 60  # two or three steps of readings, not three hours
