@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tinyml_core.broker import LocalMosquitto, mosquitto_binary
 from tinyml_core.config import BrokerConfig
 from tinyml_core.mqtt import MqttClient
+
+if TYPE_CHECKING:
+    from dashboard.server import Dashboard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The datasets of ../shared/data; tests that need them skip on a user's clone.
@@ -82,3 +86,16 @@ def connect(mosquitto: LocalMosquitto) -> Iterator[Callable[..., MqttClient]]:
     yield make
     for client in clients:
         client.close(timeout=1.0)
+
+
+@pytest.fixture
+def dashboard(mosquitto: LocalMosquitto) -> Iterator[Dashboard]:
+    """The web dashboard on a free loopback port, subscribed to the test broker."""
+    from dashboard.server import Dashboard
+    from dashboard.settings import DashboardOptions, DashboardSettings
+
+    running = Dashboard(DashboardSettings(broker=broker_config(mosquitto),
+                                          dashboard=DashboardOptions(listen="127.0.0.1:0")))
+    running.start()
+    yield running
+    running.close()

@@ -16,6 +16,7 @@ from node.spool import CLIMATE, Spool
 from tests.conftest import broker_config
 from tests.flaky_link import FlakyLink
 from tests.test_node import collect_seqs, make_node, run_in_thread
+from tests.waiting import wait_for
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import MqttClient
@@ -104,15 +105,6 @@ def running_node(mosquitto: LocalMosquitto, tmp_path: Path, **identity: object) 
         node.stop()
         thread.join(timeout=5)
         node.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_unconfirmed_readings_are_sent_again_after_a_reconnect_and_kept_until_confirmed(

@@ -7,16 +7,16 @@ import base64
 import json
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from dashboard.server import Dashboard
 from dashboard.settings import DashboardOptions, DashboardSettings
 from tests.conftest import broker_config
+from tests.waiting import wait_for
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import ClimateReading, ErrorRecord, KeywordResult
 from tinyml_core.mqtt import MqttClient
@@ -26,15 +26,6 @@ pytestmark = pytest.mark.broker
 T0 = 1_729_299_600.0
 
 
-@pytest.fixture
-def dashboard(mosquitto: LocalMosquitto) -> Iterator[Dashboard]:
-    running = Dashboard(DashboardSettings(broker=broker_config(mosquitto),
-                                          dashboard=DashboardOptions(listen="127.0.0.1:0")))
-    running.start()
-    yield running
-    running.close()
-
-
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
@@ -42,15 +33,6 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_the_api_shows_a_node_its_steps_and_its_error_log(

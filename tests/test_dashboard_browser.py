@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,7 @@ except ImportError:  # the dev extra brings it; the fixture skips without it
     By = None
 
 from dashboard.server import Dashboard
-from dashboard.settings import DashboardOptions, DashboardSettings
-from tests.conftest import broker_config
-from tinyml_core.broker import LocalMosquitto
+from tests.waiting import wait_for
 from tinyml_core.messages import (
     ClimateReading,
     ErrorRecord,
@@ -58,24 +55,6 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def dashboard(mosquitto: LocalMosquitto) -> Iterator[Dashboard]:
-    running = Dashboard(DashboardSettings(broker=broker_config(mosquitto),
-                                          dashboard=DashboardOptions(listen="127.0.0.1:0")))
-    running.start()
-    yield running
-    running.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_a_node_page_shows_the_chart_and_a_keyword_arriving_live(
