@@ -17,7 +17,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 @pytest.mark.parametrize("command", [("node",), ("node", "config"), ("collector",),
-                                     ("collector", "config"), ("demo",)])
+                                     ("collector", "config"), ("demo",), ("dashboard",),
+                                     ("dashboard", "config"), ("dashboard", "run")])
 def test_help(command: tuple[str, ...]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout

@@ -26,7 +26,7 @@ SHIPPED = REPO_ROOT / "config" / "mosquitto"
 INSTALLED_AT = "/etc/mosquitto/tinyml/"
 START = 1_729_299_600.0
 USERS = {"pi-1": "pi-1 secret", "pi-2": "pi-2 secret", "collector-1": "collector secret",
-         "homeassistant": "ha secret"}
+         "homeassistant": "ha secret", "dashboard": "dashboard secret"}
 
 
 def render(name: str, directory: Path, port: int, uncomment: tuple[str, ...] = ()) -> str:
@@ -117,6 +117,24 @@ def test_a_node_can_publish_only_under_its_own_id(
     assert delivered == [(climate_topic("pi-1"), reading("pi-1", 1))]
     seen = [(m.topic, m.payload) for m in drain(dashboard)]
     assert seen == [("status/pi-1", b"online")]
+
+
+def test_the_dashboard_user_reads_what_the_page_shows_and_can_write_nothing(
+        secured: LocalMosquitto, clients: Callable[..., MqttClient]) -> None:
+    dashboard = clients(as_user(secured, "dashboard"), "dashboard", publish_availability=False)
+    for topic_filter in ("status/+", "sensors/+/climate", "predictions/#", "errors/+"):
+        dashboard.subscribe(topic_filter)
+    collector = clients(as_user(secured, "collector-1"), "collector-1",
+                        publish_availability=False)
+    collector.subscribe("sensors/#")
+    node = clients(as_user(secured, "pi-1"), "pi-1")
+    assert node.publish(climate_topic("pi-1"), reading("pi-1", 0)).wait(5)
+    # It may not forge anything: a reading, or a collector's availability.
+    assert dashboard.publish(climate_topic("pi-1"), reading("pi-1", 9)).wait(5)
+    assert dashboard.publish("status/collector-1", b"offline").wait(5)
+    assert [m.payload for m in drain(collector)] == [reading("pi-1", 0)]
+    seen = {(m.topic, m.payload) for m in drain(dashboard)}
+    assert seen == {("status/pi-1", b"online"), (climate_topic("pi-1"), reading("pi-1", 0))}
 
 
 def test_a_node_cannot_take_over_another_clients_session(
