@@ -156,7 +156,9 @@ class PublishWindow(Generic[K]):
         self._in_flight.append((key, self.client.publish(topic, payload, retain=retain)))
 
     def acknowledged(self) -> list[K]:
-        """Keys of the messages acknowledged since the last call, in publish order."""
+        """Keys of the messages acknowledged since the last call, in publish order within the
+        call (each message is looked at once; one whose PUBACK lands during the look, after a
+        later message was looked at, comes in the next call)."""
         return [key for key, _ in self.acknowledged_handles()]
 
     def acknowledged_handles(self) -> list[tuple[K, PublishHandle]]:
