@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tinyml_core.errors import MqttConnectError, MqttError, TinyMLError
+from tinyml_core.errors import MqttConnectError, MqttError, SubscriptionRefused, TinyMLError
 from tinyml_core.messages import AudioClip, ClimateReading, sensor_message_topic
 from tinyml_core.mqtt import MqttClient
 from tinyml_core.topics import confirmed_topic
@@ -132,10 +132,13 @@ class Node:
         topic = confirmed_topic(self.node_id)
         try:
             self.client.subscribe(topic)  # sent again after every reconnect
-        except MqttError as error:
+        except SubscriptionRefused as error:
             log.warning("%s; readings are forgotten once the broker has them (the broker's ACL "
                         "needs 'pattern read confirmed/%%u', see config/mosquitto/acl)", error)
-            self.forwarder.disable_confirmations()
+            self.forwarder.refuse_confirmations.set()  # applied in the forwarder's thread
+        except MqttError as error:  # closing, or the connection dropped: tried again later
+            if not self.stop_requested.is_set():
+                log.info("%s", error)
 
     def run(self, duration_s: float | None = None, stats_interval_s: float = 60.0) -> None:
         """Forward spooled messages until stop() or ``duration_s``."""

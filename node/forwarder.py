@@ -12,6 +12,7 @@ the node the spool still holds everything unacknowledged and unconfirmed, and it
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -62,10 +63,13 @@ class Forwarder:
         self._send_again: deque[int] = deque()
         self._queued: set[int] = set()  # in _send_again
         self._look_again = False  # an acknowledgement came for a message of an older connection
+        self.refuse_confirmations = threading.Event()  # set by another thread: the broker said no
 
     def step(self) -> int:
         """Forget acknowledged and confirmed messages, send what the window and rate allow;
         returns how many were sent."""
+        if self.refuse_confirmations.is_set() and self.confirmations is not None:
+            self.disable_confirmations()
         self._take_acknowledgements()
         tracker = self.confirmations
         if tracker is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -295,3 +296,31 @@ def test_acknowledgements_and_messages_are_ordered_as_they_arrived(
     assert handle.wait(5) and handle.acknowledged_event() is None
     plain.close()
     client.close()
+
+
+def test_closing_ends_a_subscribe_that_waits_for_its_suback(mosquitto: LocalMosquitto) -> None:
+    # A node stopping while its connect thread waited for a SUBACK went on, after the spool was
+    # closed, for the rest of the 10 s.
+    from tests.flaky_link import FlakyLink
+
+    link = FlakyLink(mosquitto.host, mosquitto.port)
+    client = MqttClient(dataclasses.replace(broker_config(mosquitto), port=link.port), "waiter",
+                        publish_availability=False).connect()
+    link.hold()  # nothing gets through: no SUBACK
+    errors: list[Exception] = []
+
+    def subscribe() -> None:
+        try:
+            client.subscribe("confirmed/waiter", timeout=30)
+        except MqttError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=subscribe)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    client.close(timeout=0.5)
+    thread.join(timeout=5)
+    link.close()
+    assert not thread.is_alive() and time.monotonic() - started < 3
+    assert errors and "closed while subscribing" in str(errors[0])

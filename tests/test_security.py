@@ -137,6 +137,44 @@ def test_the_dashboard_user_reads_what_the_page_shows_and_can_write_nothing(
     assert seen == {("status/pi-1", b"online"), (climate_topic("pi-1"), reading("pi-1", 0))}
 
 
+def test_a_node_under_an_acl_without_confirmations_carries_on_without_them(
+        mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path,
+        clients: Callable[..., MqttClient]) -> None:
+    from node.daemon import Node
+    from node.settings import NodeIdentity, NodeSettings
+
+    directory = tmp_path / "tinyml"
+    install(directory)
+    acl = directory / "acl"
+    acl.write_text(acl.read_text().replace("pattern read confirmed/%u\n", ""))  # an older ACL
+    port = free_port()
+    broker = mosquitto_factory(port=port, listener=render("tinyml.conf", directory, port))
+    collector = clients(as_user(broker, "collector-1"), "collector-1",
+                        publish_availability=False)
+    collector.subscribe("sensors/#")
+    node = Node(NodeSettings(broker=as_user(broker, "pi-1"),
+                             node=NodeIdentity(id="pi-1", spool_path=str(tmp_path / "spool"))))
+    node.start()
+    try:
+        assert node.client.wait_connected(10)
+        node.record_reading(21.0, 45.0, time_s=START)
+        assert node.forwarder.drain(5)
+        assert [m.topic for m in drain(collector)] == [climate_topic("pi-1")]
+        confirmation = b'{"node_id":"pi-1","collector_id":"collector-1","seq":0,"time":1.8e9}'
+        assert collector.publish("confirmed/pi-1", confirmation, retain=True).wait(5)
+        for _ in range(20):  # the forwarder would take it in here, if it came
+            node.forwarder.step()
+            time.sleep(0.05)
+        # MQTT 3.1.1 cannot say "denied" in a SUBACK: the node never hears a confirmation,
+        # keeps nothing, and says so (with MQTT 5 the refusal turns confirmations off).
+        tracker = node.forwarder.confirmations
+        assert tracker is None or not tracker.active
+        assert "no collector has ever confirmed" in node.stats_line() or \
+            "confirmations off" in node.stats_line()
+    finally:
+        node.close()
+
+
 def test_a_node_cannot_take_over_another_clients_session(
         secured: LocalMosquitto, clients: Callable[..., MqttClient]) -> None:
     collector = clients(as_user(secured, "collector-1"), "collector-1", persistent_session=True)

@@ -45,5 +45,9 @@ class MqttConnectError(MqttError):
     """No connection to the broker could be made within the allowed time."""
 
 
+class SubscriptionRefused(MqttError):
+    """The broker answered a SUBSCRIBE with a failure code (its ACL, usually)."""
+
+
 class ModelLoadError(TinyMLError):
     """A model or its manifest entry cannot be used (missing, corrupt, wrong contract)."""

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .config import BrokerConfig
-from .errors import MqttConnectError, MqttError
+from .errors import MqttConnectError, MqttError, SubscriptionRefused
 from .messages import Availability
 from .topics import status_topic
 
@@ -411,13 +411,19 @@ class MqttClient:
                 )
             done: tuple[threading.Event, list[Any]] = (threading.Event(), [])
             self._pending_subacks[mid] = done
-        if not done[0].wait(timeout):
-            raise MqttError(f"no SUBACK for {topic_filter!r} within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while not done[0].wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._closing.is_set():
+                raise MqttError(f"closed while subscribing to {topic_filter!r}")
+            if time.monotonic() >= deadline:
+                raise MqttError(f"no SUBACK for {topic_filter!r} within {timeout:g} s (it is "
+                                "sent again after the next reconnect)")
         granted = done[1]
         if any(getattr(code, "is_failure", False) for code in granted):
             with self._lock:
                 self._subscriptions.pop(full_filter, None)
-            raise MqttError(f"broker refused the subscription to {topic_filter!r}: {granted[0]}")
+            raise SubscriptionRefused(
+                f"broker refused the subscription to {topic_filter!r}: {granted[0]}")
 
     def receive(self, timeout: float | None = None) -> InboundMessage | None:
         """The next inbound message, or None after ``timeout`` seconds."""
