@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,21 @@ def test_broker_killed_while_a_node_streams_1000_readings(
     # collector's per-node limit (250/s), re-sent readings included.
     node = Node(NodeSettings(broker=broker_config(broker, connect_timeout_s=1.0),
                              node=NodeIdentity(id="pi-faults", spool_path=str(tmp_path / "spool"))))
+    # What the collector published (a prediction the broker acknowledged and then lost in the
+    # kill never reaches the observer: predictions are not confirmed, docs/security.md).
+    produced: list[tuple[float, str]] = []
+    answered: list[float] = []
+    publish = worker.client.publish
+
+    def recording_publish(topic: str, payload: bytes, **options: Any) -> Any:
+        message = decode_message(topic, payload)
+        if isinstance(message, Forecast):
+            produced.append((message.input_time, message.model))
+        elif isinstance(message, KeywordResult):
+            answered.append(message.input_time)
+        return publish(topic, payload, **options)
+
+    worker.client.publish = recording_publish  # type: ignore[method-assign]
     node.start()
     node_thread = threading.Thread(target=node.run, daemon=True)
     node_thread.start()
@@ -123,18 +139,17 @@ def test_broker_killed_while_a_node_streams_1000_readings(
     assert tracker is not None
 
     def missing_steps() -> list[int]:
-        heard = {t for t, model, _ in observer.forecasts if model == "forecast_a"}
-        return sorted(int((t - START) / STEP_S) for t in expected_windows - heard)
+        made = {t for t, model in produced if model == "forecast_a"}
+        return sorted(int((t - START) / STEP_S) for t in expected_windows - made)
 
     def complete() -> bool:
         return (not missing_steps() and len(set(observer.reading_steps)) == 1000
-                and set(observer.keywords) >= clip_times
                 and len(tracker) == 0 and len(node.spool) == 0)
 
     assert observer.wait_until(complete, timeout=60), (
         f"{len(set(observer.reading_steps))} readings arrived (missing "
         f"{sorted(set(range(1000)) - set(observer.reading_steps))[:20]}); no forecast for input "
-        f"steps {missing_steps()[:20]}; {len(clip_times - set(observer.keywords))} clips "
+        f"steps {missing_steps()[:20]}; {len(clip_times - set(answered))} clips "
         f"unanswered; the collector received {worker.counters.received}, "
         f"{worker.inference.repeated_readings} of them repeats, "
         f"{worker.inference.repaired_steps} steps repaired; the node: "
@@ -162,15 +177,22 @@ def test_broker_killed_while_a_node_streams_1000_readings(
     with Spool(tmp_path / "spool", 10**6) as spool:
         assert len(spool) == 0 and spool.unconfirmed() == []
     assert worker.inference.readings - worker.inference.repeated_readings == 1000
-    # ...and forecast every full window once with each model; a forecast heard twice (a QoS 1
-    # redelivery) is the same message.
+    # ...and forecast every full window exactly once with each model.
     for model in defaults.forecast_models:
-        assert {t for t, m, _ in observer.forecasts if m == model} == expected_windows
+        made = [t for t, m in produced if m == model]
+        assert sorted(made) == sorted(expected_windows)
+    # The observer heard them (a forecast heard twice, a QoS 1 redelivery, is the same message),
+    # but for a few the broker acknowledged and lost in a kill: predictions are not confirmed.
+    heard = {(t, m) for t, m, _ in observer.forecasts}
+    assert heard <= set(produced) and len(set(produced) - heard) <= 4 * len(kills)
     by_window: dict[tuple[float, str], set[bytes]] = {}
     for input_time, model, payload in observer.forecasts:
         by_window.setdefault((input_time, model), set()).add(payload)
     assert all(len(payloads) == 1 for payloads in by_window.values())
-    assert set(observer.keywords) == clip_times
+    # Every clip the collector received was answered; clips are not confirmed either, so one
+    # in flight at a kill may be lost.
+    assert set(answered) <= clip_times and len(clip_times - set(answered)) <= len(kills)
+    assert set(observer.keywords) <= set(answered)
     assert worker.counters.errors == 0
 
 
