@@ -12,6 +12,7 @@ from tinyml_core.cli import (
     add_broker_arguments,
     add_config_command,
     add_logging_arguments,
+    host_port,
     load_from_args,
     print_settings,
     run_main,
@@ -24,7 +25,7 @@ from tinyml_core.errors import ConfigError
 from .settings import DashboardSettings
 
 DEFAULT_CONFIG = os.environ.get("TINYML_DASHBOARD_CONFIG")
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,9 +69,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from .server import Dashboard
 
     options = settings.dashboard
-    host, separator, port = options.listen.rpartition(":")
-    if not separator or not port.isdigit():
-        raise ConfigError(f"{options.listen!r} is not HOST:PORT", key="dashboard.listen")
+    try:
+        host, _ = host_port(options.listen, any_port=True)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(str(error), key="dashboard.listen") from None
     if host not in LOOPBACK and not options.username:
         print(f"warning: serving on {options.listen} without a login: anyone who can reach it "
               "sees every node (set [dashboard] username and password)", file=sys.stderr)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from tinyml_core.cli import host_port
 from tinyml_core.mqtt import InboundMessage, MqttClient
 
 from .settings import DashboardSettings
@@ -84,8 +85,7 @@ class Dashboard:
         self.events = Broadcaster()
         self.client = MqttClient(settings.broker, options.id, publish_availability=False,
                                  handler=self.handle)
-        host, _, port = options.listen.rpartition(":")
-        self.http = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self))
+        self.http = ThreadingHTTPServer(host_port(options.listen, any_port=True), _handler(self))
         self.http.daemon_threads = True
         self._serving: threading.Thread | None = None
 

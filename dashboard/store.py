@@ -155,25 +155,16 @@ class History:
         return {"kind": "forecast", "node_id": node.node_id, **_forecast(key, node.forecasts[key])}
 
     def _keyword(self, node: NodeHistory, result: KeywordResult) -> dict[str, Any] | None:
-        entry = {"time": result.input_time, "label": result.label, "model": result.model,
-                 "probability": result.probability}
-        if entry in node.keywords:
-            return None
-        node.keywords.append(entry)
-        while len(node.keywords) > self.keywords:
-            node.keywords.popleft()
-        return {"kind": "keyword", "node_id": node.node_id, **entry}
+        return _logged(node, "keyword", node.keywords, {
+            "time": result.input_time, "label": result.label, "model": result.model,
+            "probability": result.probability})
 
     def _error(self, node: NodeHistory, record: ErrorRecord) -> dict[str, Any] | None:
-        entry = {"time": record.time, "topic": record.topic, "reason": record.reason,
-                 "field": record.field}
-        if entry in node.errors:
-            return None
-        node.errors.append(entry)
-        node.error_count += 1
-        while len(node.errors) > self.errors:
-            node.errors.popleft()
-        return {"kind": "error", "node_id": node.node_id, **entry}
+        event = _logged(node, "error", node.errors, {
+            "time": record.time, "topic": record.topic, "reason": record.reason,
+            "field": record.field})
+        node.error_count += event is not None
+        return event
 
     def _node(self, node_id: str, now: float) -> NodeHistory:
         node = self._nodes.get(node_id)
@@ -181,7 +172,8 @@ class History:
             if len(self._nodes) >= self.max_nodes:
                 self._nodes.popitem(last=False)
             node = self._nodes[node_id] = NodeHistory(
-                node_id, StepRing(int(self.span_s / self.step_s) + 1))
+                node_id, StepRing(int(self.span_s / self.step_s) + 1),
+                keywords=deque(maxlen=self.keywords), errors=deque(maxlen=self.errors))
         self._nodes.move_to_end(node_id)
         node.heard_at = now
         return node
@@ -218,6 +210,15 @@ class History:
                                                       "humidity": last[2]},
                 "forecast": latest, "keyword": node.keywords[-1] if node.keywords else None,
                 "error_count": node.error_count}
+
+
+def _logged(node: NodeHistory, kind: str, log: deque[dict[str, Any]],
+            entry: dict[str, Any]) -> dict[str, Any] | None:
+    """Keep ``entry`` in a bounded log (oldest out) unless it is a repeat; the live event."""
+    if entry in log:
+        return None
+    log.append(entry)
+    return {"kind": kind, "node_id": node.node_id, **entry}
 
 
 def _mean(bucket: Any) -> list[float]:

@@ -20,10 +20,12 @@ T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def host_port(text: str) -> tuple[str, int]:
-    """argparse type for ``HOST:PORT`` (``[::1]:1883`` for IPv6)."""
+def host_port(text: str, any_port: bool = False) -> tuple[str, int]:
+    """argparse type for ``HOST:PORT`` (``[::1]:1883`` for IPv6); ``any_port``: a port to
+    listen on, where 0 means a free one."""
     host, separator, port = text.rpartition(":")
-    if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not separator or not host or not port.isdigit() or \
+            not (0 if any_port else 1) <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. localhost:1883)")
     return host.strip("[]"), int(port)
 
