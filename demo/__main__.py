@@ -233,7 +233,7 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
 
     sensors = counts[SENSORS_ROOT]
     print(f"\nsummary: node published {result.sent} messages in {elapsed:.1f} s, broker "
-          f"acknowledged {result.acknowledged}; dashboard decoded {sensors} sensor messages, "
+          f"acknowledged {result.acknowledged}; this printout decoded {sensors} sensor messages, "
           f"{counts[PREDICTIONS_ROOT]} predictions, {counts[ERRORS_ROOT]} error records, "
           f"{counts['undecodable']} undecodable")
     forecasts = ", ".join(f"{counts[name]} from {name}" for name in ("forecast_a", "forecast_b"))
