@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.errors import ModelLoadError, PayloadError
+from tinyml_core.keywords import ScanSettings, decide
 from tinyml_core.messages import (
     UNKNOWN_LABEL,
     AudioClip,
@@ -99,7 +100,7 @@ class Inference:
     """The collector's models and per-node state; :meth:`handle` answers one message."""
 
     def __init__(self, models_dir: Path | str, forecast_models: tuple[str, ...],
-                 keyword_model: str | None, confidence_floor: float = 0.0,
+                 keyword_model: str | None, scan: ScanSettings | None = None,
                  max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1),
                  rate_limit: NodeRateLimit | None = None,
                  node_models: dict[str, str] | None = None) -> None:
@@ -118,7 +119,10 @@ class Inference:
             except ModelLoadError as error:
                 self.refused[keyword_model] = str(error)
                 log.error("model refused: %s", error)
-        self.confidence_floor = confidence_floor
+        self.scan = scan or ScanSettings()
+        self.repeated_keywords = 0  # words heard again in the overlap of two events
+        # Per node: when and which word was last reported (events overlap in a long sound).
+        self._last_word: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self.max_nodes = max_nodes
         self.rejections = RejectionLog()
         self.partition = partition
@@ -169,8 +173,10 @@ class Inference:
         if options.rate_limit_per_s > 0:
             rate_limit = NodeRateLimit(options.rate_limit_per_s, options.rate_limit_burst,
                                        options.rate_limit_report_s)
+        scan = ScanSettings(hop_s=options.scan_hop_s, smoothing=options.keyword_smoothing,
+                            threshold=options.keyword_threshold)
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
-                   options.confidence_floor, partition=parse_partition(options.partition),
+                   scan, partition=parse_partition(options.partition),
                    rate_limit=rate_limit, node_models=parse_node_models(options.node_models))
 
     def export_windows(self) -> list[dict[str, Any]]:
@@ -279,17 +285,40 @@ class Inference:
                         retain=retain)
 
     def _keyword(self, clip: AudioClip) -> list[Outgoing]:
+        """One result per word found in the event, or one ``unknown`` when there is none.
+        A word found again in the overlap of the next event (a long sound is cut with an
+        overlap) is not reported twice."""
         if self.spotter is None:
             return []
         started = time.perf_counter()
-        probabilities = self.spotter.classify(clip.samples, clip.sample_rate)
+        offsets, probabilities = self.spotter.scan(clip.samples, clip.sample_rate,
+                                                   self.scan.hop_s)
+        inference_ms = self.spotter.model.last_invoke_ms * len(offsets)
+        detections = decide(offsets, probabilities, self.spotter.labels,
+                            self.spotter.contract.keywords, self.scan)
         latency_ms = (time.perf_counter() - started) * 1000
-        best = int(np.argmax(probabilities))
-        label = self.spotter.labels[best]
-        if probabilities[best] < self.confidence_floor:
-            label = UNKNOWN_LABEL
-        result = KeywordResult(
-            clip.node_id, self.spotter.name, model_version(self.spotter.entry), clip.time,
-            latency_ms, self.spotter.model.last_invoke_ms, label,
-            {name: float(p) for name, p in zip(self.spotter.labels, probabilities, strict=True)})
-        return [Outgoing(prediction_topic(clip.node_id, PredictionKind.KEYWORD), result.encode())]
+        labels = self.spotter.labels
+        out = []
+        for detection in detections:
+            at = clip.time + detection.offset_s
+            if detection.label != UNKNOWN_LABEL and self._heard_before(clip.node_id, at,
+                                                                       detection.label):
+                self.repeated_keywords += 1
+                continue
+            result = KeywordResult(
+                clip.node_id, self.spotter.name, model_version(self.spotter.entry), at,
+                latency_ms, min(inference_ms, latency_ms), detection.label,
+                {name: float(p) for name, p in zip(labels, detection.probabilities, strict=True)})
+            out.append(Outgoing(prediction_topic(clip.node_id, PredictionKind.KEYWORD),
+                                result.encode()))
+        return out
+
+    def _heard_before(self, node_id: str, at: float, label: str) -> bool:
+        last = self._last_word.get(node_id)
+        if last is not None and last[1] == label and abs(at - last[0]) < self.scan.refractory_s:
+            return True
+        self._last_word[node_id] = (at, label)
+        self._last_word.move_to_end(node_id)
+        if len(self._last_word) > self.max_nodes:
+            self._last_word.popitem(last=False)
+        return False

@@ -22,8 +22,14 @@ class CollectorOptions:
                                            "in place of the one it was tuned from")
     keyword_model: str = setting("kws_b", "keyword spotter for audio clips",
                                  choices=KEYWORD_MODELS)
-    confidence_floor: float = setting(0.0, "below this probability the label is 'unknown'",
-                                      min=0.0, max=1.0)
+    keyword_threshold: float = setting(0.6, "smoothed probability a word needs to be reported; "
+                                       "below it the event's result is 'unknown' (the "
+                                       "default is chosen on validation streams: "
+                                       "benchmarks/kws_stream.py)", min=0.0, max=1.0)
+    scan_hop_s: float = setting(0.1, "seconds between the one-second windows scanned over a "
+                                "longer sound event", min=0.02, max=1.0)
+    keyword_smoothing: int = setting(3, "consecutive windows averaged before the threshold",
+                                     min=1, max=20)
     share_group: str = setting("", "MQTT shared-subscription group for audio clips; empty: "
                                "no sharing")
     partition: str = setting("1/1", "K/N: forecast only the nodes in part K of N (readings are "

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,11 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="publish a recorded stream instead of reading sensors",
         description="Publish a recording of `python -m collector record` (JSON lines) or a "
                     "Jena-format climate CSV with its original timestamps and timing, then "
-                    "clips from --audio-dir; ends at the end of the stream.")
+                    "clips from --audio-dir; or play a WAV file to the node's capture path "
+                    "with --microphone. Ends at the end of the stream.")
     replay.add_argument("stream", nargs="?", type=Path, metavar="STREAM",
                         help="recording (.jsonl) or climate CSV (.csv)")
     replay.add_argument("--audio-dir", type=Path, metavar="DIR",
                         help="folder of <word>/*.wav files to publish as clips after STREAM")
+    replay.add_argument("--microphone", type=Path, metavar="FILE.wav",
+                        help="a recording of any length in the place of the microphone: cut "
+                             "into sound events exactly as [audio] says and published as the "
+                             "node would (16-bit PCM, 4-96 kHz; channels are mixed down)")
+    replay.add_argument("--start-time", type=float, metavar="EPOCH",
+                        help="--microphone: the time of the file's first sample (default: now)")
     replay.add_argument("--speed", type=float, default=1.0, metavar="X",
                         help="time scale: 60 plays an hour in a minute; 0: as fast as the "
                              "broker acknowledges (default: 1)")
@@ -106,10 +114,12 @@ def run_command(args: argparse.Namespace, settings: NodeSettings) -> int:
 def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     from .replay import load_stream, replay
 
-    if args.stream is None and args.audio_dir is None:
-        raise ConfigError("give a STREAM to replay, --audio-dir, or both")
     if args.speed < 0:
         raise ConfigError("--speed must be 0 (as fast as possible) or more")
+    if args.microphone is not None:
+        return microphone_replay_command(args, settings)
+    if args.stream is None and args.audio_dir is None:
+        raise ConfigError("give a STREAM to replay, --audio-dir, both, or --microphone FILE.wav")
     items, skipped = load_stream(args.stream, args.audio_dir, args.node_id, settings.node.id)
     if not items:
         print(f"nothing to replay ({skipped} non-sensor messages skipped)")
@@ -126,6 +136,30 @@ def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         result = replay(client, items, args.speed, stop=stop.is_set)
     print(f"sent {result.sent}, acknowledged {result.acknowledged}"
           f"{f', skipped {skipped} non-sensor messages' if skipped else ''}")
+    return watch.exit_status() or (0 if result.acknowledged == result.sent else 1)
+
+
+def microphone_replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
+    from .replay import items_from_microphone, replay
+    from .sources import capture
+
+    if args.stream is not None or args.audio_dir is not None:
+        raise ConfigError("--microphone replays one WAV file on its own: leave out STREAM and "
+                          "--audio-dir")
+    node_id = args.node_id or settings.node.id
+    start = time.time() if args.start_time is None else args.start_time
+    items = items_from_microphone(args.microphone, node_id, capture(settings.audio), start,
+                                  args.speed)
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    watch = stop_on_thread_death(stop.set)
+    pace = "as fast as possible" if args.speed == 0 else f"at x{args.speed:g}"
+    print(f"playing {args.microphone} to the node's capture path {pace} "
+          f"(gate {settings.audio.gate_dbfs:g} dBFS)")
+    with MqttClient(settings.broker, f"{node_id}-replay", publish_availability=False) as client:
+        # The file plays at its own pace in the capture thread: publish events as they come.
+        result = replay(client, items, 0, stop=stop.is_set)
+    print(f"{result.sent} sound events sent, {result.acknowledged} acknowledged")
     return watch.exit_status() or (0 if result.acknowledged == result.sent else 1)
 
 

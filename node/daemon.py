@@ -163,7 +163,7 @@ class Node:
         if self.climate is not None:
             parts.append(f"DHT11 {self.climate.stats.line()}")
         if self.microphone is not None:
-            parts.append(f"microphone {self.microphone.captured} clips cut, "
+            parts.append(f"microphone {self.microphone.events} sound events, "
                          f"{self.microphone.dropped} dropped")
         return "; ".join(parts)
 

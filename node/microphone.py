@@ -1,10 +1,13 @@
-"""One-second clips from a microphone, through PyAudio.
+"""Sound events from a microphone, through PyAudio.
 
-A reader thread pulls the input stream without pause and cuts it into consecutive clips, so
-no sample is lost between clips however long publishing takes; :class:`ClipGate` decides
-which clips go out: those louder than the gate (RMS in dBFS), and optionally one every N
-seconds regardless. Clip times come from the sample count since the stream opened, so they
-do not drift with scheduling. PyAudio is imported only when a microphone is configured.
+A reader thread pulls the input stream without pause, so no sample is lost however long
+publishing takes, and :class:`SoundEvents` cuts it into events: from a short pre-roll before
+the level (RMS in dBFS, per read block) rises above the gate until it has stayed below for
+the hangover, at least ``min_seconds`` and at most ``max_seconds`` long. A word is never cut
+in two: a sound longer than ``max_seconds`` continues in a next event that repeats the last
+``min_seconds`` of the previous one. Optionally a quiet clip goes out every N seconds too.
+Event times come from the sample count since the stream opened, so they do not drift with
+scheduling. PyAudio is imported only when a microphone is configured.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,12 +28,13 @@ from .hardware import SensorError, import_driver
 
 log = logging.getLogger("node.microphone")
 
-BLOCK_SECONDS = 0.1  # read granularity: short enough to stop promptly
+BLOCK_SECONDS = 0.1  # read granularity and level resolution: short enough to stop promptly
 FULL_SCALE = 32768.0
 
 
 class InputStream(Protocol):
-    """The part of ``pyaudio.Stream`` used here."""
+    """The part of ``pyaudio.Stream`` used here; ``read`` raises EOFError at the end of a
+    recording (a live stream never ends)."""
 
     def read(self, num_frames: int, exception_on_overflow: bool = True) -> bytes: ...
 
@@ -54,22 +59,130 @@ def level_dbfs(samples: np.ndarray) -> float:
     return 20 * math.log10(rms / FULL_SCALE) if rms > 0 else -math.inf
 
 
-class ClipGate:
-    """Which clips to publish: louder than ``gate_dbfs``, or ``every_s`` since the last one."""
+@dataclass(frozen=True)
+class Capture:
+    """How a stream becomes events (config/node.toml, [audio])."""
 
-    def __init__(self, gate_dbfs: float, every_s: float = 0.0) -> None:
-        self.gate_dbfs = gate_dbfs
-        self.every_s = every_s
-        self._last_published: float | None = None
+    gate_dbfs: float = -40.0
+    pre_roll_s: float = 0.3
+    hangover_s: float = 0.3
+    min_seconds: float = 1.0
+    max_seconds: float = 3.0
+    every_s: float = 0.0
 
-    def admit(self, clip: Clip) -> bool:
-        due = (self.every_s > 0 and (self._last_published is None
-                                     or clip.start_time - self._last_published
-                                     >= self.every_s - 1e-6))
-        if clip.level_dbfs > self.gate_dbfs or due:
-            self._last_published = clip.start_time
-            return True
-        return False
+    def __post_init__(self) -> None:
+        if not 0 < self.min_seconds <= self.max_seconds / 2:
+            raise ValueError(f"an event of at most {self.max_seconds:g} s must be able to hold "
+                             f"two of at least {self.min_seconds:g} s (max_seconds >= 2 x "
+                             "min_seconds), so a long sound is cut with a full overlap")
+        if self.pre_roll_s < 0 or self.hangover_s < 0 or self.every_s < 0:
+            raise ValueError("pre_roll_s, hangover_s and every_s cannot be negative")
+
+
+class SoundEvents:
+    """Cuts consecutive blocks of one stream into :class:`Clip` events (see module doc)."""
+
+    def __init__(self, capture: Capture, sample_rate: int, start_time: float) -> None:
+        self.capture, self.sample_rate, self.start_time = capture, sample_rate, start_time
+        self._pre_roll = round(capture.pre_roll_s * sample_rate)
+        self._hangover = round(capture.hangover_s * sample_rate)
+        self._min = round(capture.min_seconds * sample_rate)
+        self._max = round(capture.max_seconds * sample_rate)
+        self._every = round(capture.every_s * sample_rate)
+        # Quiet audio kept for the pre-roll (and for a periodic clip).
+        self._keep = max(self._pre_roll, self._min if self._every else 0)
+        self._recent: deque[np.ndarray] = deque()
+        self._recent_samples = 0
+        self._event: list[np.ndarray] | None = None
+        self._event_start = self._event_samples = self._quiet = 0
+        self._position = 0  # samples fed so far
+        self._last_end = -self._every  # where the last published clip ended
+        self.events = 0  # events (and periodic clips) cut
+
+    def feed(self, block: np.ndarray) -> list[Clip]:
+        """The events that ended with this block (usually none)."""
+        block = np.asarray(block, dtype=np.int16)
+        loud = level_dbfs(block) > self.capture.gate_dbfs
+        start, self._position = self._position, self._position + len(block)
+        if self._event is None:
+            if loud:
+                pre_roll = self._tail(self._pre_roll)
+                self._begin(start - len(pre_roll), [pre_roll, block])
+                return []
+            self._remember(block)
+            return self._periodic()
+        self._event.append(block)
+        self._event_samples += len(block)
+        self._quiet = 0 if loud else self._quiet + len(block)
+        if self._event_samples >= self._max:
+            return [self._cut_at_max()]
+        if self._quiet >= self._hangover and self._event_samples >= self._min:
+            return [self._end_event()]
+        return []
+
+    def flush(self) -> list[Clip]:
+        """The event in progress when the stream ends (a recording's last word)."""
+        if self._event is None or not self._event_samples:
+            return []
+        return [self._end_event()]
+
+    def _begin(self, start: int, blocks: list[np.ndarray]) -> None:
+        self._event = [b for b in blocks if len(b)]
+        self._event_start = start
+        self._event_samples = sum(len(b) for b in self._event)
+        self._quiet = 0
+        self._recent.clear()
+        self._recent_samples = 0
+
+    def _clip(self, start: int, samples: np.ndarray) -> Clip:
+        self.events += 1
+        self._last_end = start + len(samples)
+        return Clip(self.start_time + start / self.sample_rate, self.sample_rate, samples,
+                    level_dbfs(samples))
+
+    def _end_event(self) -> Clip:
+        assert self._event is not None
+        samples = np.concatenate(self._event)
+        clip = self._clip(self._event_start, samples)
+        self._event = None
+        self._remember(samples[-self._keep:] if self._keep else samples[:0])
+        return clip
+
+    def _cut_at_max(self) -> Clip:
+        """Publish ``max_seconds``; a sound still going on continues in a next event that
+        repeats the last ``min_seconds``, so a word across the cut is whole in one of them."""
+        assert self._event is not None
+        joined = np.concatenate(self._event)
+        clip = self._clip(self._event_start, joined[:self._max])
+        quiet = self._quiet
+        self._event = None
+        if quiet < self._hangover:  # still going on
+            overlap = self._max - self._min
+            self._begin(self._event_start + overlap, [joined[overlap:]])
+            self._quiet = quiet
+        else:
+            self._remember(joined[self._max:])
+        return clip
+
+    def _remember(self, block: np.ndarray) -> None:
+        if not self._keep or not len(block):
+            return
+        self._recent.append(block)
+        self._recent_samples += len(block)
+        while self._recent_samples - len(self._recent[0]) >= self._keep:
+            self._recent_samples -= len(self._recent.popleft())
+
+    def _tail(self, count: int) -> np.ndarray:
+        if not count or not self._recent:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self._recent)[-count:]
+
+    def _periodic(self) -> list[Clip]:
+        if not self._every or self._position - self._last_end < self._every:
+            return []
+        if self._recent_samples < self._min:
+            return []
+        return [self._clip(self._position - self._min, self._tail(self._min))]
 
 
 def open_pyaudio_stream(sample_rate: int, device_index: int,
@@ -89,6 +202,37 @@ def open_pyaudio_stream(sample_rate: int, device_index: int,
     return stream, audio.terminate
 
 
+class RecordedStream:
+    """A recording in the place of PyAudio's stream: the same blocks, paced at ``speed`` times
+    real time (0: as fast as they are taken), then EOFError."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, speed: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.data = np.asarray(samples, dtype="<i2").tobytes()
+        self.sample_rate, self.speed = sample_rate, speed
+        self.position = 0  # bytes
+        self._clock, self._sleep = clock, sleep
+        self._started: float | None = None
+
+    def read(self, num_frames: int, exception_on_overflow: bool = True) -> bytes:
+        if self.position >= len(self.data):
+            raise EOFError("end of the recording")
+        chunk = self.data[self.position:self.position + 2 * num_frames]
+        self.position += len(chunk)
+        if self.speed > 0:
+            self._started = self._clock() if self._started is None else self._started
+            due = self._started + self.position / 2 / self.sample_rate / self.speed
+            self._sleep(max(0.0, due - self._clock()))
+        return chunk
+
+    def stop_stream(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def input_devices() -> list[tuple[int, str, float]]:
     """(index, name, default sample rate) of every input device PyAudio sees."""
     pyaudio = _import_pyaudio()
@@ -106,23 +250,34 @@ def _import_pyaudio() -> Any:
 
 
 class Microphone:
-    """Reads ``stream`` continuously in a thread; admitted clips wait in :attr:`clips`."""
+    """Reads ``stream`` continuously in a thread; its sound events wait in :attr:`clips`.
 
-    def __init__(self, stream: InputStream, sample_rate: int, clip_seconds: float,
-                 gate: ClipGate, *, on_close: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time, max_waiting: int = 64) -> None:
+    ``finished`` is set when the reader ends: stopped, failed (:attr:`error`) or at the end
+    of a recording; an event in progress is published then too."""
+
+    def __init__(self, stream: InputStream, sample_rate: int, capture: Capture, *,
+                 on_close: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = time.time, max_waiting: int = 64,
+                 block_when_full: bool = False) -> None:
         self.stream = stream
         self.sample_rate = sample_rate
-        self.clip_samples = round(clip_seconds * sample_rate)
-        self.gate = gate
+        self.capture = capture
         self.clips: queue.Queue[Clip] = queue.Queue(maxsize=max_waiting)
-        self.captured = 0  # clips cut from the stream
-        self.dropped = 0  # admitted clips that found the queue full (publisher stalled)
+        self.dropped = 0  # events that found the queue full (publisher stalled)
         self.error: str | None = None
+        self.finished = threading.Event()
+        self._events: SoundEvents | None = None
         self._on_close = on_close
         self._clock = clock
+        # A recording can wait for its publisher; a live microphone cannot.
+        self._block_when_full = block_when_full
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="microphone", daemon=True)
+
+    @property
+    def events(self) -> int:
+        """Sound events (and periodic clips) cut from the stream so far."""
+        return self._events.events if self._events is not None else 0
 
     def start(self) -> Microphone:
         self._thread.start()
@@ -130,34 +285,35 @@ class Microphone:
 
     def _run(self) -> None:
         block = max(1, round(BLOCK_SECONDS * self.sample_rate))
-        pending: list[np.ndarray] = []
-        pending_samples = 0
-        started = self._clock()
-        total = 0  # samples read since the stream opened
-        while not self._stop.is_set():
+        events = self._events = SoundEvents(self.capture, self.sample_rate, self._clock())
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = self.stream.read(block, exception_on_overflow=False)
+                except EOFError:
+                    break
+                except OSError as exc:
+                    self.error = f"microphone stream failed: {exc}"
+                    log.error("%s; audio stops", self.error)
+                    break
+                for clip in events.feed(np.frombuffer(data, dtype="<i2")):
+                    self._queue(clip)
+            for clip in events.flush():
+                self._queue(clip)
+        finally:
+            self.finished.set()
+
+    def _queue(self, clip: Clip) -> None:
+        while self._block_when_full and not self._stop.is_set():
             try:
-                data = self.stream.read(block, exception_on_overflow=False)
-            except (OSError, EOFError) as exc:
-                self.error = f"microphone stream failed: {exc}"
-                log.error("%s; audio stops", self.error)
+                self.clips.put(clip, timeout=0.1)
                 return
-            chunk = np.frombuffer(data, dtype="<i2")
-            pending.append(chunk)
-            pending_samples += chunk.size
-            while pending_samples >= self.clip_samples:
-                joined = np.concatenate(pending)
-                samples = joined[:self.clip_samples].astype(np.int16)
-                rest = joined[self.clip_samples:]
-                pending, pending_samples = [rest], rest.size
-                clip = Clip(started + total / self.sample_rate, self.sample_rate, samples,
-                            level_dbfs(samples))
-                total += self.clip_samples
-                self.captured += 1
-                if self.gate.admit(clip):
-                    try:
-                        self.clips.put_nowait(clip)
-                    except queue.Full:
-                        self.dropped += 1
+            except queue.Full:
+                continue
+        try:
+            self.clips.put_nowait(clip)
+        except queue.Full:
+            self.dropped += 1
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,18 +3,23 @@
 A stream is a recording made by ``python -m collector record`` (JSON lines: its sensor
 messages are published again byte for byte) or a climate CSV in the Jena format (one reading
 per row, at the file's own time step); a folder of ``<word>/*.wav`` adds audio clips after
-it. Messages keep their original timestamps, so forecasts line up with the data; ``speed``
-scales the gaps between them (0: as fast as the broker acknowledges).
+it. A WAV file of any length can also stand in for the microphone: it goes through the
+node's own capture path, which publishes the sound events it finds. Messages keep their
+original timestamps, so forecasts line up with the data; ``speed`` scales the gaps between
+them (0: as fast as the broker acknowledges).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
@@ -31,6 +36,9 @@ from tinyml_core.recordings import (
     read_wav,
 )
 from tinyml_core.topics import SENSORS_ROOT
+
+from .microphone import Capture, Microphone, RecordedStream
+from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 log = logging.getLogger("node.replay")
 
@@ -111,6 +119,43 @@ def items_from_audio_dir(directory: Path | str, node_id: str, start_time: float,
         items.append(ReplayItem(clip.time, sensor_message_topic(clip), clip.encode(),
                                 label=path.parent.name))
     return items
+
+
+def items_from_microphone(path: Path | str, node_id: str, capture: Capture, start_time: float,
+                          speed: float = 1.0, first_seq: int = 0) -> Iterator[ReplayItem]:
+    """The sound events a node's microphone would publish if it heard this WAV file, cut by
+    the node's own capture path while the file plays at ``speed`` (0: at once); times are
+    ``start_time`` + the offset in the file. The file is read and checked before this
+    returns; the events come as the capture thread finds them."""
+    rate, samples = read_wav(path)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise RecordingError(f"{path}: recorded at {rate} Hz; a node captures at "
+                             f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz (resample it, e.g. "
+                             f"`sox in.wav -r 16000 out.wav`)")
+    if not len(samples):
+        raise RecordingError(f"{path}: holds no audio")
+    return _captured_events(samples, rate, node_id, capture, start_time, speed, first_seq)
+
+
+def _captured_events(samples: np.ndarray, rate: int, node_id: str, capture: Capture,
+                     start_time: float, speed: float, first_seq: int) -> Iterator[ReplayItem]:
+    microphone = Microphone(RecordedStream(samples, rate, speed), rate, capture,
+                            clock=lambda: start_time, block_when_full=True).start()
+    seq = first_seq
+    try:
+        while True:
+            try:
+                event = microphone.clips.get(timeout=0.1)
+            except queue.Empty:
+                if microphone.finished.is_set() and microphone.clips.empty():
+                    break
+                continue
+            clip = AudioClip.from_samples(node_id, event.start_time, seq, rate, event.samples)
+            seq += 1
+            yield ReplayItem(clip.time, sensor_message_topic(clip), clip.encode(),
+                             label=f"{event.level_dbfs:.0f} dBFS")
+    finally:
+        microphone.stop()
 
 
 def load_stream(stream: Path | None, audio_dir: Path | None, node_id: str | None,

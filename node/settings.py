@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from tinyml_core.config import BrokerConfig, setting
 
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 96_000  # what a node captures at
+
 
 @dataclass(frozen=True)
 class NodeIdentity:
@@ -40,11 +42,19 @@ class AudioSource:
     device_index: int = setting(-1, "PyAudio input device index; -1: the default device",
                                 min=-1, max=1024)
     sample_rate: int = setting(16_000, "capture rate in Hz (use the device's native rate)",
-                               min=4_000, max=96_000)
-    clip_seconds: float = setting(1.0, "length of one published clip", min=0.1, max=10.0)
-    gate_dbfs: float = setting(-40.0, "publish a clip when its level exceeds this (dBFS)",
-                               min=-120.0, max=0.0)
-    every_s: float = setting(0.0, "also publish a clip every N seconds; 0: only when gated",
+                               min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE)
+    gate_dbfs: float = setting(-40.0, "a sound event starts when the level rises above this "
+                               "(dBFS, per 0.1 s)", min=-120.0, max=0.0)
+    pre_roll_s: float = setting(0.3, "audio kept from before the level rose (a word's soft "
+                                "start)", min=0.0, max=2.0)
+    hangover_s: float = setting(0.3, "an event ends when the level stayed below the gate this "
+                                "long", min=0.0, max=5.0)
+    min_event_s: float = setting(1.0, "shortest event published (one model window)",
+                                 min=0.1, max=5.0)
+    max_event_s: float = setting(3.0, "longest event; a longer sound continues in the next, "
+                                 "overlapping by min_event_s (at least 2 x min_event_s)",
+                                 min=0.2, max=10.0)
+    every_s: float = setting(0.0, "also publish a quiet clip every N seconds; 0: only events",
                              min=0.0, max=86_400)
 
 

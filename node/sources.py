@@ -3,8 +3,10 @@ only for the sources that are selected."""
 
 from __future__ import annotations
 
+from tinyml_core.errors import ConfigError
+
 from .dht11 import Dht11Sensor, open_dht11
-from .microphone import BLOCK_SECONDS, ClipGate, Microphone, open_pyaudio_stream
+from .microphone import BLOCK_SECONDS, Capture, Microphone, open_pyaudio_stream
 from .settings import AudioSource, ClimateSource
 
 
@@ -17,8 +19,16 @@ def open_climate_sensor(settings: ClimateSource) -> Dht11Sensor | None:
 def open_microphone(settings: AudioSource) -> Microphone | None:
     if settings.source == "none":
         return None
+    cutting = capture(settings)
     stream, release = open_pyaudio_stream(settings.sample_rate, settings.device_index,
                                           round(settings.sample_rate * BLOCK_SECONDS))
-    gate = ClipGate(settings.gate_dbfs, settings.every_s)
-    return Microphone(stream, settings.sample_rate, settings.clip_seconds, gate,
-                      on_close=release)
+    return Microphone(stream, settings.sample_rate, cutting, on_close=release)
+
+
+def capture(settings: AudioSource) -> Capture:
+    """How the stream is cut into events; a contradiction is a configuration error."""
+    try:
+        return Capture(settings.gate_dbfs, settings.pre_roll_s, settings.hangover_s,
+                       settings.min_event_s, settings.max_event_s, settings.every_s)
+    except ValueError as error:
+        raise ConfigError(str(error), key="audio.max_event_s") from None

@@ -17,6 +17,7 @@ from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.errors import ConfigError
+from tinyml_core.keywords import ScanSettings
 from tinyml_core.messages import (
     AudioClip,
     ClimateReading,
@@ -151,8 +152,8 @@ def test_clips_get_the_right_keyword(inference: Inference) -> None:
         assert 0 < result.inference_ms <= result.latency_ms
 
 
-def test_confidence_floor_gives_unknown() -> None:
-    strict = Inference(MODELS, (), "kws_c", confidence_floor=1.01)
+def test_a_threshold_no_word_reaches_gives_unknown() -> None:
+    strict = Inference(MODELS, (), "kws_c", ScanSettings(threshold=1.0))
     [answer] = strict.handle("sensors/pi-1/audio", clip("go").encode())
     assert KeywordResult.decode(answer.payload).label == "unknown"
 

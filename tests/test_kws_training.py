@@ -11,18 +11,18 @@ pytestmark = pytest.mark.training
 pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_model_optimization")
 
-from training import kws  # noqa: E402
+from training import kws, speech  # noqa: E402
 
 
 def test_the_fixed_split_is_6400_800_800_disjoint_and_uses_the_label_order() -> None:
-    names = {part: (kws.SPLIT_DIR / file).read_text().split()
-             for part, file in kws.SPLIT_FILES.items()}
+    names = {part: (speech.SPLIT_DIR / file).read_text().split()
+             for part, file in speech.SPLIT_FILES.items()}
     assert [len(names[part]) for part in ("train", "validation", "test")] == [6400, 800, 800]
     assert not set(names["train"]) & set(names["test"])
     assert not set(names["validation"]) & set(names["test"])
-    assert kws.labels() == ["stop", "up", "yes", "right", "left", "no", "down", "go"]
+    assert speech.labels() == ["stop", "up", "yes", "right", "left", "no", "down", "go"]
     words = {name.split("/")[-2] for name in names["test"]}
-    assert words == set(kws.labels())
+    assert words == set(speech.labels())
 
 
 def test_time_shift_moves_audio_and_fills_with_zeros() -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from node.dht11 import MIN_READ_INTERVAL_S, Dht11Sensor
 from node.hardware import SensorReadError
-from node.microphone import ClipGate, Microphone, level_dbfs
+from node.microphone import Capture, Clip, Microphone, RecordedStream, level_dbfs
 from tests.fake_sensors import FakeInputStream, dht11_frame, make_dht11
 
 pytest.importorskip("adafruit_dht", reason="needs adafruit-circuitpython-dht (the dht extra)")
@@ -87,51 +85,111 @@ def audio(seconds: float, loud: tuple[float, float] | None = None) -> np.ndarray
     return samples.round().astype(np.int16)
 
 
-def run_microphone(samples: np.ndarray, gate: ClipGate) -> tuple[Microphone, FakeInputStream]:
-    stream = FakeInputStream(samples)
-    microphone = Microphone(stream, RATE, 1.0, gate, clock=lambda: 1_000.0).start()
-    deadline = time.monotonic() + 5
-    while microphone.error is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+def run_microphone(samples: np.ndarray, capture: Capture,
+                   stream: object | None = None) -> tuple[Microphone, object]:
+    stream = stream or FakeInputStream(samples)
+    microphone = Microphone(stream, RATE, capture, clock=lambda: 1_000.0).start()  # type: ignore[arg-type]
+    assert microphone.finished.wait(5)
     microphone.stop()
     return microphone, stream
 
 
-def drain(microphone: Microphone) -> list:  # type: ignore[type-arg]
+def drain(microphone: Microphone) -> list[Clip]:
     clips = []
     while not microphone.clips.empty():
         clips.append(microphone.clips.get_nowait())
     return clips
 
 
-def test_the_energy_gate_publishes_only_the_loud_second_with_its_start_time() -> None:
-    samples = audio(3.5, loud=(1.0, 2.0))
-    microphone, stream = run_microphone(samples, ClipGate(gate_dbfs=-40.0))
-    clips = drain(microphone)
-    assert [clip.start_time for clip in clips] == [1_001.0]
-    np.testing.assert_array_equal(clips[0].samples, samples[RATE:2 * RATE])
-    assert clips[0].level_dbfs == pytest.approx(-13.3, abs=0.5)
-    assert microphone.captured == 3  # the half second left over is not a clip
+def seconds(clip: Clip) -> tuple[float, float]:
+    start = round(clip.start_time - 1_000.0, 3)
+    return start, round(start + len(clip.samples) / RATE, 3)
+
+
+def test_an_event_runs_from_the_pre_roll_to_the_hangover_with_its_start_time() -> None:
+    samples = audio(3.5, loud=(1.0, 1.5))
+    microphone, stream = run_microphone(samples, Capture(gate_dbfs=-40.0))
+    [clip] = drain(microphone)
+    assert seconds(clip) == (0.7, 1.8)  # 0.3 s before the rise, 0.3 s after the fall
+    np.testing.assert_array_equal(clip.samples, samples[int(0.7 * RATE):int(1.8 * RATE)])
+    assert clip.level_dbfs == pytest.approx(-16.7, abs=0.3)  # 0.5 s of a -13 dB tone in 1.1 s
+    assert microphone.events == 1
     assert stream.closed and not any(stream.overflow_flags)  # overflow never stops the stream
 
 
-def test_an_open_gate_yields_every_sample_in_consecutive_clips() -> None:
-    samples = audio(3.0)
-    microphone, _ = run_microphone(samples, ClipGate(gate_dbfs=-120.0))
+def test_a_word_across_a_second_boundary_is_not_cut() -> None:
+    # Consecutive one-second slices split this sound at 1.0 s; an event holds all of it.
+    microphone, _ = run_microphone(audio(4.0, loud=(0.7, 1.4)), Capture(gate_dbfs=-40.0))
+    [clip] = drain(microphone)
+    assert seconds(clip) == (0.4, 1.7)
+
+
+def test_a_short_click_still_gives_one_second_for_the_model() -> None:
+    microphone, _ = run_microphone(audio(3.0, loud=(1.0, 1.1)), Capture(gate_dbfs=-40.0))
+    [clip] = drain(microphone)
+    assert seconds(clip) == (0.7, 1.7)
+
+
+def test_a_long_sound_is_cut_into_events_that_overlap_by_a_whole_window() -> None:
+    samples = audio(8.0, loud=(0.5, 7.0))
+    microphone, _ = run_microphone(samples, Capture(gate_dbfs=-40.0, max_seconds=3.0))
     clips = drain(microphone)
-    assert [clip.start_time for clip in clips] == [1_000.0, 1_001.0, 1_002.0]
-    np.testing.assert_array_equal(np.concatenate([c.samples for c in clips]), samples)
+    assert [seconds(c) for c in clips] == [(0.2, 3.2), (2.2, 5.2), (4.2, 7.2), (6.2, 7.3)]
+    for clip in clips:
+        start = int(round(clip.start_time - 1_000.0, 3) * RATE)
+        np.testing.assert_array_equal(clip.samples, samples[start:start + len(clip.samples)])
+    # Any second of the sound lies wholly inside one event: no word is ever split.
+    for second in np.arange(0.5, 6.0, 0.1):
+        assert any(a <= second and second + 1.0 <= b for a, b in map(seconds, clips))
+
+
+def test_two_words_far_apart_are_two_events_and_quiet_is_not_published() -> None:
+    samples = audio(6.0, loud=(1.0, 1.6))
+    samples[4 * RATE:int(4.5 * RATE)] = audio(6.0, loud=(4.0, 4.5))[4 * RATE:int(4.5 * RATE)]
+    microphone, _ = run_microphone(samples, Capture(gate_dbfs=-40.0))
+    assert [seconds(c) for c in drain(microphone)] == [(0.7, 1.9), (3.7, 4.8)]
+
+
+def test_a_recording_that_ends_mid_sound_publishes_the_event_in_progress() -> None:
+    samples = audio(2.0, loud=(1.5, 2.0))
+    stream = RecordedStream(samples, RATE, speed=0)
+    microphone, _ = run_microphone(samples, Capture(gate_dbfs=-40.0), stream)
+    [clip] = drain(microphone)
+    assert seconds(clip) == (1.2, 2.0) and microphone.error is None
 
 
 def test_every_n_seconds_publishes_quiet_clips_too() -> None:
-    microphone, _ = run_microphone(audio(5.0), ClipGate(gate_dbfs=0.0, every_s=2.0))
-    assert [clip.start_time for clip in drain(microphone)] == [1_000.0, 1_002.0, 1_004.0]
+    microphone, _ = run_microphone(audio(5.0), Capture(gate_dbfs=0.0, every_s=2.0))
+    assert [seconds(c) for c in drain(microphone)] == [(0.0, 1.0), (2.0, 3.0), (4.0, 5.0)]
 
 
 def test_a_failing_stream_is_reported_and_ends_the_reader() -> None:
-    microphone, _ = run_microphone(np.zeros(0, dtype=np.int16), ClipGate(-40.0))
+    microphone, _ = run_microphone(np.zeros(0, dtype=np.int16), Capture(-40.0))
     assert microphone.error is not None and "Input overflowed" in microphone.error
-    assert microphone.captured == 0
+    assert microphone.events == 0
+
+
+def test_a_capture_that_cannot_overlap_long_sounds_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_seconds >= 2 x min_seconds"):
+        Capture(min_seconds=1.0, max_seconds=1.5)
+
+
+def test_a_recorded_stream_is_paced_at_its_speed() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    stream = RecordedStream(np.zeros(RATE, np.int16), RATE, speed=2.0, clock=lambda: now[0],
+                            sleep=sleep)
+    while True:
+        try:
+            stream.read(RATE // 10)
+        except EOFError:
+            break
+    assert now[0] == pytest.approx(0.5)  # one second of audio at twice real time
 
 
 def test_level_of_a_full_scale_sine_is_minus_three_dbfs() -> None:

@@ -8,18 +8,27 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from node.replay import items_from_recording, load_stream, replay
+from node.microphone import Capture
+from node.replay import items_from_microphone, items_from_recording, load_stream, replay
 from tests.conftest import REPO_ROOT, broker_config
 from tests.flaky_link import FlakyLink
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import AudioClip, ClimateReading, decode_sensor_message
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.recordings import RecordedMessage, RecordingError, read_climate_csv, recording_line
+from tinyml_core.recordings import (
+    RecordedMessage,
+    RecordingError,
+    read_climate_csv,
+    read_wav,
+    recording_line,
+)
 
 SAMPLE_CSV = REPO_ROOT / "samples" / "climate" / "mpi_roof_2024-10-18_2024-10-20.csv"
 
@@ -176,3 +185,85 @@ def test_replay_across_connection_drops_delivers_everything_in_order(
     assert link.cuts >= 10
     assert (result.sent, result.acknowledged) == (len(items), len(items))
     assert first_arrival_seqs(listener, len(items)) == list(range(len(items)))
+
+
+# ------------------------------------------------------------------ a WAV as the microphone
+
+
+def words_wav(tmp_path: Path, rate: int = 16_000, channels: int = 1) -> tuple[Path, np.ndarray]:
+    """Six seconds of quiet room with two sample words, at 1.0 s and 3.5 s."""
+    audio = np.random.default_rng(0).normal(0, 20, 6 * 16_000)
+    for at, word in ((1.0, "yes"), (3.5, "stop")):
+        _, clip = read_wav(next((REPO_ROOT / "samples" / "speech" / word).glob("*.wav")))
+        start = int(at * 16_000)
+        audio[start:start + len(clip)] += clip
+    samples = np.clip(audio.round(), -32768, 32767).astype(np.int16)
+    if rate != 16_000:
+        samples = samples[::16_000 // rate]
+    path = tmp_path / "room.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.repeat(samples, channels).astype("<i2").tobytes())
+    return path, samples
+
+
+def test_a_wav_goes_through_the_nodes_capture_into_whole_sound_events(tmp_path: Path) -> None:
+    path, samples = words_wav(tmp_path)
+    start = 1_767_225_600.0
+    items = list(items_from_microphone(path, "pi-mic", Capture(), start, speed=0))
+    clips = [decode_sensor_message(item.topic, item.payload) for item in items]
+    assert len(clips) == 2 and all(isinstance(c, AudioClip) for c in clips)
+    assert [c.seq for c in clips] == [0, 1] and {c.node_id for c in clips} == {"pi-mic"}
+    for clip, word_at in zip(clips, (1.0, 3.5), strict=True):
+        offset = clip.time - start
+        assert word_at - 0.4 < offset < word_at + 0.5  # starts in the pre-roll before the word
+        first = round(offset * 16_000)
+        np.testing.assert_array_equal(clip.samples, samples[first:first + len(clip.samples)])
+        assert 1.0 <= clip.duration <= 3.0
+
+
+def test_a_stereo_wav_is_mixed_down_and_gives_the_same_events(tmp_path: Path) -> None:
+    mono = [item.payload for item in items_from_microphone(
+        words_wav(tmp_path)[0], "pi-mic", Capture(), 1e9, speed=0)]
+    stereo_dir = tmp_path / "stereo"
+    stereo_dir.mkdir()
+    stereo = [item.payload for item in items_from_microphone(
+        words_wav(stereo_dir, channels=2)[0], "pi-mic", Capture(), 1e9, speed=0)]
+    assert stereo == mono
+
+
+def test_microphone_replay_command_publishes_the_events_with_the_given_start_time(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    listener = connect("listener")
+    listener.subscribe("sensors/#")
+    path, _ = words_wav(tmp_path, rate=8_000)
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "replay", "--microphone", str(path), "--start-time",
+         "1767225600", "--speed", "0", "--broker", mosquitto.address, "--node-id", "pi-mic"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "2 sound events sent, 2 acknowledged" in done.stdout
+    clips = [decode_sensor_message(m.topic, m.payload) for _, m in arrivals(listener, 2)]
+    assert [round(c.time - 1_767_225_600) for c in clips] == [1, 3]
+    assert {c.sample_rate for c in clips} == {8_000}
+
+
+def not_a_wav(path: Path) -> Path:
+    path.write_text("hello")
+    return path
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: d / "missing.wav", "file not found"),
+    (lambda d: words_wav(d, rate=2_000)[0], "recorded at 2000 Hz"),
+    (lambda d: not_a_wav(d / "text.wav"), "not a readable WAV"),
+])
+def test_microphone_replay_of_an_unusable_file_says_why(
+        tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "replay", "--microphone", str(make(tmp_path)),
+         "--broker", "127.0.0.1:1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr

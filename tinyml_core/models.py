@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .errors import ModelLoadError, TinyMLError
-from .frontend import FrontEnd, MfccParams
+from .frontend import FrontEnd, MfccParams, fit_length, resample, to_float
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -149,12 +149,18 @@ class ForecastContract:
 @dataclass(frozen=True)
 class KeywordContract:
     """Input: MFCCs of the front end, standardised per coefficient with ``mean``/``std``
-    (training-split statistics). Output: the probability of each label."""
+    (training-split statistics). Output: the probability of each label; an open-set model
+    also names the labels that mean "no keyword" (``unknown`` speech, ``silence``)."""
 
     front_end: MfccParams
     mean: np.ndarray
     std: np.ndarray
     labels: tuple[str, ...]
+    not_keywords: tuple[str, ...] = ()
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return tuple(label for label in self.labels if label not in self.not_keywords)
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> KeywordContract:
@@ -164,8 +170,12 @@ class KeywordContract:
         std = np.array(normalization["std"], dtype=np.float32)
         if mean.shape != std.shape != (front_end.num_coefficients,) or not (std > 0).all():
             raise ValueError("normalization needs one mean and one positive std per coefficient")
-        return cls(front_end=front_end, mean=mean, std=std,
-                   labels=tuple(entry["output"]["labels"]))
+        labels = tuple(entry["output"]["labels"])
+        not_keywords = tuple(entry["output"].get("not_keywords", ()))
+        if not set(not_keywords) <= set(labels):
+            raise ValueError("not_keywords must be labels of the model")
+        return cls(front_end=front_end, mean=mean, std=std, labels=labels,
+                   not_keywords=not_keywords)
 
 
 # ---------------------------------------------------------------- interpreter
@@ -312,6 +322,30 @@ class KeywordSpotter:
     def classify_features(self, features: np.ndarray) -> np.ndarray:
         """[N, frames, coefficients] → [N, labels] probabilities."""
         return self.model.predict(features)
+
+    def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(window start offsets in s, [windows, labels] probabilities) for a clip of any
+        length: one-second windows every ``hop_s`` (rounded to whole frames), the last one
+        ending at the clip's end; a clip shorter than a window is zero-padded to one.
+
+        The MFCCs are computed once for the whole clip: a window's frames are exactly those
+        the front end gives for that second on its own."""
+        params = self.contract.front_end
+        audio = resample(to_float(samples), sample_rate, params.sample_rate)
+        if len(audio) < params.clip_samples:
+            audio = fit_length(audio, params.clip_samples)
+        frames = (self.front_end.mfcc(audio) - self.contract.mean) / self.contract.std
+        hop = max(1, round(hop_s * params.sample_rate / params.frame_step))
+        last = len(frames) - params.num_frames
+        starts = list(range(0, last + 1, hop))
+        if starts[-1] != last:
+            starts.append(last)
+        windows = params.num_frames
+        probabilities = np.stack([self.model.predict(frames[None, start:start + windows])[0]
+                                  for start in starts])
+        offsets = np.array(starts, dtype=np.float64) * params.frame_step / params.sample_rate
+        return offsets, probabilities
 
     def classify(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Probabilities of every label for one clip (int16 or float audio)."""

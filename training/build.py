@@ -49,6 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--speech-dir", type=Path,
                       help="mini speech commands folder (<word>/*.wav); default: data/ "
                            "extracted from the archive, or a download")
+    data.add_argument("--negatives-dir", type=Path,
+                      help="what is not a keyword (words/<word>/*.wav, noise/*.wav); default: "
+                           "data/negatives, extracted from ../shared/data/negatives.tar.xz")
     tune = parser.add_argument_group("a node's own room")
     tune.add_argument("--from-recording", type=Path, metavar="REC",
                       help="fine-tune the forecaster on one node's history: a `collector "
@@ -110,6 +113,7 @@ def build_one(name: str, recipes: dict[str, Recipe], args: argparse.Namespace,
               datasets: dict[str, Any]) -> list[str]:
     recipe = with_epochs(recipes[name], args.epochs)
     started = time.perf_counter()
+    extra: dict[str, Any] = {}
     if recipe.task == "forecast":
         from . import forecast as task
         if "climate" not in datasets:
@@ -121,13 +125,19 @@ def build_one(name: str, recipes: dict[str, Recipe], args: argparse.Namespace,
             datasets["speech"] = task.SpeechData.load(args.speech_dir,
                                                       show_progress=not args.no_progress)
         data = datasets["speech"]
+        if recipe.open_set and "negatives" not in datasets:
+            from .negatives import Negatives
+
+            datasets["negatives"] = Negatives.load(args.negatives_dir)
+        extra["negatives"] = datasets.get("negatives")
     log.info("building %s (%s)", name, task.describe_recipe(recipe))
-    entry = task.build(recipe, data, args.models, show_progress=not args.no_progress)
+    entry = task.build(recipe, data, args.models, show_progress=not args.no_progress, **extra)
     if recipe.baseline and not args.no_baselines:
         baseline = with_epochs(recipes[recipe.baseline], args.epochs)
         log.info("training the baseline %s (%s)", baseline.name, task.describe_recipe(baseline))
         with tempfile.TemporaryDirectory() as scratch:
-            base = task.build(baseline, data, Path(scratch), show_progress=not args.no_progress)
+            base = task.build(baseline, data, Path(scratch), show_progress=not args.no_progress,
+                              **(extra if baseline.open_set else {}))
         entry["baselines"] = {"published": task.baseline_summary(base)}
     if recipe.task == "keyword":
         from .latency import measure

@@ -19,10 +19,16 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
-from tinyml_core.models import load_forecaster, load_keyword_spotter, read_manifest
+from tinyml_core.models import (
+    KeywordSpotter,
+    load_forecaster,
+    load_keyword_spotter,
+    read_manifest,
+)
 from tinyml_core.recordings import RecordingError, read_wav
 
 from . import MODELS_DIR, climate
+from .negatives import Negatives, silence_clips
 from .sensors import Sensor, sensor
 
 log = logging.getLogger("training.evaluate")
@@ -70,6 +76,43 @@ def evaluate_clips(models_dir: Path, name: str, clips: Sequence[tuple[int, np.nd
     return {"model": name, "clips": len(targets),
             "accuracy": float(np.trace(confusion) / max(1, len(targets))),
             "recall": recall, "confusion": confusion.tolist()}
+
+
+def keyword_rate(spotter: KeywordSpotter, clips: Sequence[tuple[int, np.ndarray]]) -> float:
+    """Fraction of ``clips`` whose most probable label is a keyword."""
+    if not clips:
+        return float("nan")
+    batch = np.stack([spotter.features(clip, rate) for rate, clip in clips])
+    predicted = spotter.classify_features(batch).argmax(axis=1)
+    keyword = np.isin(np.array(spotter.labels)[predicted], spotter.contract.keywords)
+    return float(keyword.mean())
+
+
+def evaluate_negatives(models_dir: Path, name: str, negatives: Negatives,
+                       crops_per_recording: int = 100, seed: int = 0,
+                       part: str = "test") -> dict[str, Any]:
+    """How often the held-back negatives (never trained on) get a keyword label: each other
+    word's clips, and one-second crops of each noise recording's held-back tail at levels
+    from -50 to -20 dBFS (what passes a node's gate)."""
+    spotter = load_keyword_spotter(models_dir, name)
+    rate = 16000
+    words: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for word, clip in zip(negatives.word_names[part], negatives.words[part], strict=True):
+        words.setdefault(word, []).append(clip)
+    rng = np.random.default_rng(seed)
+    noise = {}
+    for recording, samples in negatives.noise_audio(part, rate):
+        crops = silence_clips([(recording, samples)], crops_per_recording, rate, rng,
+                              (-50.0, -20.0))
+        noise[recording] = keyword_rate(spotter, [(rate, crop) for crop in crops])
+    word_rates = {word: keyword_rate(spotter, clips) for word, clips in sorted(words.items())}
+    counts = {word: len(clips) for word, clips in words.items()}
+    return {
+        "words_as_keyword": sum(word_rates[w] * counts[w] for w in counts) / sum(counts.values()),
+        "noise_as_keyword": float(np.mean(list(noise.values()))),
+        "word_clips": sum(counts.values()), "noise_clips": crops_per_recording * len(noise),
+        "per_word": word_rates, "per_noise": noise,
+    }
 
 
 def speech_folder(speech_dir: Path, labels: Sequence[str]

@@ -9,136 +9,27 @@ measured once, by the shipped .tflite.zlib through the collector's loader.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
-import tarfile
 import time
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from tinyml_core.frontend import FrontEnd, MfccParams, fit_length, resample, to_float
+from tinyml_core.frontend import FrontEnd
 from tinyml_core.models import KEYWORD_TASK
-from tinyml_core.recordings import RecordingError, read_wav
 
-from . import DATA_DIR, SHARED_DATA_DIR
-from .climate import DataError, cache_dir
+from .climate import DataError
 from .compress import apply_pruning, kernel_sparsity, pruning_callbacks, ship, strip_pruning
-from .evaluate import evaluate_clips
+from .evaluate import evaluate_clips, evaluate_negatives
+from .negatives import SILENCE, UNKNOWN, Negatives, at_level, noise_crops, rms, silence_clips
 from .progress import EpochProgress
 from .recipes import Recipe
+from .speech import SpeechData
 from .tf import keras, seed_everything
 
 log = logging.getLogger(__name__)
-
-SPLIT_DIR = Path(__file__).resolve().parent / "kws_split"
-SPLIT_FILES = {"train": "kws_train_split.txt", "validation": "kws_val_split.txt",
-               "test": "kws_test_split.txt"}
-DATASET_NAME = "mini_speech_commands"
-DATASET_URL = "http://storage.googleapis.com/download.tensorflow.org/data/mini_speech_commands.zip"
-LOCAL_ARCHIVES = (SHARED_DATA_DIR / "mini_speech_commands.tar.xz",)
-SOURCE_RATE = 16000
-
-
-def labels() -> list[str]:
-    return (SPLIT_DIR / "labels.txt").read_text().split()
-
-
-# ---------------------------------------------------------------- data
-
-
-def find_dataset(speech_dir: Path | None) -> Path:
-    """The <word>/*.wav folder: given, already extracted into data/, extracted from a local
-    archive, or downloaded (its sha256 recorded on first download and checked after)."""
-    if speech_dir is not None:
-        if not speech_dir.is_dir():
-            raise DataError(f"{speech_dir}: not a folder of <word>/*.wav")
-        return speech_dir
-    extracted = DATA_DIR / DATASET_NAME
-    if extracted.is_dir():
-        return extracted
-    for archive in LOCAL_ARCHIVES:
-        if archive.exists():
-            log.info("extracting %s into data/", archive)
-            with tarfile.open(archive) as bundle:
-                bundle.extractall(DATA_DIR, filter="data")
-            return extracted
-    archive = cache_dir() / f"{DATASET_NAME}.zip"
-    if not archive.exists():
-        log.info("downloading %s", DATASET_URL)
-        try:
-            with urllib.request.urlopen(DATASET_URL, timeout=60) as response:
-                data = response.read()
-        except OSError as exc:
-            raise DataError(f"cannot download {DATASET_URL} ({exc}); pass --speech-dir DIR "
-                            "(a folder of <word>/*.wav)") from None
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        archive.write_bytes(data)
-        archive.with_name(archive.name + ".sha256").write_text(
-            hashlib.sha256(data).hexdigest() + "\n")
-    record = archive.with_name(archive.name + ".sha256")
-    if record.exists() and hashlib.sha256(archive.read_bytes()).hexdigest() != \
-            record.read_text().strip():
-        raise DataError(f"{archive}: checksum differs from the recorded one; delete it")
-    with zipfile.ZipFile(archive) as bundle:
-        bundle.extractall(DATA_DIR)
-    shutil.rmtree(DATA_DIR / "__MACOSX", ignore_errors=True)
-    return extracted
-
-
-def split_paths(root: Path, part: str) -> list[Path]:
-    names = (SPLIT_DIR / SPLIT_FILES[part]).read_text().split()
-    return [root / name.removeprefix(f"./data/{DATASET_NAME}/") for name in names]
-
-
-def read_clip(path: Path) -> tuple[int, np.ndarray]:
-    try:
-        return read_wav(path)
-    except RecordingError as exc:
-        raise DataError(f"dataset clip unusable: {exc}") from None
-
-
-@dataclass
-class SpeechData:
-    """Raw clips of each split part (int16, their own rate) and their label indices."""
-
-    root: Path
-    labels: list[str]
-    clips: dict[str, list[tuple[int, np.ndarray]]]
-    targets: dict[str, np.ndarray]
-
-    @classmethod
-    def load(cls, speech_dir: Path | None = None, parts: tuple[str, ...] = tuple(SPLIT_FILES),
-             show_progress: bool = True) -> SpeechData:
-        root = find_dataset(speech_dir)
-        names = labels()
-        clips: dict[str, list[tuple[int, np.ndarray]]] = {}
-        targets: dict[str, np.ndarray] = {}
-        for part in parts:
-            paths = split_paths(root, part)
-            clips[part] = [read_clip(path) for path in
-                           tqdm(paths, desc=f"read {part}", unit="clip", leave=False,
-                                disable=not show_progress)]
-            targets[part] = np.array([names.index(path.parent.name) for path in paths])
-        return cls(root, names, clips, targets)
-
-    def audio(self, part: str, params: MfccParams) -> np.ndarray:
-        """[N, clip samples] float32 at the model's rate, padded/cropped as the front end does."""
-        return np.stack([fit_length(resample(to_float(clip), rate, params.sample_rate),
-                                    params.clip_samples) for rate, clip in self.clips[part]])
-
-    def describe(self) -> dict[str, Any]:
-        return {"dataset": "mini speech commands (Speech Commands, Pete Warden, Google, "
-                           "CC BY 4.0)",
-                "split": "fixed 6400/800/800 split, training/kws_split/",
-                "clips": {part: len(items) for part, items in self.clips.items()}}
-
 
 # ---------------------------------------------------------------- features
 
@@ -152,9 +43,16 @@ def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
 
 
 def augment(audio: np.ndarray, settings: dict[str, Any], rng: np.random.Generator,
-            sample_rate: int) -> np.ndarray:
-    """Random time shift (zero fill) and white noise at a random level, per clip."""
+            sample_rate: int, background: list[tuple[str, np.ndarray]] | None = None
+            ) -> np.ndarray:
+    """Per clip: speed (and so pitch) change, time shift (zero fill), a random gain,
+    background noise at a random signal-to-noise ratio, white noise at a random level."""
     out = audio.copy()
+    speed = settings.get("speed")
+    if speed:
+        grid = np.arange(out.shape[1], dtype=np.float64)
+        for index, factor in enumerate(rng.uniform(*speed, len(out))):
+            out[index] = np.interp(grid * factor, grid, out[index], right=0.0)
     max_shift = int(float(settings.get("time_shift_s", 0.0)) * sample_rate)
     if max_shift:
         for index, shift in enumerate(rng.integers(-max_shift, max_shift + 1, len(out))):
@@ -163,6 +61,16 @@ def augment(audio: np.ndarray, settings: dict[str, Any], rng: np.random.Generato
                 out[index, :shift] = 0
             elif shift < 0:
                 out[index, shift:] = 0
+    gain_db = float(settings.get("gain_db", 0.0))
+    if gain_db:
+        out *= (10 ** (rng.uniform(-gain_db, gain_db, (len(out), 1)) / 20)).astype(np.float32)
+    chance = float(settings.get("background_probability", 0.0))
+    if background and chance:
+        mixed = np.flatnonzero(rng.random(len(out)) < chance)
+        crops = noise_crops(background, len(mixed), out.shape[1], rng)
+        snr_db = rng.uniform(*settings.get("background_snr_db", (0.0, 30.0)), len(mixed))
+        level_db = 20 * np.log10(rms(out[mixed])) - snr_db
+        out[mixed] += at_level(crops, level_db)
     noise = float(settings.get("noise_max", 0.0))
     if noise:
         chance = float(settings.get("noise_probability", 0.8))
@@ -193,24 +101,36 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
     """Training batches; every epoch draws fresh augmentation of the audio."""
 
     def __init__(self, audio: np.ndarray, targets: np.ndarray, front_end: FrontEnd,
-                 mean: np.ndarray, std: np.ndarray, recipe: Recipe) -> None:
+                 mean: np.ndarray, std: np.ndarray, recipe: Recipe,
+                 open_set: OpenSet | None = None) -> None:
         super().__init__()
         self.audio, self.targets, self.front_end = audio, targets, front_end
         self.mean, self.std, self.recipe = mean, std, recipe
+        self.open_set = open_set
         self.batch_size = int(recipe.train.get("batch_size", 100))
         self.rng = np.random.default_rng(recipe.seed)
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
+        background = self.open_set.train_noise if self.open_set else None
         order = self.rng.permutation(len(self.audio))
         audio = augment(self.audio[order], self.recipe.augment, self.rng,
-                        self.front_end.params.sample_rate)
+                        self.front_end.params.sample_rate, background)
+        targets = self.targets[order]
+        if self.open_set is not None and self.open_set.silence_per_epoch:
+            # Fresh "no word" clips every epoch, shuffled in among the others.
+            silence = silence_clips(self.open_set.train_noise, self.open_set.silence_per_epoch,
+                                    audio.shape[1], self.rng)
+            audio = np.concatenate([audio, silence])
+            targets = np.concatenate([targets, np.full(len(silence), self.open_set.silence)])
+            mixed = self.rng.permutation(len(audio))
+            audio, targets = audio[mixed], targets[mixed]
         values = standardize(features(self.front_end, audio), self.mean, self.std)
         self.x = spec_augment(values, self.recipe.augment, self.rng)
-        self.y = self.targets[order]
+        self.y = targets
 
     def __len__(self) -> int:
-        return -(-len(self.audio) // self.batch_size)
+        return -(-len(self.y) // self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         window = slice(index * self.batch_size, (index + 1) * self.batch_size)
@@ -258,32 +178,82 @@ def describe_recipe(recipe: Recipe) -> str:
 
 
 @dataclass
+class OpenSet:
+    """The two classes beyond the words, from the negatives' training share: "unknown"
+    (other words) and "silence" (noise at random levels, drawn fresh every epoch)."""
+
+    negatives: Negatives
+    train_noise: list[tuple[str, np.ndarray]]
+    unknown: int  # label indices
+    silence: int
+    silence_per_epoch: int
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, negatives: Negatives, labels: list[str]) -> OpenSet:
+        assert recipe.front_end is not None
+        return cls(negatives, negatives.noise_audio("train", recipe.front_end.sample_rate),
+                   labels.index(UNKNOWN), labels.index(SILENCE),
+                   int(recipe.open_set.get("silence_per_epoch", 0)))
+
+
+def model_labels(recipe: Recipe, data: SpeechData) -> list[str]:
+    """The words in their fixed order, then "unknown" and "silence" for an open-set recipe."""
+    return [*data.labels, UNKNOWN, SILENCE] if recipe.open_set else list(data.labels)
+
+
+@dataclass
 class _Prepared:
     front_end: FrontEnd
+    labels: list[str]
     train_audio: np.ndarray
+    train_targets: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     x_val: np.ndarray
+    y_val: np.ndarray
+    open_set: OpenSet | None
 
 
-def _prepare(recipe: Recipe, data: SpeechData) -> _Prepared:
-    assert recipe.front_end is not None
-    front_end = FrontEnd(recipe.front_end)
-    train_audio = data.audio("train", recipe.front_end)
+def _prepare(recipe: Recipe, data: SpeechData, negatives: Negatives | None) -> _Prepared:
+    params = recipe.front_end
+    assert params is not None
+    front_end = FrontEnd(params)
+    names = model_labels(recipe, data)
+    train_audio, train_targets = data.audio("train", params), data.targets["train"]
+    val_audio, val_targets = data.audio("validation", params), data.targets["validation"]
+    open_set = None
+    if recipe.open_set:
+        if negatives is None:
+            raise DataError(f"{recipe.name} is an open-set recipe: it needs the negatives")
+        open_set = OpenSet.for_recipe(recipe, negatives, names)
+        unknown_train = negatives.word_audio("train", params.sample_rate, params.clip_samples)
+        unknown_val = negatives.word_audio("validation", params.sample_rate, params.clip_samples)
+        silence_val = silence_clips(negatives.noise_audio("validation", params.sample_rate),
+                                    int(recipe.open_set.get("silence_validation", 200)),
+                                    params.clip_samples, np.random.default_rng(recipe.seed))
+        train_audio = np.concatenate([train_audio, unknown_train])
+        train_targets = np.concatenate([train_targets,
+                                        np.full(len(unknown_train), open_set.unknown)])
+        val_audio = np.concatenate([val_audio, unknown_val, silence_val])
+        val_targets = np.concatenate([val_targets, np.full(len(unknown_val), open_set.unknown),
+                                      np.full(len(silence_val), open_set.silence)])
     clean = features(front_end, train_audio)
     mean, std = clean.mean(axis=(0, 1)), clean.std(axis=(0, 1))
-    x_val = standardize(features(front_end, data.audio("validation", recipe.front_end)), mean, std)
-    return _Prepared(front_end, train_audio, mean, std, x_val)
+    x_val = standardize(features(front_end, val_audio), mean, std)
+    return _Prepared(front_end, names, train_audio, train_targets, mean, std, x_val, val_targets,
+                     open_set)
 
 
-def train(recipe: Recipe, data: SpeechData, prepared: _Prepared, show_progress: bool = True
+def train(recipe: Recipe, prepared: _Prepared, show_progress: bool = True
           ) -> tuple[keras.Model, dict[str, Any]]:
     seed_everything(recipe.seed)
     assert recipe.front_end is not None
-    sequence = AugmentedFeatures(prepared.train_audio, data.targets["train"], prepared.front_end,
-                                 prepared.mean, prepared.std, recipe)
+    sequence = AugmentedFeatures(prepared.train_audio, prepared.train_targets,
+                                 prepared.front_end, prepared.mean, prepared.std, recipe,
+                                 prepared.open_set)
+    classes = len(prepared.labels)
     epochs = int(recipe.train.get("epochs", 30))
-    model = build_model(recipe, recipe.front_end.feature_shape, len(data.labels))
+    model = build_model(recipe, recipe.front_end.feature_shape, classes)
     model = apply_pruning(model, recipe.pruning, len(sequence))
     rate = float(recipe.train.get("learning_rate", 0.01))
     schedule = keras.optimizers.schedules.CosineDecay(rate, epochs * len(sequence), alpha=0.01)
@@ -291,10 +261,10 @@ def train(recipe: Recipe, data: SpeechData, prepared: _Prepared, show_progress: 
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
                   metrics=["accuracy"])
-    one_hot_val = keras.utils.to_categorical(data.targets["validation"], len(data.labels))
+    one_hot_val = keras.utils.to_categorical(prepared.y_val, classes)
     best = _BestOnValidation(int(recipe.train.get("select_after_epoch", 0)))
     started = time.perf_counter()
-    model.fit(_OneHot(sequence, len(data.labels)), epochs=epochs, verbose=0,
+    model.fit(_OneHot(sequence, classes), epochs=epochs, verbose=0,
               validation_data=(prepared.x_val, one_hot_val),
               callbacks=[*pruning_callbacks(recipe.pruning), best,
                          EpochProgress(recipe.name, epochs, show_progress)])
@@ -341,36 +311,46 @@ class _BestOnValidation(keras.callbacks.Callback):  # type: ignore[misc]
 # ---------------------------------------------------------------- build and measure
 
 
-def manifest_entry(recipe: Recipe, data: SpeechData, mean: np.ndarray,
+def manifest_entry(recipe: Recipe, labels: list[str], mean: np.ndarray,
                    std: np.ndarray) -> dict[str, Any]:
     assert recipe.front_end is not None
     shape = list(recipe.front_end.feature_shape)
+    output: dict[str, Any] = {"labels": labels, "shape": [1, len(labels)], "dtype": "float32",
+                              "meaning": "probability of each label (softmax)"}
+    if recipe.open_set:
+        output["not_keywords"] = [UNKNOWN, SILENCE]
+        output["meaning"] += ("; unknown: speech that is none of the words, silence: no "
+                              "word (noise); the collector publishes both as unknown")
     return {
         "task": KEYWORD_TASK,
         "input": {"front_end": recipe.front_end.to_dict(), "shape": [1, *shape],
                   "dtype": "float32", "audio": "mono, any sample rate (resampled), "
-                  "zero-padded or cropped to clip_seconds",
+                  "zero-padded or cropped to clip_seconds; longer clips are scanned",
                   "normalization": {"mean": [round(float(v), 5) for v in mean],
                                     "std": [round(float(v), 5) for v in std],
                                     "applied": "by the loader: (mfcc - mean) / std"}},
-        "output": {"labels": data.labels, "shape": [1, len(data.labels)], "dtype": "float32",
-                   "meaning": "probability of each label (softmax)"},
+        "output": output,
     }
 
 
-def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool = True
-          ) -> dict[str, Any]:
-    prepared = _prepare(recipe, data)
-    model, training = train(recipe, data, prepared, show_progress)
-    calibration = standardize(features(prepared.front_end, prepared.train_audio[:2000]),
+def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool = True,
+          negatives: Negatives | None = None) -> dict[str, Any]:
+    prepared = _prepare(recipe, data, negatives)
+    model, training = train(recipe, prepared, show_progress)
+    sample = np.random.default_rng(recipe.seed).permutation(len(prepared.train_audio))[:2000]
+    calibration = standardize(features(prepared.front_end, prepared.train_audio[sample]),
                               prepared.mean, prepared.std)
     entry = ship(recipe, model, calibration, out_dir,
-                 manifest_entry(recipe, data, prepared.mean, prepared.std))
+                 manifest_entry(recipe, prepared.labels, prepared.mean, prepared.std))
     metrics = evaluate_clips(out_dir, recipe.name, data.clips["test"], data.targets["test"],
                              show_progress)
     metrics["split"] = "test"
+    described = data.describe()
+    if recipe.open_set and negatives is not None:
+        metrics["held_back_negatives"] = evaluate_negatives(out_dir, recipe.name, negatives)
+        described["negatives"] = negatives.describe()
     return entry | {"metrics": metrics, "training": training, "seed": recipe.seed,
-                    "recipe": recipe.raw, "data": data.describe()}
+                    "recipe": recipe.raw, "data": described}
 
 
 def baseline_summary(entry: dict[str, Any]) -> dict[str, Any]:

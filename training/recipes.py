@@ -19,7 +19,7 @@ RECIPES_PATH = Path(__file__).resolve().parent.parent / "config" / "recipes.toml
 TASKS = ("forecast", "keyword")
 QUANTIZATION_MODES = ("none", "int8_weights", "float16", "int8_full")
 SECTIONS = {"task", "baseline", "seed", "steps", "constraints", "model", "train", "pruning",
-            "quantization", "front_end", "augment"}
+            "quantization", "front_end", "augment", "open_set"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Recipe:
     steps: int = 0
     front_end: MfccParams | None = None
     augment: dict[str, Any] = field(default_factory=dict)
+    open_set: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,5 +122,6 @@ def _recipe(name: str, section: Any, path: Path) -> Recipe:
         pruning=pruning, quantization=quantization,
         constraints={k: float(v) for k, v in section.get("constraints", {}).items()},
         baseline=section.get("baseline"), steps=int(section.get("steps", 0)),
-        front_end=front_end, augment=dict(section.get("augment", {})), raw=section,
+        front_end=front_end, augment=dict(section.get("augment", {})),
+        open_set=dict(section.get("open_set", {})), raw=section,
     )

@@ -1,0 +1,108 @@
+"""Keyword spotting on a continuous stream, as a microphone on a node hears it.
+
+    .venv/bin/python benchmarks/kws_stream.py [--model kws_b | --all] [--part test]
+
+Builds a stream at a fixed seed from real clips (training/stream.py): every keyword clip
+of the split part once, the held-back other words (never trained on) alone and run
+together into phrases, and bursts of the held-back tails of the noise recordings, 1.5-3.5 s
+apart over a quiet room tone. The node's capture cuts it into sound events at its default
+settings; the collector's keyword path (scan, smoothing, threshold, one result per
+utterance) answers each. Prints recall and false accepts per hour over a range of
+thresholds, the collector's default marked, and how often held-back single clips of other
+words and noise get a keyword label. ``--part validation`` builds the stream from the
+validation split and negatives: the default threshold is chosen there, never on the test
+part. Needs the datasets (../shared/data or data/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import wave
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from collector.settings import CollectorOptions  # noqa: E402
+from tinyml_core.keywords import ScanSettings  # noqa: E402
+from tinyml_core.models import load_keyword_spotter  # noqa: E402
+from training.evaluate import evaluate_negatives  # noqa: E402
+from training.negatives import Negatives  # noqa: E402
+from training.speech import SpeechData  # noqa: E402
+from training.stream import (  # noqa: E402
+    RATE,
+    build_stream,
+    capture_events,
+    print_table,
+    threshold_table,
+)
+
+THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Needs mini speech commands and negatives.tar.xz.")
+    parser.add_argument("--model", default="kws_b", help="keyword model (default kws_b)")
+    parser.add_argument("--all", action="store_true", help="kws_a, kws_b and kws_c")
+    parser.add_argument("--part", choices=("validation", "test"), default="test",
+                        help="split part the stream is built from (default test)")
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
+    parser.add_argument("--save-wav", type=Path, metavar="FILE",
+                        help="also write the stream as a WAV (for `node replay --microphone`)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    speech = SpeechData.load(parts=(args.part,), show_progress=False)
+    negatives = Negatives.load()
+    keywords = [(speech.labels[target], rate, clip) for (rate, clip), target in
+                zip(speech.clips[args.part], speech.targets[args.part], strict=True)]
+    stream = build_stream(keywords, negatives.words[args.part],
+                          negatives.noise_audio(args.part, RATE), seed=args.seed)
+    kinds: dict[str, int] = {}
+    for item in stream.placed:
+        kinds[item.label if item.label in ("word", "phrase", "noise") else "keyword"] = \
+            kinds.get(item.label if item.label in ("word", "phrase", "noise") else "keyword",
+                      0) + 1
+    payloads = capture_events(stream)
+    print(f"stream ({args.part} part, seed {args.seed}): {stream.hours * 60:.1f} min, "
+          + ", ".join(f"{count} {kind}s" for kind, count in sorted(kinds.items()))
+          + f"; the node's capture cut {len(payloads)} sound events "
+          f"({time.perf_counter() - started:.0f} s to build)")
+    if args.save_wav:
+        with wave.open(str(args.save_wav), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(RATE)
+            for page in stream.pages():
+                out.writeframes(page.tobytes())
+        print(f"wrote {args.save_wav}")
+    default = CollectorOptions().keyword_threshold
+    options = CollectorOptions()
+    base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
+    report = {}
+    for model in (("kws_a", "kws_b", "kws_c") if args.all else (args.model,)):
+        spotter = load_keyword_spotter(args.models, model)
+        print(f"\n{model} ({len(spotter.labels)} outputs: {', '.join(spotter.labels)})")
+        thresholds = sorted({*args.thresholds, default})
+        rows = threshold_table(stream, payloads, args.models, model, thresholds, base)
+        print_table(rows, default)
+        singles = evaluate_negatives(args.models, model, negatives, part=args.part)
+        print(f"single held-back clips given a keyword label: other words "
+              f"{singles['words_as_keyword']:.1%} of {singles['word_clips']}, noise "
+              f"{singles['noise_as_keyword']:.1%} of {singles['noise_clips']}")
+        report[model] = {"stream": [row.row() for row in rows], "singles": singles}
+    if args.json:
+        args.json.write_text(json.dumps({"part": args.part, "seed": args.seed,
+                                         "minutes": round(stream.hours * 60, 1),
+                                         "events": len(payloads), "models": report}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Keyword spotting as a microphone meets it: a continuous stream, the node's capture, the
+collector's decision, and a score.
+
+:func:`build_stream` lays real clips end to end at a fixed seed: keywords, other words
+alone and run together into phrases, noise bursts, 1.5-3.5 s apart over a quiet room tone.
+:func:`run_stream` plays it through the node's :class:`~node.microphone.SoundEvents` at
+the node's default settings and hands every event, encoded as the node sends it, to the
+collector's :class:`~collector.inference.Inference`. :func:`score` matches the keyword
+results with what was said: recall, and false accepts per hour (a keyword result where no
+keyword was said, the wrong word, or the same word twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml_core.frontend import resample, to_float
+from tinyml_core.keywords import ScanSettings
+from tinyml_core.messages import UNKNOWN_LABEL, AudioClip, KeywordResult, sensor_message_topic
+
+RATE = 16_000
+START_TIME = 1_767_225_600.0  # 2026-01-01: any plausible time the protocol accepts
+PAGE_S = 60.0
+MATCH_S = 0.5  # a result's window may start this far from the keyword clip's start
+
+
+@dataclass(frozen=True)
+class Placed:
+    start: int  # sample index in the stream
+    audio: np.ndarray  # float32 at RATE
+    label: str  # a keyword, "word", "phrase" or "noise"
+
+
+@dataclass
+class Stream:
+    """Clips placed on a timeline over a room tone; rendered a page at a time."""
+
+    length: int
+    placed: list[Placed]
+    room_tone: np.ndarray
+    room_dbfs: float
+    rate: int = RATE
+
+    @property
+    def hours(self) -> float:
+        return self.length / self.rate / 3600
+
+    def keywords(self) -> list[Placed]:
+        return [p for p in self.placed if p.label not in ("word", "phrase", "noise")]
+
+    def render(self, start: int, end: int) -> np.ndarray:
+        """int16 samples [start, end) of the stream."""
+        indices = np.arange(start, end) % len(self.room_tone)
+        page = self.room_tone[indices] * np.float32(10 ** (self.room_dbfs / 20))
+        for item in self.placed:
+            a, b = max(start, item.start), min(end, item.start + len(item.audio))
+            if a < b:
+                page[a - start:b - start] += item.audio[a - item.start:b - item.start]
+        return np.clip(np.round(page * 32768), -32768, 32767).astype(np.int16)
+
+    def pages(self, seconds: float = PAGE_S) -> Iterator[np.ndarray]:
+        step = int(seconds * self.rate)
+        for start in range(0, self.length, step):
+            yield self.render(start, min(self.length, start + step))
+
+
+def _unit_rms(audio: np.ndarray) -> np.ndarray:
+    return audio / np.float32(np.sqrt(np.mean(np.square(audio)) + 1e-12))
+
+
+def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
+                 other_words: Sequence[tuple[int, np.ndarray]],
+                 noise: Sequence[tuple[str, np.ndarray]], seed: int = 0,
+                 gap_s: tuple[float, float] = (1.5, 3.5), phrase_share: float = 0.3,
+                 noise_bursts_per_keyword: float = 0.25,
+                 noise_dbfs: tuple[float, float] = (-40.0, -20.0),
+                 room_dbfs: float = -65.0) -> Stream:
+    """Every keyword clip once and every other word once (``phrase_share`` of them run
+    together into phrases of 2-4 words), noise bursts of 1-3 s at ``noise_dbfs``, shuffled,
+    ``gap_s`` apart; ``noise`` is at RATE, its first recording also the room tone."""
+    rng = np.random.default_rng(seed)
+    items: list[tuple[str, np.ndarray]] = [
+        (label, resample(to_float(clip), rate, RATE)) for label, rate, clip in keywords]
+    others = [resample(to_float(clip), rate, RATE) for rate, clip in other_words]
+    order = rng.permutation(len(others))
+    in_phrases = int(len(others) * phrase_share)
+    position = 0
+    while position < in_phrases:
+        count = int(rng.integers(2, 5))
+        words = [others[i] for i in order[position:position + count]]
+        pauses = [np.zeros(int(rng.uniform(0.05, 0.25) * RATE), np.float32) for _ in words]
+        items.append(("phrase", np.concatenate([x for pair in zip(words, pauses, strict=True)
+                                                for x in pair][:-1])))
+        position += count
+    items += [("word", others[i]) for i in order[in_phrases:]]
+    for _ in range(int(len(keywords) * noise_bursts_per_keyword)):
+        name, samples = noise[int(rng.integers(len(noise)))]
+        length = int(rng.uniform(1.0, 3.0) * RATE)
+        start = int(rng.integers(0, max(1, len(samples) - length)))
+        burst = _unit_rms(samples[start:start + length].astype(np.float32))
+        items.append(("noise", burst * np.float32(10 ** (rng.uniform(*noise_dbfs) / 20))))
+    placed, cursor = [], int(rng.uniform(*gap_s) * RATE)
+    for index in rng.permutation(len(items)):
+        label, audio = items[index]
+        placed.append(Placed(cursor, audio.astype(np.float32), label))
+        cursor += len(audio) + int(rng.uniform(*gap_s) * RATE)
+    return Stream(cursor, placed, _unit_rms(noise[0][1].astype(np.float32)), room_dbfs)
+
+
+@dataclass
+class StreamResult:
+    """What the collector said about a stream at one threshold, scored."""
+
+    threshold: float
+    keywords: int
+    found: int  # keywords with a result of the right word
+    false_accepts: int  # keyword results matching no keyword said (or a second time)
+    hours: float
+    by_kind: dict[str, int] = field(default_factory=dict)  # false accepts by what was there
+
+    @property
+    def recall(self) -> float:
+        return self.found / max(1, self.keywords)
+
+    @property
+    def false_per_hour(self) -> float:
+        return self.false_accepts / self.hours
+
+    def row(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "recall": round(self.recall, 4),
+                "false_accepts_per_hour": round(self.false_per_hour, 2),
+                "false_accepts": self.false_accepts, "false_by_kind": self.by_kind}
+
+
+def capture_events(stream: Stream, node_id: str = "stream") -> list[bytes]:
+    """The stream through the node's capture at its default settings, as the node's
+    payloads (events in order)."""
+    from node.microphone import BLOCK_SECONDS, SoundEvents
+    from node.settings import AudioSource
+    from node.sources import capture
+
+    events = SoundEvents(capture(AudioSource()), stream.rate, START_TIME)
+    block = int(BLOCK_SECONDS * stream.rate)
+    payloads = []
+
+    def publish(clips: list[Any]) -> None:
+        for clip in clips:
+            message = AudioClip.from_samples(node_id, clip.start_time, len(payloads),
+                                             clip.sample_rate, clip.samples)
+            payloads.append(message.encode())
+
+    for page in stream.pages():
+        for start in range(0, len(page), block):
+            publish(events.feed(page[start:start + block]))
+    publish(events.flush())
+    return payloads
+
+
+def run_stream(payloads: Sequence[bytes], models_dir: Path | str, model: str,
+               settings: ScanSettings, node_id: str = "stream") -> list[KeywordResult]:
+    """Every event through the collector's own keyword path; its results in order."""
+    from collector.inference import Inference
+
+    inference = Inference(models_dir, (), model, settings)
+    topic = sensor_message_topic(AudioClip(node_id, START_TIME, 0, RATE, b"\0\0"))
+    results = []
+    for payload in payloads:
+        for answer in inference.handle(topic, payload):
+            if answer.is_error:
+                raise RuntimeError(f"the collector refused an event: {answer.payload[:200]!r}")
+            results.append(KeywordResult.decode(answer.payload))
+    return results
+
+
+def score(stream: Stream, results: Sequence[KeywordResult], threshold: float) -> StreamResult:
+    truth = stream.keywords()
+    starts = np.array([item.start / stream.rate for item in truth])
+    matched = np.zeros(len(truth), dtype=bool)
+    false_accepts, by_kind = 0, {}
+    for result in results:
+        if result.label == UNKNOWN_LABEL:
+            continue
+        at = result.input_time - START_TIME
+        near = np.flatnonzero(np.abs(starts - at) <= MATCH_S)
+        hit = [i for i in near if truth[i].label == result.label and not matched[i]]
+        if hit:
+            matched[hit[0]] = True
+            continue
+        false_accepts += 1
+        kind = _what_was_there(stream, at)
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    return StreamResult(threshold, len(truth), int(matched.sum()), false_accepts, stream.hours,
+                        by_kind)
+
+
+def _what_was_there(stream: Stream, at: float) -> str:
+    """What a false accept's window mostly overlapped: a keyword (wrong or twice), another
+    word, a phrase, noise, or the quiet room."""
+    window = (at * stream.rate, (at + 1.0) * stream.rate)
+    best, overlap = "room", 0.0
+    for item in stream.placed:
+        shared = min(window[1], item.start + len(item.audio)) - max(window[0], item.start)
+        if shared > overlap:
+            best, overlap = item.label, shared
+    return best if best in ("word", "phrase", "noise", "room") else "keyword"
+
+
+def threshold_table(stream: Stream, payloads: Sequence[bytes], models_dir: Path | str,
+                    model: str, thresholds: Sequence[float],
+                    base: ScanSettings | None = None) -> list[StreamResult]:
+    base = base or ScanSettings()
+    rows = []
+    for threshold in thresholds:
+        settings = ScanSettings(base.hop_s, base.smoothing, threshold, base.refractory_s)
+        rows.append(score(stream, run_stream(payloads, models_dir, model, settings), threshold))
+    return rows
+
+
+def print_table(rows: Sequence[StreamResult], default: float | None = None) -> None:
+    print(f"{'threshold':>9} {'recall':>8} {'false/h':>8}  false accepts by what was there")
+    for row in rows:
+        mark = "  <- default" if default is not None and abs(row.threshold - default) < 1e-9 \
+            else ""
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(row.by_kind.items())) or "-"
+        print(f"{row.threshold:>9.2f} {row.recall:>8.1%} {row.false_per_hour:>8.1f}  "
+              f"{kinds}{mark}")
