@@ -52,10 +52,15 @@ def main() -> int:
                         help="split part the stream is built from (default test)")
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gate", type=float, metavar="DBFS",
+                        help="the node's gate_dbfs (default: the node's default)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
     parser.add_argument("--save-wav", type=Path, metavar="FILE",
                         help="also write the stream as a WAV (for `node replay --microphone`)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="store each model's table in its manifest entry and refresh "
+                             "models/REPORT.md")
     args = parser.parse_args()
     started = time.perf_counter()
     speech = SpeechData.load(parts=(args.part,), show_progress=False)
@@ -69,7 +74,7 @@ def main() -> int:
         kinds[item.label if item.label in ("word", "phrase", "noise") else "keyword"] = \
             kinds.get(item.label if item.label in ("word", "phrase", "noise") else "keyword",
                       0) + 1
-    payloads = capture_events(stream)
+    payloads = capture_events(stream, gate_dbfs=args.gate)
     print(f"stream ({args.part} part, seed {args.seed}): {stream.hours * 60:.1f} min, "
           + ", ".join(f"{count} {kind}s" for kind, count in sorted(kinds.items()))
           + f"; the node's capture cut {len(payloads)} sound events "
@@ -97,6 +102,20 @@ def main() -> int:
               f"{singles['words_as_keyword']:.1%} of {singles['word_clips']}, noise "
               f"{singles['noise_as_keyword']:.1%} of {singles['noise_clips']}")
         report[model] = {"stream": [row.row() for row in rows], "singles": singles}
+        if args.record:
+            from tinyml_core.models import read_manifest, write_manifest_entry
+
+            entry = read_manifest(args.models)[model]
+            entry["stream"] = {"part": args.part, "seed": args.seed,
+                               "minutes": round(stream.hours * 60, 1),
+                               "events": len(payloads), "default_threshold": default,
+                               "rows": report[model]["stream"],
+                               "command": "benchmarks/kws_stream.py --all --record"}
+            write_manifest_entry(args.models, model, entry)
+    if args.record:
+        from training.report import write_report
+
+        write_report(args.models, {})
     if args.json:
         args.json.write_text(json.dumps({"part": args.part, "seed": args.seed,
                                          "minutes": round(stream.hours * 60, 1),

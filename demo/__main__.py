@@ -37,6 +37,7 @@ from tinyml_core.cli import (
 from tinyml_core.config import BrokerConfig
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
+    UNKNOWN_LABEL,
     AudioClip,
     Availability,
     ClimateReading,
@@ -88,7 +89,9 @@ def load_sample(samples: Path, node_id: str) -> tuple[list[ReplayItem], dict[flo
     csv_files = sorted((samples / "climate").glob("*.csv"))
     items, _ = load_stream(csv_files[0] if csv_files else None, samples / "speech", node_id,
                            node_id)
-    return items, {item.at: item.label for item in items if item.label}
+    # _unknown_/ (other words) and _background_noise_/ hold what is none of the keywords.
+    return items, {item.at: UNKNOWN_LABEL if item.label.startswith("_") else item.label
+                   for item in items if item.label}
 
 
 def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str]) -> str | None:
@@ -121,8 +124,9 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
                 f"T {last.temperature:6.2f} °C  RH {last.humidity:5.1f} %")
     if isinstance(message, KeywordResult):
         spoken = words.get(message.input_time)
-        counts["keywords"] += 1
-        counts["keywords right"] += message.label == spoken
+        kind = "others" if spoken == UNKNOWN_LABEL else "keywords"
+        counts[kind] += 1
+        counts[f"{kind} right"] += message.label == spoken
         return (f"{inbound.topic:<30} {message.model}: '{message.label}' "
                 f"({message.probability:.0%}, {message.latency_ms:.2f} ms)"
                 f"{'' if message.label == spoken else f'  (the sample says {spoken!r})'}")
@@ -238,7 +242,9 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
           f"{counts['undecodable']} undecodable")
     forecasts = ", ".join(f"{counts[name]} from {name}" for name in ("forecast_a", "forecast_b"))
     print(f"collector: {forecasts}; keywords: {counts['keywords right']} of "
-          f"{counts['keywords']} clips recognised as the word their sample says")
+          f"{counts['keywords']} clips recognised as the word their sample says, "
+          f"{counts['others right']} of {counts['others']} other words and noises answered "
+          f"'{UNKNOWN_LABEL}'")
     lost = len(items) - sensors
     if lost or result.acknowledged != len(items):
         print(f"error: {lost} messages lost", file=sys.stderr)

@@ -63,7 +63,7 @@ def level_dbfs(samples: np.ndarray) -> float:
 class Capture:
     """How a stream becomes events (config/node.toml, [audio])."""
 
-    gate_dbfs: float = -40.0
+    gate_dbfs: float = -50.0
     pre_roll_s: float = 0.3
     hangover_s: float = 0.3
     min_seconds: float = 1.0

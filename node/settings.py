@@ -43,8 +43,9 @@ class AudioSource:
                                 min=-1, max=1024)
     sample_rate: int = setting(16_000, "capture rate in Hz (use the device's native rate)",
                                min=MIN_SAMPLE_RATE, max=MAX_SAMPLE_RATE)
-    gate_dbfs: float = setting(-40.0, "a sound event starts when the level rises above this "
-                               "(dBFS, per 0.1 s)", min=-120.0, max=0.0)
+    gate_dbfs: float = setting(-50.0, "a sound event starts when the level rises above this "
+                               "(dBFS, per 0.1 s); raise it in a loud room", min=-120.0,
+                               max=0.0)
     pre_roll_s: float = setting(0.3, "audio kept from before the level rose (a word's soft "
                                 "start)", min=0.0, max=2.0)
     hangover_s: float = setting(0.3, "an event ends when the level stayed below the gate this "

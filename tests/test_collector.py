@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from collector.inference import Inference
@@ -156,6 +157,73 @@ def test_a_threshold_no_word_reaches_gives_unknown() -> None:
     strict = Inference(MODELS, (), "kws_c", ScanSettings(threshold=1.0))
     [answer] = strict.handle("sensors/pi-1/audio", clip("go").encode())
     assert KeywordResult.decode(answer.payload).label == "unknown"
+
+
+def event(*parts: tuple[float, str], seconds: float = 3.0, node: str = "pi-1",
+          start: float = 1_729_300_000.0) -> AudioClip:
+    """A sound event of ``seconds`` of quiet room with sample words at the given offsets."""
+    audio = np.random.default_rng(0).normal(0, 30, int(seconds * 16_000))
+    for at, word in parts:
+        _, samples = read_wav(sorted((SPEECH / word).glob("*.wav"))[0])
+        first = int(at * 16_000)
+        audio[first:first + len(samples)] += samples[:len(audio) - first]
+    pcm = np.clip(audio.round(), -32768, 32767).astype(np.int16)
+    return AudioClip.from_samples(node, start, 1, 16_000, pcm)
+
+
+def keyword_results(inference: Inference, clip: AudioClip) -> list[KeywordResult]:
+    return [KeywordResult.decode(answer.payload)
+            for answer in inference.handle("sensors/pi-1/audio", clip.encode())]
+
+
+def test_a_word_anywhere_in_an_event_is_one_result_timed_at_its_window(
+        inference: Inference) -> None:
+    clip = event((1.3, "yes"))
+    [result] = keyword_results(inference, clip)
+    assert result.label == "yes"
+    assert clip.time + 0.8 <= result.input_time <= clip.time + 1.8  # the window holding it
+    assert set(result.probabilities) == set(inference.spotter.labels)  # type: ignore[union-attr]
+
+
+def test_two_words_in_one_event_are_two_results_in_order(inference: Inference) -> None:
+    clip = event((0.2, "stop"), (1.9, "left"), seconds=3.0)
+    results = keyword_results(inference, clip)
+    assert [r.label for r in results] == ["stop", "left"]
+    assert results[1].input_time - results[0].input_time >= 1.0
+
+
+def test_a_word_in_the_overlap_of_two_events_is_reported_once() -> None:
+    inference = Inference(MODELS, (), "kws_b")
+    first = event((2.0, "down"), start=1_729_300_000.0)  # the word in its last second
+    second = event((0.0, "down"), start=1_729_300_002.0)  # the same second repeated
+    assert [r.label for r in keyword_results(inference, first)] == ["down"]
+    assert keyword_results(inference, second) == []
+    assert inference.repeated_keywords == 1
+    later = event((0.5, "down"), start=1_729_300_010.0)  # said again, later: a new result
+    assert [r.label for r in keyword_results(inference, later)] == ["down"]
+
+
+@pytest.mark.parametrize("samples", [
+    np.zeros(16_000, np.int16),  # digital silence
+    np.full(16_000, 12_000, np.int16),  # DC offset only
+    np.zeros(400, np.int16),  # shorter than a window: padded
+    (np.sign(np.sin(np.arange(32_000) * 0.05)) * 32767).astype(np.int16),  # clipped square
+], ids=["silence", "dc", "short", "clipped"])
+def test_an_event_without_a_word_is_one_unknown(inference: Inference,
+                                                samples: np.ndarray) -> None:
+    clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, 1, 16_000, samples)
+    [result] = keyword_results(inference, clip)
+    assert result.label == "unknown" and result.input_time >= clip.time
+
+
+def test_other_words_and_noises_of_the_sample_come_back_unknown(inference: Inference) -> None:
+    paths = sorted((SPEECH / "_unknown_").glob("*.wav")) + \
+        sorted((SPEECH / "_background_noise_").glob("*.wav"))
+    answers = []
+    for path in paths:
+        clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, 1, *read_wav(path))
+        answers += [r.label for r in keyword_results(inference, clip)]
+    assert len(paths) == 6 and answers.count("unknown") >= 5, answers
 
 
 @pytest.mark.parametrize("payload", [b"", b"\xff\x00garbage", b"{}", b"[" * 5000,

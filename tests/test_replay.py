@@ -122,7 +122,7 @@ def test_replay_command_ends_by_itself_and_reports_what_was_acknowledged(
          str(REPO_ROOT / "samples" / "speech"), "--speed", "0", "--broker", mosquitto.address,
          "--node-id", "pi-cli", "-q"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "sent 36, acknowledged 36" in done.stdout  # 20 readings + 16 clips
+    assert "sent 42, acknowledged 42" in done.stdout  # 20 readings + 16 words + 6 others
 
 
 def test_replay_command_without_a_stream_explains_itself() -> None:

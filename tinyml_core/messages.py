@@ -540,9 +540,11 @@ class Forecast(_PredictionHeader):
 
 @dataclass(frozen=True)
 class KeywordResult(_PredictionHeader):
-    """``predictions/<node_id>/keyword``: the word heard in the clip that started at ``input_time``.
+    """``predictions/<node_id>/keyword``: a word heard in a sound event, in the window that
+    started at ``input_time``.
 
-    ``label`` is ``"unknown"`` when no probability reached the collector's confidence floor.
+    ``label`` is ``"unknown"`` when the collector found no word in the event (other speech,
+    noise, silence); ``probabilities`` are those of the window it decided on.
     ``latency_ms`` covers resampling, features and inference; ``inference_ms`` only the model.
     """
 

@@ -71,21 +71,27 @@ def evaluate_clips(models_dir: Path, name: str, clips: Sequence[tuple[int, np.nd
     count = len(spotter.labels)
     confusion = np.zeros((count, count), dtype=int)
     np.add.at(confusion, (np.asarray(targets), predicted), 1)
-    recall = {label: float(confusion[i, i] / max(1, confusion[i].sum()))
-              for i, label in enumerate(spotter.labels)}
+    recall = {label: float(confusion[i, i] / confusion[i].sum())
+              for i, label in enumerate(spotter.labels) if confusion[i].sum()}
     return {"model": name, "clips": len(targets),
             "accuracy": float(np.trace(confusion) / max(1, len(targets))),
             "recall": recall, "confusion": confusion.tolist()}
+
+
+def predicted_labels(spotter: KeywordSpotter, clips: Sequence[tuple[int, np.ndarray]]
+                     ) -> np.ndarray:
+    """The most probable label's index for each clip."""
+    batch = np.stack([spotter.features(clip, rate) for rate, clip in clips])
+    predicted: np.ndarray = spotter.classify_features(batch).argmax(axis=1)
+    return predicted
 
 
 def keyword_rate(spotter: KeywordSpotter, clips: Sequence[tuple[int, np.ndarray]]) -> float:
     """Fraction of ``clips`` whose most probable label is a keyword."""
     if not clips:
         return float("nan")
-    batch = np.stack([spotter.features(clip, rate) for rate, clip in clips])
-    predicted = spotter.classify_features(batch).argmax(axis=1)
-    keyword = np.isin(np.array(spotter.labels)[predicted], spotter.contract.keywords)
-    return float(keyword.mean())
+    labels = np.array(spotter.labels)[predicted_labels(spotter, clips)]
+    return float(np.isin(labels, spotter.contract.keywords).mean())
 
 
 def evaluate_negatives(models_dir: Path, name: str, negatives: Negatives,
@@ -100,41 +106,103 @@ def evaluate_negatives(models_dir: Path, name: str, negatives: Negatives,
     for word, clip in zip(negatives.word_names[part], negatives.words[part], strict=True):
         words.setdefault(word, []).append(clip)
     rng = np.random.default_rng(seed)
-    noise = {}
+    noise, noise_clips = {}, []
     for recording, samples in negatives.noise_audio(part, rate):
         crops = silence_clips([(recording, samples)], crops_per_recording, rate, rng,
                               (-50.0, -20.0))
-        noise[recording] = keyword_rate(spotter, [(rate, crop) for crop in crops])
+        clips = [(rate, crop) for crop in crops]
+        noise[recording] = keyword_rate(spotter, clips)
+        noise_clips += clips
     word_rates = {word: keyword_rate(spotter, clips) for word, clips in sorted(words.items())}
     counts = {word: len(clips) for word, clips in words.items()}
+    size = len(spotter.labels)
     return {
         "words_as_keyword": sum(word_rates[w] * counts[w] for w in counts) / sum(counts.values()),
         "noise_as_keyword": float(np.mean(list(noise.values()))),
-        "word_clips": sum(counts.values()), "noise_clips": crops_per_recording * len(noise),
+        "word_clips": sum(counts.values()), "noise_clips": len(noise_clips),
         "per_word": word_rates, "per_noise": noise,
+        # What each got, per label: the unknown and silence rows of the confusion matrix.
+        "words_predicted": np.bincount(predicted_labels(spotter, negatives.words[part]),
+                                       minlength=size).tolist(),
+        "noise_predicted": np.bincount(predicted_labels(spotter, noise_clips),
+                                       minlength=size).tolist(),
     }
+
+
+UNKNOWN_FOLDER = "_unknown_"  # clips that are none of the words (Speech Commands' convention)
+NOISE_FOLDER = "_background_noise_"  # longer recordings of the room, for --stream
+
+
+def read_folder(folder: Path) -> list[tuple[int, np.ndarray]]:
+    clips = []
+    for path in sorted(folder.glob("*.wav")):
+        try:
+            clips.append(read_wav(path))
+        except RecordingError as exc:
+            raise climate.DataError(f"unusable clip: {exc}") from None
+    return clips
 
 
 def speech_folder(speech_dir: Path, labels: Sequence[str]
                   ) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
-    """Clips of every ``<label>/*.wav`` under ``speech_dir``; other folders are skipped."""
+    """Clips of every ``<label>/*.wav`` under ``speech_dir``; other folders are skipped
+    (``_unknown_`` and ``_background_noise_`` are read by :func:`other_sounds`)."""
     if not speech_dir.is_dir():
         raise climate.DataError(f"{speech_dir}: not a folder")
     clips, targets = [], []
     for folder in sorted(p for p in speech_dir.iterdir() if p.is_dir()):
+        if folder.name in (UNKNOWN_FOLDER, NOISE_FOLDER):
+            continue
         if folder.name not in labels:
             log.warning("skipping %s: not one of the model's labels", folder)
             continue
-        for path in sorted(folder.glob("*.wav")):
-            try:
-                clips.append(read_wav(path))
-            except RecordingError as exc:
-                raise climate.DataError(f"unusable clip: {exc}") from None
-            targets.append(labels.index(folder.name))
+        found = read_folder(folder)
+        clips += found
+        targets += [labels.index(folder.name)] * len(found)
     if not clips:
         raise climate.DataError(f"{speech_dir}: no <word>/*.wav with a word in "
                                 f"{', '.join(labels)}")
     return clips, np.array(targets)
+
+
+def other_sounds(speech_dir: Path) -> tuple[list[tuple[int, np.ndarray]],
+                                            list[tuple[str, np.ndarray]]]:
+    """``_unknown_/*.wav`` clips, and ``_background_noise_/*.wav`` at 16 kHz (float)."""
+    from tinyml_core.frontend import resample, to_float
+
+    unknown = read_folder(speech_dir / UNKNOWN_FOLDER)
+    noise = [(f"noise {index}", resample(to_float(clip), rate, 16000)) for index, (rate, clip)
+             in enumerate(read_folder(speech_dir / NOISE_FOLDER))]
+    return unknown, noise
+
+
+def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
+                     targets: np.ndarray, labels: Sequence[str], speech_dir: Path,
+                     seed: int = 0) -> None:
+    """The folder's clips as one continuous stream through the node's capture and the
+    collector's decision (training/stream.py); prints recall and false accepts per hour."""
+    from collector.settings import CollectorOptions
+    from tinyml_core.keywords import ScanSettings
+
+    from .stream import RATE, build_stream, capture_events, print_table, threshold_table
+
+    unknown, noise = other_sounds(speech_dir)
+    if not noise:  # a quiet room: faint white noise
+        noise = [("white noise", np.random.default_rng(seed).normal(0, 0.1, 60 * RATE)
+                  .astype(np.float32))]
+    keywords = [(labels[target], rate, clip) for (rate, clip), target in
+                zip(clips, targets, strict=True)]
+    stream = build_stream(keywords, unknown, noise, seed=seed)
+    payloads = capture_events(stream)
+    options = CollectorOptions()
+    print(f"\nstream: {stream.hours * 60:.1f} min of {len(keywords)} keywords, {len(unknown)} "
+          f"other sounds from {UNKNOWN_FOLDER}/ and noise bursts, 1.5-3.5 s apart; "
+          f"{len(payloads)} sound events")
+    base = ScanSettings(options.scan_hop_s, options.keyword_smoothing,
+                        options.keyword_threshold)
+    rows = threshold_table(stream, payloads, models_dir, name,
+                           sorted({0.4, 0.5, 0.6, 0.7, 0.8, 0.9, base.threshold}), base)
+    print_table(rows, base.threshold)
 
 
 def print_forecast(result: dict[str, Any]) -> None:
@@ -154,7 +222,8 @@ def print_keyword(result: dict[str, Any], labels: Sequence[str]) -> None:
     print("confusion (rows: true, columns: predicted)")
     print(" " * width + "".join(f"{label[:6]:>7}" for label in labels))
     for label, row in zip(labels, result["confusion"], strict=True):
-        print(f"{label:<{width}}" + "".join(f"{count:>7}" for count in row))
+        if sum(row):  # no row for a class without clips (unknown, silence)
+            print(f"{label:<{width}}" + "".join(f"{count:>7}" for count in row))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -169,8 +238,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="forecasters: feed the inputs as this sensor reads them (its "
                              "resolution, config/sensors.toml: none, dht11, dht22); targets "
                              "stay as recorded (default: none)")
-    parser.add_argument("--speech-dir", type=Path, help="folder of <word>/*.wav, for keyword "
-                                                        "models")
+    parser.add_argument("--speech-dir", type=Path,
+                        help="keyword models: folder of <word>/*.wav; clips in _unknown_/ are "
+                             "none of the words (how often they get one is reported)")
+    parser.add_argument("--stream", action="store_true",
+                        help="keyword models: also lay the folder's clips end to end as one "
+                             "continuous stream (noise from _background_noise_/*.wav if there) "
+                             "through the node's capture and the collector's decision: recall "
+                             "and false accepts per hour over thresholds")
     parser.add_argument("--confusion-png", type=Path,
                         help="where to save the confusion matrix (default: "
                              "<model>_confusion.png in the current folder)")
@@ -202,10 +277,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips, targets = speech_folder(args.speech_dir, labels)
     result = evaluate_clips(args.models, args.model, clips, targets,
                             show_progress=not args.json)
+    unknown, _ = other_sounds(args.speech_dir)
+    if unknown:
+        result["unknown_as_keyword"] = keyword_rate(load_keyword_spotter(args.models, args.model),
+                                                    unknown)
+        result["unknown_clips"] = len(unknown)
     if args.json:
-        print(json.dumps({key: result[key] for key in ("model", "clips", "accuracy", "recall")}))
+        print(json.dumps({key: result[key] for key in ("model", "clips", "accuracy", "recall",
+                                                       "unknown_as_keyword", "unknown_clips")
+                          if key in result}))
     else:
         print_keyword(result, labels)
+        if unknown:
+            print(f"{UNKNOWN_FOLDER}: {result['unknown_as_keyword']:.1%} of {len(unknown)} clips "
+                  "given a keyword label")
+    if args.stream:
+        stream_on_folder(args.models, args.model, clips, targets, labels, args.speech_dir)
     png = args.confusion_png or Path(f"{args.model}_confusion.png")
     from .report import pyplot, save_confusion_png
 

@@ -1,5 +1,9 @@
 """``python -m training.latency kws_b [--runs N]``: time the whole clip pipeline.
 
+Also timed: one second through the node's capture before it (what a live microphone costs
+end to end), and a 3-second sound event scanned with overlapping windows and decided, as
+the collector answers one.
+
 The course's method: one second of random audio at 48 kHz → resample to the model's rate →
 MFCC → invoke; medians over N runs of the total and of the interpreter alone. Our pipeline
 (tinyml_core's front end and loader, as the collector runs it) is timed beside the same
@@ -29,6 +33,8 @@ from tinyml_core.models import KeywordSpotter, load_keyword_spotter, runtime_nam
 from . import MODELS_DIR
 
 INPUT_RATE = 48000
+NODE_RATE = 16000  # the node's default capture rate
+EVENT_SECONDS = 3.0  # the node's longest sound event at its defaults
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -88,13 +94,52 @@ def time_reference(spotter: KeywordSpotter, clips: np.ndarray) -> float | None:
     return _median_ms(totals)
 
 
+def time_event_scan(spotter: KeywordSpotter, runs: int, seed: int,
+                    seconds: float = EVENT_SECONDS) -> float:
+    """A sound event of ``seconds`` at the node's default rate, scanned and decided as the
+    collector does (every window, every ``hop_s``)."""
+    from tinyml_core.keywords import ScanSettings, find_keywords
+
+    rng = np.random.default_rng(seed)
+    events = (rng.uniform(-0.5, 0.5, (runs, int(seconds * NODE_RATE))) * 32767).astype(np.int16)
+    settings = ScanSettings()
+    find_keywords(spotter, events[0], NODE_RATE, settings)
+    totals = []
+    for event in events:
+        started = time.perf_counter()
+        find_keywords(spotter, event, NODE_RATE, settings)
+        totals.append(time.perf_counter() - started)
+    return _median_ms(totals)
+
+
+def time_capture(runs: int, seed: int) -> float:
+    """One second at the node's default rate through its capture (SoundEvents, 0.1 s reads):
+    what the node spends before publishing."""
+    from node.microphone import BLOCK_SECONDS, Capture, SoundEvents
+
+    rng = np.random.default_rng(seed)
+    block = int(BLOCK_SECONDS * NODE_RATE)
+    audio = (rng.uniform(-0.5, 0.5, NODE_RATE) * 32767).astype(np.int16)
+    events = SoundEvents(Capture(), NODE_RATE, 0.0)
+    totals = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        for start in range(0, NODE_RATE, block):
+            events.feed(audio[start:start + block])
+        totals.append(time.perf_counter() - started)
+    return _median_ms(totals)
+
+
 def measure(models_dir: Path, name: str, runs: int = 100, seed: int = 0) -> dict[str, Any]:
     spotter = load_keyword_spotter(models_dir, name)
     clips = np.random.default_rng(seed).uniform(-1, 1, (runs, INPUT_RATE)).astype(np.float32)
     spotter.classify(clips[0], INPUT_RATE)  # warm-up: first invoke allocates
     total, inference = time_ours(spotter, clips)
     reference = time_reference(spotter, clips)
+    capture = time_capture(runs, seed)
     return {"model": name, "runs": runs, "total_ms": total, "inference_ms": inference,
+            "capture_ms": capture, "second_through_capture_ms": round(capture + total, 4),
+            "event_scan_ms": time_event_scan(spotter, runs, seed),
             "reference_total_ms": reference,
             "ratio": round(reference / total, 1) if reference else None,
             "machine": f"{platform.machine()}, {platform.processor() or platform.system()}"}
@@ -127,12 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(args.models, {})
     if args.json:
         print(json.dumps({key: result[key] for key in
-                          ("model", "runs", "total_ms", "inference_ms", "reference_total_ms",
-                           "ratio")}))
+                          ("model", "runs", "total_ms", "inference_ms", "capture_ms",
+                           "event_scan_ms", "reference_total_ms", "ratio")}))
         return 0
     print(f"{args.model}: median of {args.runs} runs, 1 s of random audio at 48 kHz")
     print(f"  ours (numpy front end + {runtime_name()}): total "
           f"{result['total_ms']:.3f} ms, inference {result['inference_ms']:.3f} ms")
+    print(f"  with the node's capture first (1 s at {NODE_RATE} Hz in 0.1 s reads): "
+          f"{result['second_through_capture_ms']:.3f} ms")
+    print(f"  a {EVENT_SECONDS:g} s event at {NODE_RATE} Hz scanned every 0.1 s and decided, as "
+          f"the collector does: {result['event_scan_ms']:.3f} ms")
     if result["reference_total_ms"] is None:
         print("  scipy + tf.signal: not measured (install the training extra)")
     else:

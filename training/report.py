@@ -221,9 +221,49 @@ def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> lis
         notes.append(f"- {name}: constraints {_limits(entry.get('constraints', {}))}: "
                      f"{'met' if entry.get('constraints_met') else 'NOT met'}. "
                      f"![{name} confusion matrix]({FIGURES}/{figure.name})" if figure else "")
-    return [*lines, "", *notes, "",
+    return [*lines, "", *notes, "", *open_set_section(entries),
             "Data: mini speech commands (Speech Commands, Pete Warden, Google, CC BY 4.0), the "
-            "fixed 6400/800/800 split in training/kws_split/.", ""]
+            "fixed 6400/800/800 split in training/kws_split/; negatives.tar.xz (other words "
+            "and background noise, same source and licence), 20 % held back.", ""]
+
+
+def open_set_section(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """What the models say to what is not a keyword, and on a continuous stream."""
+    lines = []
+    rows = [(name, entry["metrics"]["held_back_negatives"]) for name, entry in entries.items()
+            if "held_back_negatives" in entry["metrics"]]
+    if rows:
+        lines += ["### What is not a keyword (held-back negatives, never trained on)", "",
+                  "| model | other words given a keyword label | noise given a keyword label |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {n['words_as_keyword']:.1%} of {n['word_clips']} | "
+                  f"{n['noise_as_keyword']:.1%} of {n['noise_clips']} |" for name, n in rows]
+        lines.append("")
+    streams = [(name, entry["stream"]) for name, entry in entries.items() if "stream" in entry]
+    if streams:
+        first = streams[0][1]
+        lines += [f"### On a continuous stream ({first['minutes']:.0f} min, {first['part']} part)",
+                  "", "Built by `benchmarks/kws_stream.py --all --record` at seed "
+                  f"{first['seed']}: every keyword clip of the part once, held-back other "
+                  "words alone and in phrases, noise bursts, 1.5-3.5 s apart over a quiet "
+                  "room, through the node's capture and the collector's decision. Recall "
+                  "(keywords found with the right word) and false accepts per hour (a keyword "
+                  "result where none was said, or the wrong word) by threshold; the "
+                  "collector's default in bold.", "",
+                  "| threshold | " + " | ".join(f"{name} recall | {name} false/h"
+                                                for name, _ in streams) + " |",
+                  "|---|" + "---|---|" * len(streams)]
+        thresholds = [row["threshold"] for row in first["rows"]]
+        for index, threshold in enumerate(thresholds):
+            bold = "**" if abs(threshold - first["default_threshold"]) < 1e-9 else ""
+            cells = []
+            for _, stream in streams:
+                row = stream["rows"][index]
+                cells += [f"{bold}{row['recall']:.1%}{bold}",
+                          f"{bold}{row['false_accepts_per_hour']:.1f}{bold}"]
+            lines.append(f"| {bold}{threshold:.2f}{bold} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot_confusion(name: str, entry: dict[str, Any], models_dir: Path) -> Path | None:
@@ -232,9 +272,15 @@ def plot_confusion(name: str, entry: dict[str, Any], models_dir: Path) -> Path |
         return None
     matrix = np.array(entry["metrics"]["confusion"])
     labels = entry["output"]["labels"]
+    title = f"{name}: {entry['metrics']['accuracy']:.2%} on {matrix.sum()} test clips"
+    negatives = entry["metrics"].get("held_back_negatives", {})
+    if "words_predicted" in negatives and {"unknown", "silence"} <= set(labels):
+        # The split has no unknown or silence clips: those rows are the held-back negatives.
+        matrix[labels.index("unknown")] = negatives["words_predicted"]
+        matrix[labels.index("silence")] = negatives["noise_predicted"]
+        title += "\n(unknown: held-back other words, silence: held-back noise)"
     path = models_dir / FIGURES / f"{name}_confusion.png"
-    save_confusion_png(matrix, labels, f"{name}: {entry['metrics']['accuracy']:.2%} on "
-                                       f"{matrix.sum()} test clips", path, plt)
+    save_confusion_png(matrix, labels, title, path, plt)
     return path
 
 

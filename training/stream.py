@@ -99,7 +99,7 @@ def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
         position += count
     items += [("word", others[i]) for i in order[in_phrases:]]
     for _ in range(int(len(keywords) * noise_bursts_per_keyword)):
-        name, samples = noise[int(rng.integers(len(noise)))]
+        _, samples = noise[int(rng.integers(len(noise)))]
         length = int(rng.uniform(1.0, 3.0) * RATE)
         start = int(rng.integers(0, max(1, len(samples) - length)))
         burst = _unit_rms(samples[start:start + length].astype(np.float32))
@@ -137,14 +137,20 @@ class StreamResult:
                 "false_accepts": self.false_accepts, "false_by_kind": self.by_kind}
 
 
-def capture_events(stream: Stream, node_id: str = "stream") -> list[bytes]:
-    """The stream through the node's capture at its default settings, as the node's
-    payloads (events in order)."""
+def capture_events(stream: Stream, node_id: str = "stream",
+                   gate_dbfs: float | None = None) -> list[bytes]:
+    """The stream through the node's capture at its default settings (or another gate), as
+    the node's payloads (events in order)."""
+    import dataclasses
+
     from node.microphone import BLOCK_SECONDS, SoundEvents
     from node.settings import AudioSource
     from node.sources import capture
 
-    events = SoundEvents(capture(AudioSource()), stream.rate, START_TIME)
+    settings = capture(AudioSource())
+    if gate_dbfs is not None:
+        settings = dataclasses.replace(settings, gate_dbfs=gate_dbfs)
+    events = SoundEvents(settings, stream.rate, START_TIME)
     block = int(BLOCK_SECONDS * stream.rate)
     payloads = []
 
