@@ -72,6 +72,21 @@ def test_keyword_models_recognise_the_bundled_clips(
     assert float(result["accuracy"]) >= 13 / 16  # test-split clips; the models score ~93 %
     assert list(result["recall"]) == ["stop", "up", "yes", "right", "left", "no", "down", "go"]
     assert (tmp_path / "c.png").stat().st_size > 1000
+    # _unknown_/ holds other words: how many of them get a keyword label is its own number.
+    assert result["unknown_clips"] == 4 and result["unknown_as_keyword"] <= 0.25
+
+
+def test_a_folder_becomes_a_stream_through_capture_and_collector(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.evaluate import main
+
+    assert main(["kws_b", "--speech-dir", str(SPEECH), "--stream",
+                 "--confusion-png", str(tmp_path / "c.png")]) == 0
+    output = capsys.readouterr().out
+    assert "stream: " in output and "16 keywords, 4 other sounds" in output
+    table = output.split("false accepts by what was there")[1].splitlines()[1:]
+    recalls = [float(line.split()[1].rstrip("%")) for line in table if line.strip()]
+    assert len(recalls) >= 6 and recalls == sorted(recalls, reverse=True)  # stricter, fewer
 
 
 def test_any_sample_rate_gives_the_same_answers(tmp_path: Path,
