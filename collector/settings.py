@@ -22,7 +22,7 @@ class CollectorOptions:
                                            "in place of the one it was tuned from")
     keyword_model: str = setting("kws_b", "keyword spotter for audio clips",
                                  choices=KEYWORD_MODELS)
-    keyword_threshold: float = setting(0.6, "smoothed probability a word needs to be reported; "
+    keyword_threshold: float = setting(0.7, "smoothed probability a word needs to be reported; "
                                        "below it the event's result is 'unknown' (the "
                                        "default is chosen on validation streams: "
                                        "benchmarks/kws_stream.py)", min=0.0, max=1.0)

@@ -294,3 +294,33 @@ def test_a_node_whose_sensor_thread_dies_stops_with_exit_status_1(
     assert time.monotonic() - started < 30  # stopped by the death, not by --duration
     assert "error: thread 'climate' died: ZeroDivisionError: division by zero in a driver" \
         in capsys.readouterr().err
+
+
+def test_a_node_with_a_microphone_publishes_each_sound_event_once_with_its_time(
+        mosquitto: LocalMosquitto, tmp_path: Path, listener: MqttClient) -> None:
+    from node.microphone import Capture, Microphone, RecordedStream
+
+    rate = 16_000
+    room = np.random.default_rng(0).normal(0, 20, 8 * rate)
+    for at in (1.0, 4.5):  # two half-second tones
+        first = int(at * rate)
+        room[first:first + rate // 2] += 8000 * np.sin(np.arange(rate // 2) * 0.2)
+    samples = room.round().astype(np.int16)
+    microphone = Microphone(RecordedStream(samples, rate, speed=4.0), rate, Capture(),
+                            clock=lambda: 1_767_225_600.0)
+    settings = NodeSettings(broker=broker_config(mosquitto, connect_timeout_s=1.0),
+                            node=NodeIdentity(id="pi-node", spool_path=str(tmp_path / "spool")))
+    node = Node(settings, microphone=microphone)
+    thread = run_in_thread(node)
+    try:
+        clips = [decode_sensor_message(m.topic, m.payload) for m in collect(listener, 2)]
+        assert "microphone 2 sound events, 0 dropped" in node.stats_line()
+    finally:
+        node.stop()
+        thread.join(timeout=10)
+        node.close()
+    assert [round(c.time - 1_767_225_600.0, 1) for c in clips] == [0.7, 4.2]  # pre-roll
+    assert all(isinstance(c, AudioClip) and 1.0 <= c.duration <= 1.2 for c in clips)
+    for clip in clips:
+        first = round((clip.time - 1_767_225_600.0) * rate)
+        np.testing.assert_array_equal(clip.samples, samples[first:first + len(clip.samples)])

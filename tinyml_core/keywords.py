@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class ScanSettings:
     hop_s: float = 0.1  # between window starts
     smoothing: int = 3  # windows averaged per decision
-    threshold: float = 0.6  # smoothed probability a word needs
+    threshold: float = 0.7  # smoothed probability a word needs (the collector's default)
     refractory_s: float = 1.0  # one utterance: no second word within this of the first
 
     def __post_init__(self) -> None:
