@@ -123,12 +123,17 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
         return (f"{inbound.topic:<30} {message.model}: {made_at} +{ahead:<3} min "
                 f"T {last.temperature:6.2f} °C  RH {last.humidity:5.1f} %")
     if isinstance(message, KeywordResult):
-        spoken = words.get(message.input_time)
+        # A word is timed at its window inside the clip: the clip is the last one before it.
+        starts = [at for at in words if at <= message.input_time]
+        spoken = words[max(starts)] if starts else None
         kind = "others" if spoken == UNKNOWN_LABEL else "keywords"
         counts[kind] += 1
         counts[f"{kind} right"] += message.label == spoken
+        top = max(message.probabilities, key=message.probabilities.__getitem__)
+        why = f"{top} {message.probabilities[top]:.0%}" if message.label == UNKNOWN_LABEL \
+            else f"{message.probability:.0%}"
         return (f"{inbound.topic:<30} {message.model}: '{message.label}' "
-                f"({message.probability:.0%}, {message.latency_ms:.2f} ms)"
+                f"({why}, {message.latency_ms:.2f} ms)"
                 f"{'' if message.label == spoken else f'  (the sample says {spoken!r})'}")
     if isinstance(message, ErrorRecord):
         return f"{inbound.topic:<30} rejected: {message.reason}"

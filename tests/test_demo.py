@@ -13,14 +13,16 @@ def test_demo_with_private_mosquitto(capsys: pytest.CaptureFixture[str]) -> None
     assert main([]) == 0
     output = capsys.readouterr().out
     assert "broker: private Mosquitto" in output
-    assert "node published 304 messages" in output and "broker acknowledged 304" in output
+    assert "node published 310 messages" in output and "broker acknowledged 310" in output
     assert "status/demo-node               offline" in output
     assert "the sample says 'yes'" in output
-    # The collector ran on the shipped models: a forecast per full window, a keyword per clip.
+    # The collector ran on the shipped models: a forecast per full window, a keyword result
+    # per clip (16 words, 4 other words, 2 noises).
     assert "collector: 283 from forecast_a, 283 from forecast_b" in output
-    assert "582 predictions, 0 error records" in output
+    assert "588 predictions, 0 error records" in output
     recognised = int(output.split("keywords: ")[1].split(" of 16")[0])
     assert recognised >= 12
+    assert "6 of 6 other words and noises answered 'unknown'" in output
 
 
 def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
@@ -28,5 +30,5 @@ def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--embedded-broker", "--speed", "0"]) == 0
     output = capsys.readouterr().out
     assert "broker: embedded amqtt" in output
-    assert "this printout decoded 304 sensor messages" in output
+    assert "this printout decoded 310 sensor messages" in output
     assert "collector: 283 from forecast_a, 283 from forecast_b" in output

@@ -329,8 +329,9 @@ class KeywordSpotter:
         length: one-second windows every ``hop_s`` (rounded to whole frames), the last one
         ending at the clip's end; a clip shorter than a window is zero-padded to one.
 
-        The MFCCs are computed once for the whole clip: a window's frames are exactly those
-        the front end gives for that second on its own."""
+        The clip is resampled once and its MFCCs computed once: a window's frames are exactly
+        those the front end gives for that second of the resampled clip (a second resampled
+        on its own differs at its edges, where the filter would see past the cut)."""
         params = self.contract.front_end
         audio = resample(to_float(samples), sample_rate, params.sample_rate)
         if len(audio) < params.clip_samples:
