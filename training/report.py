@@ -222,6 +222,13 @@ def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> lis
             lines.append(f"| {name} best published | {front_cells} | DS-CNN | | | | | | "
                          f"{accuracy} | {size} |")
         figure = plot_confusion(name, entry, models_dir)
+        folds = entry.get("speaker_folds")
+        if folds:
+            notes.append(f"- {name} on voices it never heard: {folds['new_speakers']:.2%} "
+                         f"({len(folds['rows'])} of {folds['folds']} folds of the training "
+                         f"split by speaker, `{folds['command']}`); the same fold models score "
+                         f"{folds['test_split']:.2%} on the test split, whose speakers they "
+                         "mostly trained on.")
         notes.append(f"- {name}: constraints {_limits(entry.get('constraints', {}))}: "
                      f"{'met' if entry.get('constraints_met') else 'NOT met'}. "
                      f"![{name} confusion matrix]({FIGURES}/{figure.name})" if figure else "")

@@ -77,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (smoke tests)")
     parser.add_argument("--speech-dir", type=Path, help="mini speech commands folder")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="store the result in the model's manifest entry and refresh "
+                             "models/REPORT.md")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="folder with manifest.json, for --record (default: models/)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
@@ -100,11 +105,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = float(np.mean([r["test_split"] for r in rows]))
     print(f"{args.model}, {len(rows)} of {args.folds} folds: new speakers {new:.2%}, "
           f"test split {test:.2%} (difference {(new - test) * 100:+.2f} points)")
+    result = {"model": args.model, "folds": args.folds, "rows": rows, "new_speakers": new,
+              "test_split": test}
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "folds": args.folds,
-                                         "rows": rows, "new_speakers": new,
-                                         "test_split": test}, indent=1))
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.record:
+        record(args.models, args.model, rows, args.folds)
     return 0
+
+
+def record(models_dir: Path | None, name: str, rows: list[dict[str, Any]], folds: int) -> None:
+    """Keep the folds in the manifest entry (rows of earlier runs for other folds too)."""
+    from tinyml_core.models import read_manifest, write_manifest_entry
+
+    from . import MODELS_DIR
+    from .report import write_report
+
+    directory = models_dir or MODELS_DIR
+    entry = read_manifest(directory)[name]
+    earlier = entry.get("speaker_folds", {})
+    kept = {row["fold"]: row for row in earlier.get("rows", [])
+            if earlier.get("folds") == folds}
+    kept.update({row["fold"]: row for row in rows})
+    merged = [kept[fold] for fold in sorted(kept)]
+    entry["speaker_folds"] = {
+        "folds": folds, "rows": merged,
+        "new_speakers": float(np.mean([r["new_speakers"] for r in merged])),
+        "test_split": float(np.mean([r["test_split"] for r in merged])),
+        "command": f"python -m training.speakers {name} --folds {folds} --record"}
+    write_manifest_entry(directory, name, entry)
+    write_report(directory, {})
 
 
 if __name__ == "__main__":
