@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -156,7 +157,8 @@ def microphone_replay_command(args: argparse.Namespace, settings: NodeSettings) 
     pace = "as fast as possible" if args.speed == 0 else f"at x{args.speed:g}"
     print(f"playing {args.microphone} to the node's capture path {pace} "
           f"(gate {settings.audio.gate_dbfs:g} dBFS)")
-    with MqttClient(settings.broker, f"{node_id}-replay", publish_availability=False) as client:
+    with MqttClient(settings.broker, f"{node_id}-replay", publish_availability=False) as client, \
+            contextlib.closing(items):  # stops the capture thread if the replay ends early
         # The file plays at its own pace in the capture thread: publish events as they come.
         result = replay(client, items, 0, stop=stop.is_set)
     print(f"{result.sent} sound events sent, {result.acknowledged} acknowledged")

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +122,7 @@ def items_from_audio_dir(directory: Path | str, node_id: str, start_time: float,
 
 
 def items_from_microphone(path: Path | str, node_id: str, capture: Capture, start_time: float,
-                          speed: float = 1.0, first_seq: int = 0) -> Iterator[ReplayItem]:
+                          speed: float = 1.0, first_seq: int = 0) -> Generator[ReplayItem]:
     """The sound events a node's microphone would publish if it heard this WAV file, cut by
     the node's own capture path while the file plays at ``speed`` (0: at once); times are
     ``start_time`` + the offset in the file. The file is read and checked before this
@@ -138,7 +138,7 @@ def items_from_microphone(path: Path | str, node_id: str, capture: Capture, star
 
 
 def _captured_events(samples: np.ndarray, rate: int, node_id: str, capture: Capture,
-                     start_time: float, speed: float, first_seq: int) -> Iterator[ReplayItem]:
+                     start_time: float, speed: float, first_seq: int) -> Generator[ReplayItem]:
     microphone = Microphone(RecordedStream(samples, rate, speed), rate, capture,
                             clock=lambda: start_time, block_when_full=True).start()
     seq = first_seq

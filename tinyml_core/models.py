@@ -312,6 +312,7 @@ class KeywordSpotter:
         _check_shape(name, "output", model.output_shape, (len(self.contract.labels),))
         self.name, self.entry, self.model = name, entry, model
         self.labels = self.contract.labels
+        self.last_scan_inference_ms = 0.0  # the interpreter's time in the last scan
 
     def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """The model's input for one clip: standardised MFCCs."""
@@ -343,8 +344,11 @@ class KeywordSpotter:
         if starts[-1] != last:
             starts.append(last)
         windows = params.num_frames
-        probabilities = np.stack([self.model.predict(frames[None, start:start + windows])[0]
-                                  for start in starts])
+        rows, self.last_scan_inference_ms = [], 0.0
+        for start in starts:
+            rows.append(self.model.predict(frames[None, start:start + windows])[0])
+            self.last_scan_inference_ms += self.model.last_invoke_ms
+        probabilities = np.stack(rows)
         offsets = np.array(starts, dtype=np.float64) * params.frame_step / params.sample_rate
         return offsets, probabilities
 
