@@ -105,18 +105,22 @@ class SoundEvents:
         loud = level_dbfs(block) > self.capture.gate_dbfs
         start, self._position = self._position, self._position + len(block)
         if self._event is None:
-            if loud:
-                pre_roll = self._tail(self._pre_roll)
-                self._begin(start - len(pre_roll), [pre_roll, block])
-                return []
-            self._remember(block)
-            return self._periodic()
-        self._event.append(block)
-        self._event_samples += len(block)
-        self._quiet = 0 if loud else self._quiet + len(block)
-        if self._event_samples >= self._max:
-            return [self._cut_at_max()]
-        if self._quiet >= self._hangover and self._event_samples >= self._min:
+            if not loud:
+                self._remember(block)
+                return self._periodic()
+            pre_roll = self._tail(self._pre_roll)
+            self._begin(start - len(pre_roll), [pre_roll, block])
+        else:
+            self._event.append(block)
+            self._event_samples += len(block)
+            self._quiet = 0 if loud else self._quiet + len(block)
+        cuts = []
+        while self._event is not None and self._event_samples >= self._max:
+            cuts.append(self._cut_at_max())  # more than one only for blocks of seconds
+        if cuts:
+            return cuts
+        if self._event is not None and 0 < self._quiet >= self._hangover \
+                and self._event_samples >= self._min:  # fell back (and stayed) below the gate
             return [self._end_event()]
         return []
 

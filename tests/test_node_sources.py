@@ -7,7 +7,7 @@ import pytest
 
 from node.dht11 import MIN_READ_INTERVAL_S, Dht11Sensor
 from node.hardware import SensorReadError
-from node.microphone import Capture, Clip, Microphone, RecordedStream, level_dbfs
+from node.microphone import Capture, Clip, Microphone, RecordedStream, SoundEvents, level_dbfs
 from tests.fake_sensors import FakeInputStream, dht11_frame, make_dht11
 
 pytest.importorskip("adafruit_dht", reason="needs adafruit-circuitpython-dht (the dht extra)")
@@ -196,3 +196,19 @@ def test_level_of_a_full_scale_sine_is_minus_three_dbfs() -> None:
     sine = (32767 * np.sin(np.arange(RATE) * 2 * np.pi * 1000 / RATE)).astype(np.int16)
     assert level_dbfs(sine) == pytest.approx(-3.01, abs=0.01)
     assert level_dbfs(np.zeros(100, dtype=np.int16)) == -np.inf
+
+
+def test_one_huge_block_is_cut_into_the_same_events_as_small_ones() -> None:
+    samples = audio(8.0, loud=(0.5, 7.0))
+    small = SoundEvents(Capture(gate_dbfs=-40.0), RATE, 0.0)
+    cut_small = [c for start in range(0, len(samples), 1600)
+                 for c in small.feed(samples[start:start + 1600])] + small.flush()
+    huge = SoundEvents(Capture(gate_dbfs=-40.0), RATE, 0.0)
+    cut_huge = huge.feed(samples[:1600]) + huge.feed(samples[1600:]) + huge.flush()
+    assert len(cut_huge) >= 3
+    assert all(len(c.samples) <= 3 * RATE for c in cut_huge)
+    # every second of the sound is whole in one event either way
+    for clips in (cut_small, cut_huge):
+        spans = [(c.start_time, c.start_time + len(c.samples) / RATE) for c in clips]
+        for second in np.arange(0.5, 6.0, 0.1):
+            assert any(a <= second + 1e-9 and second + 1.0 <= b + 1e-9 for a, b in spans)
