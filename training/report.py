@@ -228,7 +228,9 @@ def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> lis
                          f"({len(folds['rows'])} of {folds['folds']} folds of the training "
                          f"split by speaker, `{folds['command']}`); the same fold models score "
                          f"{folds['test_split']:.2%} on the test split, whose speakers they "
-                         "mostly trained on.")
+                         "mostly trained on"
+                         + (f" (measured with {folds['measured_with']})."
+                            if "measured_with" in folds else "."))
         notes.append(f"- {name}: constraints {_limits(entry.get('constraints', {}))}: "
                      f"{'met' if entry.get('constraints_met') else 'NOT met'}. "
                      f"![{name} confusion matrix]({FIGURES}/{figure.name})" if figure else "")
