@@ -69,7 +69,9 @@ def test_keyword_models_recognise_the_bundled_clips(
     result = evaluate_json(capsys, model, "--speech-dir", str(SPEECH),
                            "--confusion-png", str(tmp_path / "c.png"))
     assert result["clips"] == 16
-    assert float(result["accuracy"]) >= 13 / 16  # test-split clips; the models score ~93 %
+    # Test-split clips; the models score ~93-94 % on all 800, so 16 clips may hold 2-4 misses
+    # (right/122c5aa7 peaks at -61 dBFS and every model misses it); a broken model gets ~2.
+    assert float(result["accuracy"]) >= 12 / 16
     assert list(result["recall"]) == ["stop", "up", "yes", "right", "left", "no", "down", "go"]
     assert (tmp_path / "c.png").stat().st_size > 1000
     # _unknown_/ holds other words: how many of them get a keyword label is its own number.

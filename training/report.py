@@ -263,7 +263,7 @@ def open_set_section(entries: dict[str, dict[str, Any]]) -> list[str]:
                   "(keywords found with the right word) and false accepts per hour (a keyword "
                   "result where none was said, or the wrong word) by threshold; the "
                   "collector's default in bold (chosen on the same stream built from the "
-                  "validation part: the highest recall with at most 5 false accepts an hour).",
+                  "validation part, at about 5 false accepts an hour).",
                   "",
                   "| threshold | " + " | ".join(f"{name} recall | {name} false/h"
                                                 for name, _ in streams) + " |",
