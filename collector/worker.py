@@ -49,15 +49,17 @@ class Counters:
     errors: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
-    def line(self, rate_limited: int = 0) -> str:
+    def line(self, rate_limited: int = 0, repeated_keywords: int = 0) -> str:
         if self.latencies_ms:
             p50, p99 = np.percentile(np.array(self.latencies_ms), [50, 99])
             latency = f"handling p50 {p50:.2f} ms, p99 {p99:.2f} ms"
         else:
             latency = "no latency yet"
         limited = f", {rate_limited} dropped over a node's rate limit" if rate_limited else ""
+        repeated = (f", keywords heard twice in overlapping sound events (reported once): "
+                    f"{repeated_keywords}") if repeated_keywords else ""
         return (f"{self.received} messages in, {self.predictions} predictions out, "
-                f"{self.errors} errors{limited}; {latency}")
+                f"{self.errors} errors{limited}{repeated}; {latency}")
 
 
 class Worker:
@@ -177,7 +179,8 @@ class Worker:
 
     def stats_line(self) -> str:
         limit = self.inference.rate_limit
-        return self.counters.line(limit.dropped if limit is not None else 0)
+        return self.counters.line(limit.dropped if limit is not None else 0,
+                                  self.inference.repeated_keywords)
 
     def close(self) -> None:
         """Disconnect, then save the windows (no message is handled any more by then)."""

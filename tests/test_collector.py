@@ -13,7 +13,7 @@ import pytest
 from collector.inference import Inference
 from collector.settings import CollectorOptions, CollectorSettings, parse_partition
 from collector.windows import REPAIR_STEPS, StepWindow
-from collector.worker import Worker
+from collector.worker import Counters, Worker
 from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
@@ -209,6 +209,7 @@ def test_a_word_in_the_overlap_of_two_events_is_reported_once() -> None:
     assert [r.label for r in keyword_results(inference, first)] == ["down"]
     assert keyword_results(inference, second) == []
     assert inference.repeated_keywords == 1
+    assert "heard twice in overlapping sound events (reported once): 1" in Counters().line(0, 1)
     later = event((0.5, "down"), start=1_729_300_010.0)  # said again, later: a new result
     assert [r.label for r in keyword_results(inference, later)] == ["down"]
 
