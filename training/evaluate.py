@@ -25,11 +25,11 @@ from tinyml_core.models import (
     load_keyword_spotter,
     read_manifest,
 )
-from tinyml_core.recordings import RecordingError, read_wav
 
 from . import MODELS_DIR, climate
 from .negatives import Negatives, silence_clips
 from .sensors import Sensor, sensor
+from .speech import read_clip
 
 log = logging.getLogger("training.evaluate")
 
@@ -101,31 +101,34 @@ def evaluate_negatives(models_dir: Path, name: str, negatives: Negatives,
     word's clips, and one-second crops of each noise recording's held-back tail at levels
     from -50 to -20 dBFS (what passes a node's gate)."""
     spotter = load_keyword_spotter(models_dir, name)
+    keywords = np.isin(np.array(spotter.labels), spotter.contract.keywords)
     rate = 16000
-    words: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for word, clip in zip(negatives.word_names[part], negatives.words[part], strict=True):
-        words.setdefault(word, []).append(clip)
     rng = np.random.default_rng(seed)
-    noise, noise_clips = {}, []
+    recordings, noise_clips = [], []
     for recording, samples in negatives.noise_audio(part, rate):
         crops = silence_clips([(recording, samples)], crops_per_recording, rate, rng,
                               (-50.0, -20.0))
-        clips = [(rate, crop) for crop in crops]
-        noise[recording] = keyword_rate(spotter, clips)
-        noise_clips += clips
-    word_rates = {word: keyword_rate(spotter, clips) for word, clips in sorted(words.items())}
-    counts = {word: len(clips) for word, clips in words.items()}
+        recordings += [recording] * len(crops)
+        noise_clips += [(rate, crop) for crop in crops]
+    # Each clip classified once; the rates per word and per recording are read from that.
+    word_labels = predicted_labels(spotter, negatives.words[part])
+    noise_labels = predicted_labels(spotter, noise_clips)
+
+    def keyword_share(labels: np.ndarray, groups: list[str]) -> dict[str, float]:
+        named = np.array(groups)
+        return {group: float(keywords[labels[named == group]].mean())
+                for group in sorted(set(groups))}
+
     size = len(spotter.labels)
     return {
-        "words_as_keyword": sum(word_rates[w] * counts[w] for w in counts) / sum(counts.values()),
-        "noise_as_keyword": float(np.mean(list(noise.values()))),
-        "word_clips": sum(counts.values()), "noise_clips": len(noise_clips),
-        "per_word": word_rates, "per_noise": noise,
+        "words_as_keyword": float(keywords[word_labels].mean()),
+        "noise_as_keyword": float(keywords[noise_labels].mean()),
+        "word_clips": len(word_labels), "noise_clips": len(noise_labels),
+        "per_word": keyword_share(word_labels, negatives.word_names[part]),
+        "per_noise": keyword_share(noise_labels, recordings),
         # What each got, per label: the unknown and silence rows of the confusion matrix.
-        "words_predicted": np.bincount(predicted_labels(spotter, negatives.words[part]),
-                                       minlength=size).tolist(),
-        "noise_predicted": np.bincount(predicted_labels(spotter, noise_clips),
-                                       minlength=size).tolist(),
+        "words_predicted": np.bincount(word_labels, minlength=size).tolist(),
+        "noise_predicted": np.bincount(noise_labels, minlength=size).tolist(),
     }
 
 
@@ -134,13 +137,7 @@ NOISE_FOLDER = "_background_noise_"  # longer recordings of the room, for --stre
 
 
 def read_folder(folder: Path) -> list[tuple[int, np.ndarray]]:
-    clips = []
-    for path in sorted(folder.glob("*.wav")):
-        try:
-            clips.append(read_wav(path))
-        except RecordingError as exc:
-            raise climate.DataError(f"unusable clip: {exc}") from None
-    return clips
+    return [read_clip(path) for path in sorted(folder.glob("*.wav"))]
 
 
 def speech_folder(speech_dir: Path, labels: Sequence[str]
@@ -177,8 +174,9 @@ def other_sounds(speech_dir: Path) -> tuple[list[tuple[int, np.ndarray]],
 
 
 def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
-                     targets: np.ndarray, labels: Sequence[str], speech_dir: Path,
-                     seed: int = 0) -> None:
+                     targets: np.ndarray, labels: Sequence[str],
+                     unknown: Sequence[tuple[int, np.ndarray]],
+                     noise: list[tuple[str, np.ndarray]], seed: int = 0) -> None:
     """The folder's clips as one continuous stream through the node's capture and the
     collector's decision (training/stream.py); prints recall and false accepts per hour."""
     from collector.settings import CollectorOptions
@@ -186,7 +184,6 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
 
     from .stream import RATE, build_stream, capture_events, print_table, threshold_table
 
-    unknown, noise = other_sounds(speech_dir)
     if not noise:  # a quiet room: faint white noise
         noise = [("white noise", np.random.default_rng(seed).normal(0, 0.1, 60 * RATE)
                   .astype(np.float32))]
@@ -277,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips, targets = speech_folder(args.speech_dir, labels)
     result = evaluate_clips(args.models, args.model, clips, targets,
                             show_progress=not args.json)
-    unknown, _ = other_sounds(args.speech_dir)
+    unknown, noise = other_sounds(args.speech_dir)
     if unknown:
         result["unknown_as_keyword"] = keyword_rate(load_keyword_spotter(args.models, args.model),
                                                     unknown)
@@ -292,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{UNKNOWN_FOLDER}: {result['unknown_as_keyword']:.1%} of {len(unknown)} clips "
                   "given a keyword label")
     if args.stream:
-        stream_on_folder(args.models, args.model, clips, targets, labels, args.speech_dir)
+        stream_on_folder(args.models, args.model, clips, targets, labels, unknown, noise)
     png = args.confusion_png or Path(f"{args.model}_confusion.png")
     from .report import pyplot, save_confusion_png
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from tinyml_core.frontend import fit_length, resample, to_float
-from tinyml_core.recordings import RecordingError, read_wav
 
 from . import DATA_DIR, SHARED_DATA_DIR
 from .climate import DataError
+from .speech import read_clip
 
 NAME = "negatives"
 LOCAL_ARCHIVE = SHARED_DATA_DIR / "negatives.tar.xz"
@@ -69,13 +69,6 @@ def noise_span(length: int, part: str) -> slice:
             "test": slice(validation_end, length)}[part]
 
 
-def _read(path: Path) -> tuple[int, np.ndarray]:
-    try:
-        return read_wav(path)
-    except RecordingError as exc:
-        raise DataError(f"negative clip unusable: {exc}") from None
-
-
 @dataclass
 class Negatives:
     """Other-word clips (int16, own rate) with their word, and noise as float at 16 kHz."""
@@ -92,11 +85,11 @@ class Negatives:
         names: dict[str, list[str]] = {part: [] for part in PARTS}
         for path in sorted((root / "words").glob("*/*.wav")):
             part = speaker_part(speaker(path))
-            words[part].append(_read(path))
+            words[part].append(read_clip(path))
             names[part].append(path.parent.name)
         noise: dict[str, list[tuple[str, int, np.ndarray]]] = {part: [] for part in PARTS}
         for path in sorted((root / "noise").glob("*.wav")):
-            rate, samples = _read(path)
+            rate, samples = read_clip(path)
             for part in PARTS:
                 noise[part].append((path.stem, rate, samples[noise_span(len(samples), part)]))
         if not words["train"] or not noise["train"]:

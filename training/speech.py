@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tinyml_core.frontend import MfccParams, fit_length, resample, to_float
 from tinyml_core.recordings import RecordingError, read_wav
@@ -90,10 +89,11 @@ def split_paths(root: Path, part: str) -> list[Path]:
 
 
 def read_clip(path: Path) -> tuple[int, np.ndarray]:
+    """A WAV of a dataset; an unreadable one is a data error naming the file."""
     try:
         return read_wav(path)
     except RecordingError as exc:
-        raise DataError(f"dataset clip unusable: {exc}") from None
+        raise DataError(f"clip unusable: {exc}") from None
 
 
 @dataclass
@@ -108,6 +108,8 @@ class SpeechData:
     @classmethod
     def load(cls, speech_dir: Path | None = None, parts: tuple[str, ...] = tuple(SPLIT_FILES),
              show_progress: bool = True) -> SpeechData:
+        from tqdm.auto import tqdm  # training extra; the split helpers import without it
+
         root = find_dataset(speech_dir)
         names = labels()
         clips: dict[str, list[tuple[int, np.ndarray]]] = {}
