@@ -21,6 +21,7 @@ import json
 import sys
 import time
 import wave
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,11 +70,7 @@ def main() -> int:
                 zip(speech.clips[args.part], speech.targets[args.part], strict=True)]
     stream = build_stream(keywords, negatives.words[args.part],
                           negatives.noise_audio(args.part, RATE), seed=args.seed)
-    kinds: dict[str, int] = {}
-    for item in stream.placed:
-        kinds[item.label if item.label in ("word", "phrase", "noise") else "keyword"] = \
-            kinds.get(item.label if item.label in ("word", "phrase", "noise") else "keyword",
-                      0) + 1
+    kinds = Counter(item.kind for item in stream.placed)
     payloads = capture_events(stream, gate_dbfs=args.gate)
     print(f"stream ({args.part} part, seed {args.seed}): {stream.hours * 60:.1f} min, "
           + ", ".join(f"{count} {kind}s" for kind, count in sorted(kinds.items()))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.errors import ModelLoadError, PayloadError
-from tinyml_core.keywords import ScanSettings, decide
+from tinyml_core.keywords import ScanSettings, find_keywords
 from tinyml_core.messages import (
     UNKNOWN_LABEL,
     AudioClip,
@@ -291,12 +291,9 @@ class Inference:
         if self.spotter is None:
             return []
         started = time.perf_counter()
-        offsets, probabilities = self.spotter.scan(clip.samples, clip.sample_rate,
-                                                   self.scan.hop_s)
-        inference_ms = self.spotter.last_scan_inference_ms
-        detections = decide(offsets, probabilities, self.spotter.labels,
-                            self.spotter.contract.keywords, self.scan)
+        detections = find_keywords(self.spotter, clip.samples, clip.sample_rate, self.scan)
         latency_ms = (time.perf_counter() - started) * 1000
+        inference_ms = self.spotter.last_scan_inference_ms
         labels = self.spotter.labels
         out = []
         for detection in detections:

@@ -27,13 +27,19 @@ RATE = 16_000
 START_TIME = 1_767_225_600.0  # 2026-01-01: any plausible time the protocol accepts
 PAGE_S = 60.0
 MATCH_S = 0.5  # a result's window may start this far from the keyword clip's start
+NOT_KEYWORDS = ("word", "phrase", "noise")
 
 
 @dataclass(frozen=True)
 class Placed:
     start: int  # sample index in the stream
     audio: np.ndarray  # float32 at RATE
-    label: str  # a keyword, "word", "phrase" or "noise"
+    label: str  # a keyword, or one of NOT_KEYWORDS
+
+    @property
+    def kind(self) -> str:
+        """"keyword", or what else it is."""
+        return self.label if self.label in NOT_KEYWORDS else "keyword"
 
 
 @dataclass
@@ -51,7 +57,7 @@ class Stream:
         return self.length / self.rate / 3600
 
     def keywords(self) -> list[Placed]:
-        return [p for p in self.placed if p.label not in ("word", "phrase", "noise")]
+        return [p for p in self.placed if p.kind == "keyword"]
 
     def render(self, start: int, end: int) -> np.ndarray:
         """int16 samples [start, end) of the stream."""
@@ -212,8 +218,8 @@ def _what_was_there(stream: Stream, at: float) -> str:
     for item in stream.placed:
         shared = min(window[1], item.start + len(item.audio)) - max(window[0], item.start)
         if shared > overlap:
-            best, overlap = item.label, shared
-    return best if best in ("word", "phrase", "noise", "room") else "keyword"
+            best, overlap = item.kind, shared
+    return best
 
 
 def threshold_table(stream: Stream, payloads: Sequence[bytes], models_dir: Path | str,
