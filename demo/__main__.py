@@ -94,6 +94,12 @@ def load_sample(samples: Path, node_id: str) -> tuple[list[ReplayItem], dict[flo
                    for item in items if item.label}
 
 
+def said(spoken: str | None) -> str:
+    if spoken == UNKNOWN_LABEL:
+        return "the sample is no keyword: another word or a noise"
+    return f"the sample says '{spoken}'"
+
+
 def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str]) -> str | None:
     """One readable line per message, or None to keep the output short."""
     try:
@@ -112,7 +118,7 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
     if isinstance(message, AudioClip):
         spoken = words.get(message.time, "?")
         return (f"{inbound.topic:<30} #{message.seq:<4} clip {message.duration:.2f} s "
-                f"at {message.sample_rate} Hz (the sample says '{spoken}')")
+                f"at {message.sample_rate} Hz ({said(spoken)})")
     if isinstance(message, Forecast):
         counts[message.model] += 1
         if round(message.input_time / 600) % READINGS_SHOWN_EVERY:
@@ -134,7 +140,7 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
             else f"{message.probability:.0%}"
         return (f"{inbound.topic:<30} {message.model}: '{message.label}' "
                 f"({why}, {message.latency_ms:.2f} ms)"
-                f"{'' if message.label == spoken else f'  (the sample says {spoken!r})'}")
+                f"{'' if message.label == spoken else f'  ({said(spoken)})'}")
     if isinstance(message, ErrorRecord):
         return f"{inbound.topic:<30} rejected: {message.reason}"
     if isinstance(message, Availability):
