@@ -82,6 +82,35 @@ def test_metric_gives_each_feature_over_all_steps_and_persistence_repeats_last()
     assert mae == pytest.approx({"temperature": (0.5 * 5 + 2.0) / 6, "humidity": 2.0})
 
 
+def test_skill_is_one_for_a_perfect_forecast_and_zero_for_persistence() -> None:
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(20, 3, (50, 6, 2)).astype(np.float32)
+    labels = inputs[:, -1:, :] + rng.normal(0, 0.5, (50, 3, 2)).astype(np.float32)
+    perfect = climate.against_persistence(labels, inputs, labels)
+    assert perfect["skill"] == pytest.approx({"temperature": 1.0, "humidity": 1.0})
+    repeated = climate.against_persistence(climate.persistence(inputs, 3), inputs, labels)
+    assert repeated["skill"] == {"temperature": 0.0, "humidity": 0.0}
+    assert repeated["mae"] == repeated["persistence"]
+
+
+def test_the_ceilings_linear_model_learns_a_steady_trend_that_persistence_misses() -> None:
+    from training.ceiling import features, linear
+
+    rng = np.random.default_rng(1)
+    slopes = rng.uniform(-0.3, 0.3, (400, 1, 2))
+    series = rng.uniform(0, 30, (400, 1, 2)) + slopes * np.arange(9)[None, :, None]
+    inputs, labels = series[:, :6].astype(np.float32), series[:, 6:].astype(np.float32)
+    end_times = rng.uniform(1.6e9, 1.7e9, 400)
+    feature_rows, last = features(inputs, end_times)
+    assert feature_rows.shape == (400, 5 * 2 + 2 + 2 + 2)  # changes, last, day, year
+    np.testing.assert_array_equal(last, inputs[:, -1:])
+    predicted = linear((inputs[:300], end_times[:300], labels[:300]),
+                       (inputs[300:], end_times[300:]), steps=3)
+    result = climate.against_persistence(predicted, inputs[300:], labels[300:])
+    assert result["persistence"]["temperature"] > 0.1
+    assert min(result["skill"].values()) > 0.99
+
+
 def test_bundled_sample_is_one_segment_of_288_readings() -> None:
     parts = climate.load_segments([SAMPLE_CSV])
     assert [len(part) for part in parts] == [288]

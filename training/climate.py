@@ -240,6 +240,16 @@ def persistence(inputs: np.ndarray, steps: int) -> np.ndarray:
     return np.repeat(inputs[:, -1:, :], steps, axis=1)
 
 
+def against_persistence(predictions: np.ndarray, inputs: np.ndarray, labels: np.ndarray
+                        ) -> dict[str, dict[str, float]]:
+    """MAE of ``predictions``, of persistence from the same ``inputs``, and the skill
+    1 - MAE / persistence MAE (per feature; above 0: better than repeating the last reading)."""
+    mae = mae_per_feature(predictions, labels)
+    base = mae_per_feature(persistence(inputs, labels.shape[1]), labels)
+    return {"mae": mae, "persistence": base,
+            "skill": {feature: 1 - mae[feature] / base[feature] for feature in mae}}
+
+
 def describe(paths: Sequence[Path]) -> list[dict[str, object]]:
     """Name, size and sha256 of each data file, for the manifest."""
     described = []

@@ -50,12 +50,8 @@ def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
                                 f"readings in {', '.join(map(str, files))}")
     if sensor is not None:
         inputs = sensor.quantize(inputs)
-    predictions = forecaster.predict(inputs, end_times)
-    mae = climate.mae_per_feature(predictions, labels)
-    persistence = climate.mae_per_feature(climate.persistence(inputs, steps), labels)
     return {"model": name, "windows": len(inputs), "sensor": sensor.name if sensor else "none",
-            "mae": mae, "persistence": persistence,
-            "skill": {feature: 1 - mae[feature] / persistence[feature] for feature in mae}}
+            **climate.against_persistence(forecaster.predict(inputs, end_times), inputs, labels)}
 
 
 def evaluate_clips(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],

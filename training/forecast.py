@@ -270,10 +270,7 @@ def evaluate(models_dir: Path, name: str, data: ClimateData, steps: int) -> dict
     end_times = data.end_times("test", steps)
 
     def measured(inputs: np.ndarray) -> dict[str, Any]:
-        mae = climate.mae_per_feature(forecaster.predict(inputs, end_times), y_test)
-        base = climate.mae_per_feature(climate.persistence(inputs, steps), y_test)
-        return {"mae": mae, "persistence": base,
-                "skill": {feature: round(1 - mae[feature] / base[feature], 4) for feature in mae}}
+        return climate.against_persistence(forecaster.predict(inputs, end_times), inputs, y_test)
 
     result = {"split": "test", "windows": len(x_test)} | measured(x_test)
     result["sensors"] = {}
@@ -359,10 +356,8 @@ def fine_tune(recipe: Recipe, data: ClimateData, recording: Any, models_dir: Pat
 
     def measured(forecaster_dir: Path, model_name: str) -> dict[str, Any]:
         forecaster = load_forecaster(forecaster_dir, model_name)
-        mae = climate.mae_per_feature(forecaster.predict(x_tail, times("test")), y_tail)
-        base_mae = climate.mae_per_feature(climate.persistence(x_tail, recipe.steps), y_tail)
-        return {"mae": mae, "persistence": base_mae,
-                "skill": {f: round(1 - mae[f] / base_mae[f], 4) for f in mae}}
+        return climate.against_persistence(forecaster.predict(x_tail, times("test")), x_tail,
+                                           y_tail)
 
     before = measured(models_dir, recipe.name)
     with tempfile.TemporaryDirectory() as scratch:
