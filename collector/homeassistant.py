@@ -1,6 +1,6 @@
 """Home Assistant MQTT discovery: each node shows up as a device with three sensors.
 
-Forecast temperature and humidity (the first forecast step) and the last keyword, read
+Forecast temperature and humidity (the first forecast step) and the last keyword said, read
 from the collector's prediction topics; available while both the collector and the node
 say ``online`` on their status topics. Configs are retained and sent again whenever Home
 Assistant announces itself on ``homeassistant/status`` (its users' most common complaint
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 
+from tinyml_core.messages import UNKNOWN_LABEL
 from tinyml_core.topics import PredictionKind, prediction_topic, status_topic
 
 DISCOVERY_PREFIX = "homeassistant"
 BIRTH_TOPIC = f"{DISCOVERY_PREFIX}/status"
+KEEP_WORD = "{{{{ {} if value_json.label != '" + UNKNOWN_LABEL + "' else {} }}}}"
 
 
 def discovery_messages(node_id: str, collector_id: str) -> list[tuple[str, bytes]]:
@@ -34,12 +36,18 @@ def discovery_messages(node_id: str, collector_id: str) -> list[tuple[str, bytes
             "value_template": "{{ value_json.steps[0].humidity | round(1) }}",
             "unit_of_measurement": "%", "device_class": "humidity",
             "state_class": "measurement"},
+        # The collector answers every sound event, most of them "unknown" (no word): the
+        # sensor keeps the last WORD (``this`` is the entity's own state), so automations
+        # see a change only when a keyword was said.
         "keyword": {
             "name": "Last keyword", "icon": "mdi:microphone-message",
             "state_topic": prediction_topic(node_id, PredictionKind.KEYWORD),
-            "value_template": "{{ value_json.label }}",
+            "value_template": KEEP_WORD.format("value_json.label", "this.state"),
             "json_attributes_topic": prediction_topic(node_id, PredictionKind.KEYWORD),
-            "json_attributes_template": "{{ {'probability': value_json.probability} | tojson }}"},
+            "json_attributes_template": KEEP_WORD.format(
+                "{'probability': value_json.probability, 'input_time': value_json.input_time}"
+                " | tojson", "{'probability': this.attributes.get('probability'), "
+                "'input_time': this.attributes.get('input_time')} | tojson")},
     }
     messages = []
     for key, config in sensors.items():

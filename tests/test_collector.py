@@ -463,6 +463,37 @@ def test_home_assistant_discovery_is_retained_and_resent_when_it_restarts(
     running.close()
 
 
+def test_home_assistants_last_keyword_changes_only_when_a_word_was_said() -> None:
+    """The discovery templates rendered as Home Assistant renders MQTT templates (Jinja2,
+    ``value_json`` and ``this``, the entity's current state), over a run of real results."""
+    import json
+    from types import SimpleNamespace
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from collector.homeassistant import discovery_messages
+
+    config = next(json.loads(payload) for topic, payload in discovery_messages("pi-1", "c-1")
+                  if topic.endswith("_keyword/config"))
+    environment = ImmutableSandboxedEnvironment()
+    state = environment.from_string(config["value_template"])
+    attributes = environment.from_string(config["json_attributes_template"])
+    entity = SimpleNamespace(state="unknown", attributes={})
+    seen = []
+    for index, label in enumerate(["unknown", "yes", "unknown", "unknown", "go", "unknown"]):
+        result = KeywordResult("pi-1", "kws_b", "1", 1.7e9 + index, 1.0, 0.5, label,
+                               {label: 0.9, "no": 0.1} if label != "unknown" else
+                               {"unknown": 0.8, "no": 0.2})
+        message = json.loads(result.encode())
+        entity = SimpleNamespace(
+            state=state.render(value_json=message, this=entity),
+            attributes=json.loads(attributes.render(value_json=message, this=entity)))
+        seen.append((entity.state, entity.attributes.get("input_time")))
+    assert seen == [("unknown", None), ("yes", 1.7e9 + 1), ("yes", 1.7e9 + 1),
+                    ("yes", 1.7e9 + 1), ("go", 1.7e9 + 4), ("go", 1.7e9 + 4)]
+    assert entity.attributes["probability"] == 0.9
+
+
 def test_a_flood_of_bad_input_is_logged_a_few_lines_a_minute(
         caplog: pytest.LogCaptureFixture) -> None:
     flooded = Inference(MODELS, ("forecast_a",), None)
