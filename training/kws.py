@@ -20,20 +20,10 @@ import numpy as np
 from tinyml_core.frontend import FrontEnd
 from tinyml_core.models import KEYWORD_TASK
 
-from . import synthetic
 from .climate import DataError
 from .compress import apply_pruning, kernel_sparsity, pruning_callbacks, ship, strip_pruning
 from .evaluate import evaluate_clips, evaluate_negatives
-from .negatives import (
-    SILENCE,
-    UNKNOWN,
-    Negatives,
-    at_level,
-    clip_audio,
-    noise_crops,
-    rms,
-    silence_clips,
-)
+from .negatives import SILENCE, UNKNOWN, Negatives, at_level, noise_crops, rms, silence_clips
 from .progress import EpochProgress
 from .recipes import Recipe
 from .speech import SpeechData
@@ -187,14 +177,6 @@ def describe_recipe(recipe: Recipe) -> str:
             f"{recipe.pruning.describe()}, {recipe.quantization.mode}")
 
 
-def synthetic_unknown(per_word: int, seed: int, rate: int, length: int) -> np.ndarray:
-    """[N, length] float32 at ``rate``: espeak-ng's other words (training/synthetic.py)."""
-    clips = synthetic.synthetic_words(per_word, seed)
-    log.info("%d synthetic other words (espeak-ng) added to the training share of unknown",
-             len(clips))
-    return clip_audio(clips, rate, length)
-
-
 @dataclass
 class OpenSet:
     """The two classes beyond the words, from the negatives' training share: "unknown"
@@ -245,10 +227,6 @@ def _prepare(recipe: Recipe, data: SpeechData, negatives: Negatives | None) -> _
             raise DataError(f"{recipe.name} is an open-set recipe: it needs the negatives")
         open_set = OpenSet.for_recipe(recipe, negatives, names)
         unknown_train = negatives.word_audio("train", params.sample_rate, params.clip_samples)
-        per_word = int(recipe.open_set.get("synthetic_per_word", 0))
-        if per_word:
-            unknown_train = np.concatenate([unknown_train, synthetic_unknown(
-                per_word, recipe.seed, params.sample_rate, params.clip_samples)])
         unknown_val = negatives.word_audio("validation", params.sample_rate, params.clip_samples)
         silence_val = silence_clips(negatives.noise_audio("validation", params.sample_rate),
                                     int(recipe.open_set.get("silence_validation", 200)),
@@ -371,9 +349,6 @@ def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool =
     if recipe.open_set and negatives is not None:
         metrics["held_back_negatives"] = evaluate_negatives(out_dir, recipe.name, negatives)
         described["negatives"] = negatives.describe()
-        if recipe.open_set.get("synthetic_per_word"):
-            described["synthetic_negatives"] = synthetic.describe(
-                int(recipe.open_set["synthetic_per_word"]))
     return entry | {"metrics": metrics, "training": training, "seed": recipe.seed,
                     "recipe": recipe.raw, "data": described}
 

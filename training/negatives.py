@@ -98,7 +98,8 @@ class Negatives:
 
     def word_audio(self, part: str, rate: int, length: int) -> np.ndarray:
         """[N, length] float32 at ``rate``, padded or cropped as the front end does."""
-        return clip_audio(self.words[part], rate, length)
+        return np.stack([fit_length(resample(to_float(clip), clip_rate, rate), length)
+                         for clip_rate, clip in self.words[part]])
 
     def noise_audio(self, part: str, rate: int) -> list[tuple[str, np.ndarray]]:
         """Each recording's share for ``part`` as float32 at ``rate``."""
@@ -111,13 +112,6 @@ class Negatives:
                 "split": "words by speaker hash (crc32 % 100: < 70 train, < 80 validation, "
                          "else held back); noise by time (70/10/20 % of every recording)",
                 "word_clips": {part: len(clips) for part, clips in self.words.items()}}
-
-
-def clip_audio(clips: list[tuple[int, np.ndarray]], rate: int, length: int) -> np.ndarray:
-    """[N, length] float32 at ``rate`` from (rate, int16) clips, padded or cropped as the
-    front end does."""
-    return np.stack([fit_length(resample(to_float(clip), clip_rate, rate), length)
-                     for clip_rate, clip in clips])
 
 
 def noise_crops(noise: list[tuple[str, np.ndarray]], count: int, length: int,
