@@ -155,12 +155,13 @@ def test_clips_get_the_right_keyword(inference: Inference) -> None:
 
 def test_a_word_below_the_threshold_is_unknown_with_the_models_probabilities(
         inference: Inference) -> None:
-    # The first 'yes' sample is a mumbled one: kws_b gives it 0.58, below the default 0.7.
-    [answer] = inference.handle("sensors/pi-1/audio", clip("yes", index=0).encode())
+    # kws_b hesitates over the second 'go' sample: 0.54 for 'down', below the default 0.7.
+    [answer] = inference.handle("sensors/pi-1/audio", clip("go", index=1).encode())
     result = KeywordResult.decode(answer.payload)
     assert result.label == "unknown"
-    assert max(result.probabilities, key=result.probabilities.__getitem__) == "yes"
-    assert 0.5 < result.probabilities["yes"] < inference.scan.threshold
+    top = max(result.probabilities, key=result.probabilities.__getitem__)
+    assert top in inference.spotter.contract.keywords  # type: ignore[union-attr]
+    assert 0.5 < result.probabilities[top] < inference.scan.threshold
 
 
 def test_a_threshold_no_word_reaches_gives_unknown() -> None:
