@@ -17,7 +17,7 @@ inputs, targets as recorded) of:
 - the shipped model (models/), one network for both conditions.
 
 ``--window 36`` shows what six hours of readings would allow (not the contract). Needs the
-climate files (data/climate or ../shared/data/climate). About 5 minutes on two cores.
+climate files (data/climate or ../shared/data/climate). About 2 minutes on two cores.
 """
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tinyml_core.errors import TinyMLError  # noqa: E402
 from tinyml_core.models import load_forecaster  # noqa: E402
 from training import climate  # noqa: E402
 from training.ceiling import large_mlp, linear  # noqa: E402
-from training.forecast import ClimateData  # noqa: E402
 from training.sensors import sensor  # noqa: E402
 
 HORIZONS = {"forecast_a": 3, "forecast_b": 9}
+
+
+def skill(predicted: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return climate.against_persistence(predicted, inputs, labels)["skill"]
 
 
 def main() -> int:
@@ -52,6 +56,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     args = parser.parse_args()
     started = time.perf_counter()
+    from training.forecast import ClimateData  # TensorFlow: after --help
+
     data = ClimateData.load(climate.default_climate_files())
     dht11 = sensor("dht11")
     conditions = {"as recorded": lambda v: v, "DHT11, one read per step": dht11.quantize}
@@ -68,17 +74,13 @@ def main() -> int:
         train, validation, test = part("train"), part("validation"), part("test")
         try:
             forecaster = load_forecaster(args.models, name)
-        except Exception as error:  # a models folder without it: show the ceiling alone
+        except TinyMLError as error:  # a models folder without it: show the ceiling alone
             print(f"({name} not loaded from {args.models}: {error})")
             forecaster = None
         x6, y6 = data.windows("test", steps)
         report[name] = {}
         for condition, reading in conditions.items():
             seen = [reading(x) for x in (train[0], validation[0], test[0])]
-            def skill(predicted: np.ndarray, inputs: np.ndarray, labels: np.ndarray
-                      ) -> dict[str, float]:
-                return climate.against_persistence(predicted, inputs, labels)["skill"]
-
             row = {"linear": skill(linear((seen[0], train[1], train[2]), (seen[2], test[1]),
                                           steps), seen[2], test[2]),
                    "large": skill(large_mlp((seen[0], train[1], train[2]),
@@ -90,12 +92,9 @@ def main() -> int:
                 row["shipped"] = skill(forecaster.predict(x_seen, data.end_times("test", steps)),
                                        x_seen, y6)
             report[name][condition] = row
-            cells = "".join(f"{row[k]['temperature']:>+9.1%}{row[k]['humidity']:>+7.1%}"
-                            if k in row else f"{'-':>9}{'-':>7}"
-                            for k in ("linear", "large"))
-            shipped = (f"{row['shipped']['temperature']:>+11.1%}{row['shipped']['humidity']:>+7.1%}"
-                       if "shipped" in row else "")
-            print(f"{name:<11}{condition:<26}{cells}{shipped}", flush=True)
+            cells = [f"{row[k]['temperature']:>+{width}.1%}{row[k]['humidity']:>+7.1%}"
+                     for k, width in (("linear", 9), ("large", 9), ("shipped", 11)) if k in row]
+            print(f"{name:<11}{condition:<26}{''.join(cells)}", flush=True)
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"window": args.window, "seed": args.seed,
