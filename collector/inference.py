@@ -291,9 +291,9 @@ class Inference:
         if self.spotter is None:
             return []
         started = time.perf_counter()
-        detections = find_keywords(self.spotter, clip.samples, clip.sample_rate, self.scan)
+        detections, scanned = find_keywords(self.spotter, clip.samples, clip.sample_rate,
+                                            self.scan)
         latency_ms = (time.perf_counter() - started) * 1000
-        inference_ms = self.spotter.last_scan_inference_ms
         labels = self.spotter.labels
         out = []
         for detection in detections:
@@ -304,7 +304,7 @@ class Inference:
                 continue
             result = KeywordResult(
                 clip.node_id, self.spotter.name, model_version(self.spotter.entry), at,
-                latency_ms, min(inference_ms, latency_ms), detection.label,
+                latency_ms, min(scanned.inference_ms, latency_ms), detection.label,
                 {name: float(p) for name, p in zip(labels, detection.probabilities, strict=True)})
             out.append(Outgoing(prediction_topic(clip.node_id, PredictionKind.KEYWORD),
                                 result.encode()))

@@ -82,7 +82,8 @@ def test_a_windows_features_are_those_of_that_second_on_its_own(spotter) -> None
     rate //= 2
     assert rate == spotter.contract.front_end.sample_rate
     event = np.concatenate([np.zeros(rate // 2, np.int16), word, np.zeros(rate, np.int16)])
-    offsets, probabilities = spotter.scan(event, rate, hop_s=0.1)
+    offsets, probabilities, inference_ms = spotter.scan(event, rate, hop_s=0.1)
+    assert inference_ms > 0
     assert offsets[0] == 0 and offsets[-1] == pytest.approx(len(event) / rate - 1.0)
     assert np.allclose(np.diff(offsets), 0.1)
     for index in (0, 5, len(offsets) - 1):
@@ -92,5 +93,5 @@ def test_a_windows_features_are_those_of_that_second_on_its_own(spotter) -> None
 
 
 def test_an_event_shorter_than_a_window_is_padded_to_one(spotter) -> None:  # type: ignore[no-untyped-def]
-    offsets, probabilities = spotter.scan(np.zeros(100, np.int16), 16000)
+    offsets, probabilities, _ = spotter.scan(np.zeros(100, np.int16), 16000)
     assert offsets.tolist() == [0.0] and probabilities.shape == (1, len(spotter.labels))

@@ -19,7 +19,7 @@ import numpy as np
 from .messages import UNKNOWN_LABEL
 
 if TYPE_CHECKING:
-    from .models import KeywordSpotter
+    from .models import KeywordSpotter, Scan
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ def decide(offsets_s: np.ndarray, probabilities: np.ndarray, labels: tuple[str, 
 
 
 def find_keywords(spotter: KeywordSpotter, samples: np.ndarray, sample_rate: int,
-                  settings: ScanSettings) -> list[Detection]:
-    """Scan one event (int16 or float audio at any rate) and decide."""
-    offsets, probabilities = spotter.scan(samples, sample_rate, settings.hop_s)
-    return decide(offsets, probabilities, spotter.labels, spotter.contract.keywords, settings)
+                  settings: ScanSettings) -> tuple[list[Detection], Scan]:
+    """Scan one event (int16 or float audio at any rate) and decide: the detections, and
+    the scan they were decided from."""
+    scan = spotter.scan(samples, sample_rate, settings.hop_s)
+    return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.contract.keywords,
+                  settings), scan

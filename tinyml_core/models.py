@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -301,6 +301,14 @@ class Forecaster:
         return predicted
 
 
+class Scan(NamedTuple):
+    """A clip scanned with one-second windows (:meth:`KeywordSpotter.scan`)."""
+
+    offsets: np.ndarray  # window starts in s
+    probabilities: np.ndarray  # [windows, labels]
+    inference_ms: float  # the interpreter's time over all windows
+
+
 class KeywordSpotter:
     """A keyword model with its front end: a clip at any rate in, label probabilities out."""
 
@@ -312,7 +320,6 @@ class KeywordSpotter:
         _check_shape(name, "output", model.output_shape, (len(self.contract.labels),))
         self.name, self.entry, self.model = name, entry, model
         self.labels = self.contract.labels
-        self.last_scan_inference_ms = 0.0  # the interpreter's time in the last scan
 
     def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """The model's input for one clip: standardised MFCCs."""
@@ -324,10 +331,9 @@ class KeywordSpotter:
         """[N, frames, coefficients] → [N, labels] probabilities."""
         return self.model.predict(features)
 
-    def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """(window start offsets in s, [windows, labels] probabilities) for a clip of any
-        length: one-second windows every ``hop_s`` (rounded to whole frames), the last one
+    def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1) -> Scan:
+        """Window start offsets, [windows, labels] probabilities and inference time for a clip
+        of any length: one-second windows every ``hop_s`` (rounded to whole frames), the last one
         ending at the clip's end; a clip shorter than a window is zero-padded to one.
 
         The clip is resampled once and its MFCCs computed once: a window's frames are exactly
@@ -344,13 +350,12 @@ class KeywordSpotter:
         if starts[-1] != last:
             starts.append(last)
         windows = params.num_frames
-        rows, self.last_scan_inference_ms = [], 0.0
+        rows, inference_ms = [], 0.0
         for start in starts:
             rows.append(self.model.predict(frames[None, start:start + windows])[0])
-            self.last_scan_inference_ms += self.model.last_invoke_ms
-        probabilities = np.stack(rows)
+            inference_ms += self.model.last_invoke_ms
         offsets = np.array(starts, dtype=np.float64) * params.frame_step / params.sample_rate
-        return offsets, probabilities
+        return Scan(offsets, np.stack(rows), inference_ms)
 
     def classify(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Probabilities of every label for one clip (int16 or float audio)."""
