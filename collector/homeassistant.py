@@ -16,7 +16,11 @@ from tinyml_core.topics import PredictionKind, prediction_topic, status_topic
 
 DISCOVERY_PREFIX = "homeassistant"
 BIRTH_TOPIC = f"{DISCOVERY_PREFIX}/status"
-KEEP_WORD = "{{{{ {} if value_json.label != '" + UNKNOWN_LABEL + "' else {} }}}}"
+
+
+def keep_word(on_word: str, otherwise: str) -> str:
+    """A template: ``on_word`` for a result that is a word, ``otherwise`` for unknown."""
+    return f"{{{{ {on_word} if value_json.label != '{UNKNOWN_LABEL}' else {otherwise} }}}}"
 
 
 def discovery_messages(node_id: str, collector_id: str) -> list[tuple[str, bytes]]:
@@ -42,9 +46,9 @@ def discovery_messages(node_id: str, collector_id: str) -> list[tuple[str, bytes
         "keyword": {
             "name": "Last keyword", "icon": "mdi:microphone-message",
             "state_topic": prediction_topic(node_id, PredictionKind.KEYWORD),
-            "value_template": KEEP_WORD.format("value_json.label", "this.state"),
+            "value_template": keep_word("value_json.label", "this.state"),
             "json_attributes_topic": prediction_topic(node_id, PredictionKind.KEYWORD),
-            "json_attributes_template": KEEP_WORD.format(
+            "json_attributes_template": keep_word(
                 "{'probability': value_json.probability, 'input_time': value_json.input_time}"
                 " | tojson", "{'probability': this.attributes.get('probability'), "
                 "'input_time': this.attributes.get('input_time')} | tojson")},

@@ -119,8 +119,8 @@ class SoundEvents:
             cuts.append(self._cut_at_max())  # more than one only for blocks of seconds
         if cuts:
             return cuts
-        if self._event is not None and 0 < self._quiet >= self._hangover \
-                and self._event_samples >= self._min:  # fell back (and stayed) below the gate
+        fell_back = self._quiet > 0 and self._quiet >= self._hangover  # and stayed below
+        if self._event is not None and fell_back and self._event_samples >= self._min:
             return [self._end_event()]
         return []
 
