@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ha-discovery", action="store_true", default=None,
                      help="publish Home Assistant MQTT discovery configs for every node seen")
     run.add_argument("--state", metavar="FILE",
-                     help="windows saved on a clean stop and loaded at start (overrides "
-                          "[collector] state_path; \"\": none)")
+                     help="windows saved on a clean stop and every state_save_s, loaded at "
+                          "start (overrides [collector] state_path; \"\": none)")
     run.add_argument("--duration", type=float, metavar="SECONDS",
                      help="stop after this long (default: run until stopped)")
     add_logging_arguments(run)

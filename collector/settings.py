@@ -34,9 +34,12 @@ class CollectorOptions:
                                "no sharing")
     partition: str = setting("1/1", "K/N: forecast only the nodes in part K of N (readings are "
                              "split by node, since a window needs all of a node's readings)")
-    state_path: str = setting("var/{id}-windows.json", "where the windows are saved on a clean "
-                              "stop and loaded at start ({id}: the collector id); empty: not "
-                              "saved")
+    state_path: str = setting("var/{id}-windows.json", "where the windows are saved (on a clean "
+                              "stop and every state_save_s) and loaded at start ({id}: the "
+                              "collector id); empty: not saved")
+    state_save_s: float = setting(60.0, "seconds between saves of the windows while readings "
+                                  "arrive, so a crash or power cut loses at most this much of "
+                                  "them; 0: saved on a clean stop only", min=0.0, max=86_400)
     rate_limit_per_s: float = setting(250.0, "messages per second one node may send on average "
                                       "(keep it above the nodes' flush_rate_per_s); 0: no limit",
                                       min=0.0, max=1_000_000)

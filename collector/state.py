@@ -1,9 +1,12 @@
-"""The collector's windows on disk: saved on a clean stop, loaded at start.
+"""The collector's windows on disk: saved on a clean stop and every ``state_save_s`` while
+readings arrive, loaded at start.
 
 Without them every node's forecasts would pause for a whole window (an hour at 10-minute
-steps) after each upgrade or reboot. A window is saved with its step times and its half-averaged
-open step, so the first reading after a restart within a step continues it exactly; a window whose
-next reading is more than one step later is emptied (StepWindow's gap rule), never joined to it.
+steps) after each upgrade, reboot, crash or power cut. A window is saved with its step times
+and its half-averaged open step, so the first reading after a restart within a step continues
+it exactly; a window whose next reading is more than one step later is emptied (StepWindow's
+gap rule), never joined to it. After a crash the windows are those of the last save: readings
+taken since then are missing from the step they fell in.
 
 The file is JSON, written atomically (a crash while saving leaves the previous file). One that
 is unreadable, of another format or version, or saved by another collector id (two workers
@@ -35,7 +38,12 @@ def state_path(template: str, collector_id: str) -> Path | None:
 
 def save_state(path: Path, collector_id: str, inference: Inference) -> int:
     """Write every window to ``path``; returns how many."""
-    windows = inference.export_windows()
+    return write_state(path, collector_id, inference.export_windows())
+
+
+def write_state(path: Path, collector_id: str, windows: list[dict[str, Any]]) -> int:
+    """Write windows exported by :meth:`Inference.export_windows` to ``path`` (atomically);
+    returns how many."""
     document = {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
                 "saved_at": time.time(), "windows": windows}
     path.parent.mkdir(parents=True, exist_ok=True)

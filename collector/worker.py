@@ -32,7 +32,7 @@ from tinyml_core.topics import (
 from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
 from .settings import CollectorSettings
-from .state import load_state, save_state, state_path
+from .state import load_state, state_path, write_state
 
 log = logging.getLogger("collector")
 
@@ -75,6 +75,9 @@ class Worker:
         self.stop_requested = threading.Event()
         self.announced: set[str] = set()  # nodes whose Home Assistant discovery was sent
         self.state_path = state_path(options.state_path, options.id)
+        # Held while a message changes the windows and while they are copied for saving.
+        self._windows_lock = threading.Lock()
+        self._saved_readings = 0  # inference.readings when the windows were last saved
         self._confirmed_at = 0.0  # time.monotonic() of the last look for due confirmations
 
     def filters(self) -> list[str]:
@@ -95,6 +98,7 @@ class Worker:
         if self.state_path is not None and self.inference.forecasters:
             # Before connecting: a resumed session delivers what waited for us at once.
             load_state(self.state_path, self.settings.collector.id, self.inference)
+            self._saved_readings = self.inference.readings
         self.client.connect()
         for topic_filter in self.filters():
             self.client.subscribe(topic_filter)
@@ -106,6 +110,8 @@ class Worker:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""
         interval = self.settings.collector.stats_interval_s
         next_stats = time.monotonic() + interval
+        save_every = self.settings.collector.state_save_s
+        next_save = time.monotonic() + save_every
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not self.stop_requested.is_set():
             now = time.monotonic()
@@ -116,6 +122,9 @@ class Worker:
                 next_stats += interval
             if now - self._confirmed_at >= CONFIRM_IDLE_S:  # no traffic: handle() is not called
                 self.publish_confirmations()
+            if save_every and now >= next_save:
+                self.save_windows()
+                next_save = now + save_every
             wake = next_stats if deadline is None else min(next_stats, deadline)
             self.stop_requested.wait(min(0.25, max(0.0, wake - now)))
 
@@ -150,7 +159,8 @@ class Worker:
         if time.monotonic() - self._confirmed_at >= CONFIRM_EVERY_S:
             self.publish_confirmations()
         try:
-            answers = self.inference.handle(message.topic, message.payload)
+            with self._windows_lock:
+                answers = self.inference.handle(message.topic, message.payload)
         except Exception:  # a model or library bug must not stop the worker
             log.exception("unexpected failure on %s; message dropped", message.topic)
             answers = []
@@ -188,11 +198,25 @@ class Worker:
         if self.client.is_connected:
             self.publish_confirmations(everything=True)
         self.client.close()
-        if self.state_path is not None and self.inference.forecasters:
-            try:
-                count = save_state(self.state_path, self.settings.collector.id, self.inference)
-                log.info("saved %d windows to %s", count, self.state_path)
-            except OSError as error:
-                log.error("windows not saved to %s: %s; forecasts resume a window after the "
-                          "next start", self.state_path, error)
+        self.save_windows(final=True)
+
+    def save_windows(self, final: bool = False) -> None:
+        """Write the windows to the state file: on a clean stop, and while running whenever
+        readings were taken since the last save (an idle collector does not wear the disk)."""
+        if self.state_path is None or not self.inference.forecasters:
+            return
+        with self._windows_lock:  # a consistent copy; the slow write happens outside
+            readings = self.inference.readings
+            if readings == self._saved_readings and not final:
+                return
+            windows = self.inference.export_windows()
+        try:
+            count = write_state(self.state_path, self.settings.collector.id, windows)
+        except OSError as error:
+            log.error("windows not saved to %s: %s; after a restart forecasts resume from the "
+                      "last save, or a window later", self.state_path, error)
+            return
+        self._saved_readings = readings
+        log.log(logging.INFO if final else logging.DEBUG, "saved %d windows to %s", count,
+                self.state_path)
 

@@ -7,6 +7,7 @@ A killed Mosquitto keeps only what it saved, so these brokers save on every chan
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -241,3 +242,57 @@ def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down
     assert {reading_time(seq) for seq in range(WINDOW - 1, 95)} <= forecast_times
     # Readings sent while it was down (100 to 199) were processed after it returned.
     assert new_windows <= forecast_times
+
+
+def saved_steps(state: Path) -> set[float]:
+    """When each saved window's newest step ends (empty before the first save)."""
+    if not state.exists():
+        return set()
+    windows = json.loads(state.read_text())["windows"]
+    return {max(step for step, _, _ in window["steps"]) * STEP_S for window in windows}
+
+
+def test_collector_killed_after_saving_its_windows_forecasts_from_the_next_reading(
+        mosquitto_factory: Callable[..., LocalMosquitto], tmp_path: Path) -> None:
+    """A crash or power cut (SIGKILL: no clean-stop save) costs no forecasts when the windows
+    were saved while running (``state_save_s``): the restarted collector forecasts from the
+    first reading it gets, not a window later."""
+    broker = mosquitto_factory(extra_config=SAVE_EVERY_CHANGE)
+    log = tmp_path / "collector.log"
+    state = log.with_suffix(".windows.json")
+    config = tmp_path / "collector.toml"
+    config.write_text('[collector]\nkeyword_model = "kws_c"\nstate_save_s = 0.2\n')
+    collector = start_collector(broker, log, "--config", str(config))
+    observer = Observer(broker, "predictions/#")
+    wait_online(broker)
+    node = MqttClient(broker_config(broker), "pi-power-cut", publish_availability=False).connect()
+
+    def send(seqs: range) -> None:
+        pending = [node.publish(climate_topic("pi-power-cut"),
+                                ClimateReading("pi-power-cut", reading_time(seq), seq, 21.0,
+                                               45.0).encode()) for seq in seqs]
+        assert all(handle.wait(10) for handle in pending)
+
+    def forecast_times() -> set[float]:
+        return {t for t, _, _ in observer.forecasts}
+
+    try:
+        send(range(40))
+        assert observer.wait_until(lambda: reading_time(39) in forecast_times(), timeout=30)
+        assert observer.wait_until(lambda: saved_steps(state) == {reading_time(39)},
+                                   timeout=10), "the running collector did not save its windows"
+        collector.send_signal(signal.SIGKILL)
+        collector.wait(timeout=5)
+        send(range(40, 50))  # while no collector runs
+        collector = start_collector(broker, log, "--config", str(config))
+        # Without the saved windows the first forecast would come at reading 40 + WINDOW - 1.
+        assert observer.wait_until(
+            lambda: {reading_time(seq) for seq in range(40, 50)} <= forecast_times(),
+            timeout=30), (f"forecast after the restart: "
+                          f"{sorted(round((t - START) / STEP_S) for t in forecast_times())}")
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=15)
+        observer.close()
+        node.close()
+    assert collector.returncode == 0, log.read_text()[-2000:]
