@@ -8,10 +8,11 @@ together into phrases, and bursts of the held-back tails of the noise recordings
 apart over a quiet room tone. The node's capture cuts it into sound events at its default
 settings; the collector's keyword path (scan, smoothing, threshold, one result per
 utterance) answers each. Prints recall and false accepts per hour over a range of
-thresholds, the collector's default marked, and how often held-back single clips of other
-words and noise get a keyword label. ``--part validation`` builds the stream from the
-validation split and negatives: the default threshold is chosen there, never on the test
-part. Needs the datasets (../shared/data or data/).
+thresholds, the model's default threshold marked, and how often held-back single clips of
+other words and noise get a keyword label. ``--part validation`` builds the stream from the
+validation split and negatives: each model's default threshold is chosen there, never on the
+test part (``--part validation --choose-threshold --record`` stores it in the manifest, where
+the collector reads it). Needs the datasets (../shared/data or data/).
 """
 
 from __future__ import annotations
@@ -35,13 +36,32 @@ from training.negatives import Negatives  # noqa: E402
 from training.speech import SpeechData  # noqa: E402
 from training.stream import (  # noqa: E402
     RATE,
+    StreamResult,
     build_stream,
     capture_events,
+    choose_threshold,
     print_table,
     threshold_table,
 )
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+CHOICES = tuple(round(0.40 + 0.02 * i, 2) for i in range(29))  # 0.40 ... 0.96
+
+
+def record_default(models: Path, model: str, chosen: StreamResult, args: argparse.Namespace,
+                   hours: float) -> None:
+    """Store the chosen threshold in the model's manifest entry (the collector's default)."""
+    from tinyml_core.models import read_manifest, write_manifest_entry
+
+    entry = read_manifest(models)[model]
+    entry["default_threshold"] = {
+        "value": chosen.threshold, "recall": round(chosen.recall, 4),
+        "false_accepts_per_hour": round(chosen.false_per_hour, 2),
+        "chosen_on": f"validation stream (seed {args.seed}, {hours * 60:.1f} min): the most "
+                     f"keywords found at <= {args.max_false_per_hour:g} false accepts an hour",
+        "command": "benchmarks/kws_stream.py --all --part validation --choose-threshold "
+                   "--record"}
+    write_manifest_entry(models, model, entry)
 
 
 def main() -> int:
@@ -56,6 +76,12 @@ def main() -> int:
     parser.add_argument("--gate", type=float, metavar="DBFS",
                         help="the node's gate_dbfs (default: the node's default)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
+    parser.add_argument("--choose-threshold", action="store_true",
+                        help="with --part validation: find each model's default threshold "
+                             "(the most keywords found within --max-false-per-hour; 0.40-0.96 "
+                             "in steps of 0.02); with --record, store it in the manifest")
+    parser.add_argument("--max-false-per-hour", type=float, default=5.0,
+                        help="false-accept budget for --choose-threshold (default 5)")
     parser.add_argument("--save-wav", type=Path, metavar="FILE",
                         help="also write the stream as a WAV (for `node replay --microphone`)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
@@ -63,6 +89,9 @@ def main() -> int:
                         help="store each model's table in its manifest entry and refresh "
                              "models/REPORT.md")
     args = parser.parse_args()
+    if args.choose_threshold and args.part != "validation":
+        parser.error("--choose-threshold needs --part validation: a default is never chosen "
+                     "on the test part")
     started = time.perf_counter()
     speech = SpeechData.load(parts=(args.part,), show_progress=False)
     negatives = Negatives.load()
@@ -84,22 +113,32 @@ def main() -> int:
             for page in stream.pages():
                 out.writeframes(page.tobytes())
         print(f"wrote {args.save_wav}")
-    default = CollectorOptions().keyword_threshold
     options = CollectorOptions()
-    base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
     report = {}
     for model in (("kws_a", "kws_b", "kws_c") if args.all else (args.model,)):
         spotter = load_keyword_spotter(args.models, model)
+        default = options.keyword_threshold or spotter.contract.default_threshold
+        base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
         print(f"\n{model} ({len(spotter.labels)} outputs: {', '.join(spotter.labels)})")
-        thresholds = sorted({*args.thresholds, default})
+        thresholds = sorted({*(CHOICES if args.choose_threshold else args.thresholds), default})
         rows = threshold_table(stream, payloads, args.models, model, thresholds, base)
         print_table(rows, default)
+        if args.choose_threshold:
+            chosen = choose_threshold(rows, args.max_false_per_hour)
+            if chosen is None:
+                print(f"no threshold keeps {model} within {args.max_false_per_hour:g} false "
+                      "accepts an hour: its default is left as it is")
+            else:
+                print(f"chosen: {chosen.threshold:.2f} (finds {chosen.recall:.1%} at "
+                      f"{chosen.false_per_hour:.1f} false accepts an hour)")
+                if args.record:
+                    record_default(args.models, model, chosen, args, stream.hours)
         singles = evaluate_negatives(args.models, model, negatives, part=args.part)
         print(f"single held-back clips given a keyword label: other words "
               f"{singles['words_as_keyword']:.1%} of {singles['word_clips']}, noise "
               f"{singles['noise_as_keyword']:.1%} of {singles['noise_clips']}")
         report[model] = {"stream": [row.row() for row in rows], "singles": singles}
-        if args.record:
+        if args.record and not args.choose_threshold:  # the table the report shows
             from tinyml_core.models import read_manifest, write_manifest_entry
 
             entry = read_manifest(args.models)[model]

@@ -174,7 +174,7 @@ class Inference:
             rate_limit = NodeRateLimit(options.rate_limit_per_s, options.rate_limit_burst,
                                        options.rate_limit_report_s)
         scan = ScanSettings(hop_s=options.scan_hop_s, smoothing=options.keyword_smoothing,
-                            threshold=options.keyword_threshold)
+                            threshold=options.keyword_threshold or None)
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
                    scan, partition=parse_partition(options.partition),
                    rate_limit=rate_limit, node_models=parse_node_models(options.node_models))

@@ -22,10 +22,11 @@ class CollectorOptions:
                                            "in place of the one it was tuned from")
     keyword_model: str = setting("kws_b", "keyword spotter for audio clips",
                                  choices=KEYWORD_MODELS)
-    keyword_threshold: float = setting(0.7, "smoothed probability a word needs to be reported; "
-                                       "below it the event's result is 'unknown' (the "
-                                       "default is chosen on validation streams: "
-                                       "benchmarks/kws_stream.py)", min=0.0, max=1.0)
+    keyword_threshold: float = setting(0.0, "smoothed probability a word needs to be reported; "
+                                       "below it the event's result is 'unknown'. 0: the "
+                                       "model's own, chosen on its validation stream "
+                                       "(manifest default_threshold; benchmarks/"
+                                       "kws_stream.py)", min=0.0, max=1.0)
     scan_hop_s: float = setting(0.1, "seconds between the one-second windows scanned over a "
                                 "longer sound event", min=0.02, max=1.0)
     keyword_smoothing: int = setting(3, "consecutive windows averaged before the threshold",

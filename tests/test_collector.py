@@ -3,8 +3,10 @@ end to end on the real Mosquitto harness."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from collector.worker import Counters, Worker
 from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT, broker_config
 from tinyml_core.broker import LocalMosquitto
-from tinyml_core.errors import ConfigError
+from tinyml_core.errors import ConfigError, ModelLoadError
 from tinyml_core.keywords import ScanSettings
 from tinyml_core.messages import (
     AudioClip,
@@ -27,6 +29,7 @@ from tinyml_core.messages import (
     KeywordResult,
     decode_message,
 )
+from tinyml_core.models import load_keyword_spotter, read_manifest, write_manifest_entry
 from tinyml_core.mqtt import MqttClient
 from tinyml_core.recordings import read_climate_csv, read_wav
 from tinyml_core.topics import climate_topic
@@ -161,13 +164,40 @@ def test_a_word_below_the_threshold_is_unknown_with_the_models_probabilities(
     assert result.label == "unknown"
     top = max(result.probabilities, key=result.probabilities.__getitem__)
     assert top in inference.spotter.contract.keywords  # type: ignore[union-attr]
-    assert 0.5 < result.probabilities[top] < inference.scan.threshold
+    assert 0.5 < result.probabilities[top] < inference.spotter.contract.default_threshold  # type: ignore[union-attr]
 
 
 def test_a_threshold_no_word_reaches_gives_unknown() -> None:
     strict = Inference(MODELS, (), "kws_c", ScanSettings(threshold=1.0))
     [answer] = strict.handle("sensors/pi-1/audio", clip("go").encode())
     assert KeywordResult.decode(answer.payload).label == "unknown"
+
+
+def models_with_threshold(folder: Path, value: object) -> Path:
+    """A copy of kws_c whose manifest entry chose ``value`` as its default threshold."""
+    entry = read_manifest(MODELS)["kws_c"]
+    shutil.copy(MODELS / entry["file"], folder / entry["file"])
+    write_manifest_entry(folder, "kws_c", entry | {"default_threshold": {"value": value}})
+    return folder
+
+
+def test_the_collector_uses_the_models_own_threshold_unless_it_sets_one(tmp_path: Path) -> None:
+    options = CollectorOptions(models_dir=str(models_with_threshold(tmp_path, 0.999)),
+                               forecast_models=(), keyword_model="kws_c")
+    assert options.keyword_threshold == 0  # the default: the model's own
+    go = clip("go").encode()
+    [answer] = Inference.from_options(options).handle("sensors/pi-1/audio", go)
+    assert KeywordResult.decode(answer.payload).label == "unknown"
+    own = Inference.from_options(replace(options, keyword_threshold=0.5))
+    [answer] = own.handle("sensors/pi-1/audio", go)
+    assert KeywordResult.decode(answer.payload).label == "go"
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "high", None])
+def test_a_manifest_threshold_that_is_no_probability_refuses_the_model(
+        tmp_path: Path, value: object) -> None:
+    with pytest.raises(ModelLoadError, match="default_threshold"):
+        load_keyword_spotter(models_with_threshold(tmp_path, value), "kws_c")
 
 
 def event(*parts: tuple[float, str], seconds: float = 3.0, node: str = "pi-1",

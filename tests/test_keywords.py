@@ -50,7 +50,7 @@ def test_two_words_further_apart_than_the_refractory_time_are_two_results() -> N
     assert [(f.label, round(f.offset_s, 1)) for f in found] == [("yes", 0.0), ("no", 1.3)]
     close = [YES] * 3 + [QUIET] * 3 + [NO] * 3  # 0.6 s apart: one utterance
     offsets, probabilities = windows(*close)
-    assert len(decide(offsets, probabilities, LABELS, KEYWORDS, ScanSettings())) == 1
+    assert len(decide(offsets, probabilities, LABELS, KEYWORDS, ScanSettings(threshold=0.6))) == 1
 
 
 def test_the_edges_are_averaged_over_the_windows_that_exist() -> None:

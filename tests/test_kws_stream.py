@@ -10,6 +10,7 @@ import pytest
 
 from node.microphone import level_dbfs
 from tests.conftest import REPO_ROOT
+from tinyml_core.keywords import ScanSettings
 from tinyml_core.messages import AudioClip, KeywordResult
 from tinyml_core.recordings import read_wav
 from training.stream import (
@@ -17,9 +18,13 @@ from training.stream import (
     START_TIME,
     Placed,
     Stream,
+    StreamResult,
     build_stream,
     capture_events,
+    choose_threshold,
+    run_stream,
     score,
+    threshold_table,
 )
 
 SPEECH = REPO_ROOT / "samples" / "speech"
@@ -84,3 +89,26 @@ def test_a_right_word_near_its_clip_is_found_once_and_the_rest_are_false_accepts
     assert scored.recall == 0.5
     assert scored.false_per_hour == pytest.approx(3 / (20 / 3600))
     assert scored.by_kind == {"keyword": 2, "word": 1}
+
+
+def test_a_threshold_sweep_scans_each_event_once_and_scores_as_the_collector_answers() -> None:
+    stream = build_stream(sample_words(), [], quiet_room(), seed=1, noise_bursts_per_keyword=0)
+    payloads = capture_events(stream)
+    models = REPO_ROOT / "models"
+    rows = threshold_table(stream, payloads, models, "kws_c", (0.5, 0.9))
+    for row in rows:  # the collector's own path, a fresh scan of every event
+        settings = ScanSettings(threshold=row.threshold)
+        alone = score(stream, run_stream(payloads, models, "kws_c", settings), row.threshold)
+        assert (alone.found, alone.false_accepts) == (row.found, row.false_accepts)
+    assert rows[0].found > rows[1].found  # 0.9 is strict enough to lose some of the words
+
+
+def test_the_chosen_threshold_finds_the_most_keywords_within_the_false_accept_budget() -> None:
+    def row(threshold: float, found: int, false_accepts: int) -> StreamResult:
+        return StreamResult(threshold, 100, found, false_accepts, hours=1.0)
+
+    rows = [row(0.5, 95, 12), row(0.6, 93, 6), row(0.7, 90, 5), row(0.72, 90, 4),
+            row(0.8, 85, 1)]
+    assert choose_threshold(rows, 5.0).threshold == 0.7  # type: ignore[union-attr]
+    assert choose_threshold(rows, 6.0).threshold == 0.6  # type: ignore[union-attr]
+    assert choose_threshold(rows, 0.5) is None

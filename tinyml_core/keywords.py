@@ -5,13 +5,15 @@ A keyword model sees one second. A longer event is scanned with overlapping wind
 Each keyword's probability is averaged over ``smoothing`` consecutive windows (a word spoken
 once lifts several neighbouring windows, a click lifts one); the strongest peak over
 ``threshold`` is a word, windows within ``refractory_s`` of it belong to the same utterance,
-and the next peak is looked for among the rest. The collector, the stream benchmark and
-``training.evaluate`` share this rule, so the numbers they print are what users get.
+and the next peak is looked for among the rest. Without a threshold of its own, a scan uses
+the model's (its manifest's ``default_threshold``, chosen on a validation stream). The
+collector, the stream benchmark and ``training.evaluate`` share this rule, so the numbers
+they print are what users get.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 class ScanSettings:
     hop_s: float = 0.1  # between window starts
     smoothing: int = 3  # windows averaged per decision
-    threshold: float = 0.7  # smoothed probability a word needs (the collector's default)
+    threshold: float | None = None  # smoothed probability a word needs; None: the model's
     refractory_s: float = 1.0  # one utterance: no second word within this of the first
 
     def __post_init__(self) -> None:
@@ -34,7 +36,7 @@ class ScanSettings:
             raise ValueError(f"hop_s must be within (0, 1] s, not {self.hop_s}")
         if self.smoothing < 1:
             raise ValueError("smoothing must be at least one window")
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError("threshold must be a probability (0-1)")
         if self.refractory_s < 0:
             raise ValueError("refractory_s cannot be negative")
@@ -68,6 +70,8 @@ def smoothed(probabilities: np.ndarray, windows: int) -> np.ndarray:
 def decide(offsets_s: np.ndarray, probabilities: np.ndarray, labels: tuple[str, ...],
            keywords: tuple[str, ...], settings: ScanSettings) -> list[Detection]:
     """The words in one scanned event, in time order; ``[unknown]`` when none is clear."""
+    if settings.threshold is None:
+        raise ValueError("decide() needs a threshold (find_keywords uses the model's)")
     columns = np.array([labels.index(word) for word in keywords])
     scores = smoothed(probabilities, settings.smoothing)[:, columns]
     best_word = scores.argmax(axis=1)
@@ -92,6 +96,8 @@ def find_keywords(spotter: KeywordSpotter, samples: np.ndarray, sample_rate: int
                   settings: ScanSettings) -> tuple[list[Detection], Scan]:
     """Scan one event (int16 or float audio at any rate) and decide: the detections, and
     the scan they were decided from."""
+    if settings.threshold is None:
+        settings = replace(settings, threshold=spotter.contract.default_threshold)
     scan = spotter.scan(samples, sample_rate, settings.hop_s)
     return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.contract.keywords,
                   settings), scan

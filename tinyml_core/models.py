@@ -33,6 +33,7 @@ MANIFEST_FORMAT = 1
 MODEL_SUFFIX = ".tflite.zlib"
 FORECAST_TASK = "forecast"
 KEYWORD_TASK = "keyword"
+DEFAULT_KEYWORD_THRESHOLD = 0.7  # for a keyword model whose manifest entry chose none
 # A tiny model's manifest never needs more; a larger file is not ours.
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_MODEL_BYTES = 10_000_000
@@ -157,6 +158,9 @@ class KeywordContract:
     std: np.ndarray
     labels: tuple[str, ...]
     not_keywords: tuple[str, ...] = ()
+    # Smoothed probability a word needs unless the collector sets one: chosen on a validation
+    # stream (benchmarks/kws_stream.py --choose-threshold); 0.7 for a manifest without one.
+    default_threshold: float = DEFAULT_KEYWORD_THRESHOLD
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -174,8 +178,15 @@ class KeywordContract:
         not_keywords = tuple(entry["output"].get("not_keywords", ()))
         if not set(not_keywords) <= set(labels):
             raise ValueError("not_keywords must be labels of the model")
+        chosen = entry.get("default_threshold", {})
+        if not isinstance(chosen, dict):
+            raise ValueError("default_threshold must be a table with a value")
+        threshold = chosen.get("value", DEFAULT_KEYWORD_THRESHOLD)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
+                or not 0 < threshold <= 1:
+            raise ValueError(f"default_threshold {threshold!r} is not a probability in (0, 1]")
         return cls(front_end=front_end, mean=mean, std=std, labels=labels,
-                   not_keywords=not_keywords)
+                   not_keywords=not_keywords, default_threshold=float(threshold))
 
 
 # ---------------------------------------------------------------- interpreter

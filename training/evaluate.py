@@ -177,6 +177,7 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
     collector's decision (training/stream.py); prints recall and false accepts per hour."""
     from collector.settings import CollectorOptions
     from tinyml_core.keywords import ScanSettings
+    from tinyml_core.models import load_keyword_spotter
 
     from .stream import RATE, build_stream, capture_events, print_table, threshold_table
 
@@ -191,11 +192,12 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
     print(f"\nstream: {stream.hours * 60:.1f} min of {len(keywords)} keywords, {len(unknown)} "
           f"other sounds from {UNKNOWN_FOLDER}/ and noise bursts, 1.5-3.5 s apart; "
           f"{len(payloads)} sound events")
-    base = ScanSettings(options.scan_hop_s, options.keyword_smoothing,
-                        options.keyword_threshold)
+    default = (options.keyword_threshold
+               or load_keyword_spotter(models_dir, name).contract.default_threshold)
+    base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
     rows = threshold_table(stream, payloads, models_dir, name,
-                           sorted({0.4, 0.5, 0.6, 0.7, 0.8, 0.9, base.threshold}), base)
-    print_table(rows, base.threshold)
+                           sorted({0.4, 0.5, 0.6, 0.7, 0.8, 0.9, default}), base)
+    print_table(rows, default)
 
 
 def print_forecast(result: dict[str, Any]) -> None:

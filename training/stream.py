@@ -12,6 +12,7 @@ keyword was said, the wrong word, or the same word twice).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from tinyml_core.frontend import resample, to_float
 from tinyml_core.keywords import ScanSettings
 from tinyml_core.messages import UNKNOWN_LABEL, AudioClip, KeywordResult, sensor_message_topic
+from tinyml_core.models import KeywordSpotter, Scan, load_keyword_spotter
 
 RATE = 16_000
 START_TIME = 1_767_225_600.0  # 2026-01-01: any plausible time the protocol accepts
@@ -173,12 +175,33 @@ def capture_events(stream: Stream, node_id: str = "stream",
     return payloads
 
 
+class ScansOnce(KeywordSpotter):
+    """A keyword spotter that scans each event once, however many thresholds are tried on it
+    (the decision after the scan is the collector's own, run again per threshold)."""
+
+    def __init__(self, spotter: KeywordSpotter) -> None:
+        super().__init__(spotter.name, spotter.entry, spotter.model)
+        self._scans: dict[tuple[bytes, int, float], Scan] = {}
+
+    def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1) -> Scan:
+        audio = np.ascontiguousarray(samples)
+        key = (hashlib.blake2b(audio.tobytes(), digest_size=16).digest() + audio.dtype.str.encode(),
+               sample_rate, hop_s)
+        if key not in self._scans:
+            self._scans[key] = super().scan(samples, sample_rate, hop_s)
+        return self._scans[key]
+
+
 def run_stream(payloads: Sequence[bytes], models_dir: Path | str, model: str,
-               settings: ScanSettings, node_id: str = "stream") -> list[KeywordResult]:
-    """Every event through the collector's own keyword path; its results in order."""
+               settings: ScanSettings, node_id: str = "stream",
+               spotter: KeywordSpotter | None = None) -> list[KeywordResult]:
+    """Every event through the collector's own keyword path (with ``spotter`` in place of the
+    one it loads, e.g. a :class:`ScansOnce`); its results in order."""
     from collector.inference import Inference
 
     inference = Inference(models_dir, (), model, settings)
+    if spotter is not None:
+        inference.spotter = spotter
     topic = sensor_message_topic(AudioClip(node_id, START_TIME, 0, RATE, b"\0\0"))
     results = []
     for payload in payloads:
@@ -226,11 +249,21 @@ def threshold_table(stream: Stream, payloads: Sequence[bytes], models_dir: Path 
                     model: str, thresholds: Sequence[float],
                     base: ScanSettings | None = None) -> list[StreamResult]:
     base = base or ScanSettings()
+    spotter = ScansOnce(load_keyword_spotter(models_dir, model))
     rows = []
     for threshold in thresholds:
         settings = ScanSettings(base.hop_s, base.smoothing, threshold, base.refractory_s)
-        rows.append(score(stream, run_stream(payloads, models_dir, model, settings), threshold))
+        results = run_stream(payloads, models_dir, model, settings, spotter=spotter)
+        rows.append(score(stream, results, threshold))
     return rows
+
+
+def choose_threshold(rows: Sequence[StreamResult], max_false_per_hour: float = 5.0
+                     ) -> StreamResult | None:
+    """The row that finds the most keywords within the false-accept budget (the lowest such
+    threshold on a tie); None when no threshold stays within it."""
+    within = [row for row in rows if row.false_per_hour <= max_false_per_hour]
+    return max(within, key=lambda row: (row.recall, -row.threshold)) if within else None
 
 
 def print_table(rows: Sequence[StreamResult], default: float | None = None) -> None:
