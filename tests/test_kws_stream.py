@@ -112,3 +112,20 @@ def test_the_chosen_threshold_finds_the_most_keywords_within_the_false_accept_bu
     assert choose_threshold(rows, 5.0).threshold == 0.7  # type: ignore[union-attr]
     assert choose_threshold(rows, 6.0).threshold == 0.6  # type: ignore[union-attr]
     assert choose_threshold(rows, 0.5) is None
+
+
+def test_a_part_with_few_other_words_uses_them_again_to_reach_the_mix_asked_for() -> None:
+    words = sample_words()
+    others = [read_wav(p) for p in sorted((SPEECH / "_unknown_").glob("*.wav"))]
+    plain = build_stream(words, others, quiet_room(), seed=3, phrase_share=0.0)
+    assert sum(p.kind == "word" for p in plain.placed) == len(others)
+    again = build_stream(words, others, quiet_room(), seed=3, phrase_share=0.0,
+                         min_other_words=3 * len(others) + 1)
+    placed = [p.audio.tobytes() for p in again.placed if p.kind == "word"]
+    assert len(placed) == 3 * len(others) + 1
+    uses = sorted(placed.count(clip) for clip in set(placed))
+    assert len(uses) == len(others) and uses[0] >= 3 and uses[-1] <= 4
+    # Asking for fewer than there are changes nothing: the same stream as without.
+    same = build_stream(words, others, quiet_room(), seed=3, phrase_share=0.0,
+                        min_other_words=1)
+    np.testing.assert_array_equal(same.render(0, same.length), plain.render(0, plain.length))

@@ -87,16 +87,24 @@ def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
                  gap_s: tuple[float, float] = (1.5, 3.5), phrase_share: float = 0.3,
                  noise_bursts_per_keyword: float = 0.25,
                  noise_dbfs: tuple[float, float] = (-40.0, -20.0),
-                 room_dbfs: float = -65.0) -> Stream:
+                 room_dbfs: float = -65.0, min_other_words: int = 0) -> Stream:
     """Every keyword clip once and every other word once (``phrase_share`` of them run
     together into phrases of 2-4 words), noise bursts of 1-3 s at ``noise_dbfs``, shuffled,
-    ``gap_s`` apart; ``noise`` is at RATE, its first recording also the room tone."""
+    ``gap_s`` apart; ``noise`` is at RATE, its first recording also the room tone. With
+    fewer than ``min_other_words`` other words, they are used again (each as often as the
+    others, give or take one) until there are that many: a stream built from a small part
+    then holds as many other words per keyword, and so per hour, as one from a larger part."""
     rng = np.random.default_rng(seed)
     items: list[tuple[str, np.ndarray]] = [
         (label, resample(to_float(clip), rate, RATE)) for label, rate, clip in keywords]
     others = [resample(to_float(clip), rate, RATE) for rate, clip in other_words]
-    order = rng.permutation(len(others))
-    in_phrases = int(len(others) * phrase_share)
+    if others and len(others) < min_other_words:
+        rounds = -(-min_other_words // len(others))
+        order = np.concatenate([rng.permutation(len(others)) for _ in range(rounds)])
+        order = order[:min_other_words]
+    else:
+        order = rng.permutation(len(others))
+    in_phrases = int(len(order) * phrase_share)
     position = 0
     while position < in_phrases:
         count = int(rng.integers(2, 5))
