@@ -37,17 +37,14 @@ from training.speech import SpeechData  # noqa: E402
 from training.stream import (  # noqa: E402
     RATE,
     StreamResult,
-    build_stream,
     capture_events,
     choose_threshold,
+    part_stream,
     print_table,
     threshold_table,
 )
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-# Held-back other words per keyword on the test part (490 to 800); the smaller validation
-# part uses its words again to reach this mix, so its false accepts per hour compare.
-OTHER_WORDS_PER_KEYWORD = 0.6
 CHOICES = tuple(round(0.40 + 0.02 * i, 2) for i in range(29))  # 0.40 ... 0.96
 
 
@@ -98,11 +95,7 @@ def main() -> int:
     started = time.perf_counter()
     speech = SpeechData.load(parts=(args.part,), show_progress=False)
     negatives = Negatives.load()
-    keywords = [(speech.labels[target], rate, clip) for (rate, clip), target in
-                zip(speech.clips[args.part], speech.targets[args.part], strict=True)]
-    stream = build_stream(keywords, negatives.words[args.part],
-                          negatives.noise_audio(args.part, RATE), seed=args.seed,
-                          min_other_words=round(OTHER_WORDS_PER_KEYWORD * len(keywords)))
+    stream = part_stream(speech, negatives, args.part, args.seed)
     kinds = Counter(item.kind for item in stream.placed)
     payloads = capture_events(stream, gate_dbfs=args.gate)
     print(f"stream ({args.part} part, seed {args.seed}): {stream.hours * 60:.1f} min, "

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,10 @@ START_TIME = 1_767_225_600.0  # 2026-01-01: any plausible time the protocol acce
 PAGE_S = 60.0
 MATCH_S = 0.5  # a result's window may start this far from the keyword clip's start
 NOT_KEYWORDS = ("word", "phrase", "noise")
+
+if TYPE_CHECKING:
+    from .negatives import Negatives
+    from .speech import SpeechData
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,21 @@ def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
         placed.append(Placed(cursor, audio.astype(np.float32), label))
         cursor += len(audio) + int(rng.uniform(*gap_s) * RATE)
     return Stream(cursor, placed, _unit_rms(noise[0][1].astype(np.float32)), room_dbfs)
+
+
+# Held-back other words per keyword on the test part (490 to 800); the smaller validation
+# part uses its words again to reach this mix, so its false accepts per hour compare.
+OTHER_WORDS_PER_KEYWORD = 0.6
+
+
+def part_stream(speech: SpeechData, negatives: Negatives, part: str, seed: int = 0) -> Stream:
+    """The benchmark's stream of one split part: its keyword clips, the negatives' held-back
+    other words of that part (used again up to ``OTHER_WORDS_PER_KEYWORD``) and noise."""
+    keywords = [(speech.labels[target], rate, clip) for (rate, clip), target in
+                zip(speech.clips[part], speech.targets[part], strict=True)]
+    return build_stream(keywords, negatives.words[part], negatives.noise_audio(part, RATE),
+                        seed=seed,
+                        min_other_words=round(OTHER_WORDS_PER_KEYWORD * len(keywords)))
 
 
 @dataclass
