@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from tests.conftest import REPO_ROOT
 from tinyml_core.errors import ModelLoadError
 from tinyml_core.models import (
     MANIFEST_NAME,
+    RUNTIME_NOTICE,
     load_forecaster,
     load_keyword_spotter,
     read_manifest,
@@ -150,3 +153,27 @@ def test_write_manifest_entry_keeps_the_others(tmp_path: Path) -> None:
     write_manifest_entry(tmp_path, "b", {"task": "forecast", "x": 1})
     assert read_manifest(tmp_path) == {"a": {"task": "keyword"}, "b": {"task": "forecast", "x": 1}}
     assert not list(tmp_path.glob(".manifest-*"))
+
+
+def test_the_runtimes_delegate_notice_is_held_back_and_everything_else_on_stderr_arrives(
+) -> None:
+    # In a process of its own: the notice comes once per process, from the runtime's C++
+    # code straight to file descriptor 2, where pytest's capture cannot see it.
+    script = (
+        "import os, sys\n"
+        "from tinyml_core.models import _runtime_notice_hidden, load_keyword_spotter\n"
+        "load_keyword_spotter('models', 'kws_b')  # the first interpreter of the process\n"
+        "with _runtime_notice_hidden():\n"
+        "    os.write(2, b'a runtime error\\n')\n"
+        "    print('a log line', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                          timeout=60, check=True)
+    assert done.stderr.decode().splitlines() == ["a runtime error", "a log line", "after"]
+    shown = subprocess.run([sys.executable, "-c", script.replace(
+        "load_keyword_spotter('models', 'kws_b')", "from tinyml_core.models import "
+        "interpreter_class, load_model_bytes, read_manifest\n"
+        "interpreter_class()(model_content=load_model_bytes('models', 'kws_b', "
+        "read_manifest('models')['kws_b'])).allocate_tensors()")],
+        cwd=REPO_ROOT, capture_output=True, timeout=60, check=True)
+    assert RUNTIME_NOTICE.decode() in shown.stderr.decode()  # what the test would miss

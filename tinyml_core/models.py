@@ -12,13 +12,15 @@ return °C and %RH; keyword spotters take a clip at any rate and run the shared 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -192,15 +194,48 @@ class KeywordContract:
 # ---------------------------------------------------------------- interpreter
 
 
+# Printed by the runtime (to the process's stderr, past Python's logging) the first time it
+# gives an interpreter its XNNPACK delegate: a notice, not news, in every command's output.
+RUNTIME_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def _runtime_notice_hidden() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 meanwhile and pass it on without
+    ``RUNTIME_NOTICE`` (everything else, e.g. a runtime error, another thread's log line,
+    still arrives)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to speak of (closed, or not a file)
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            passed = [line for line in held.read().splitlines(keepends=True)
+                      if line.strip() != RUNTIME_NOTICE]
+            if passed:
+                os.write(2, b"".join(passed))
+
+
 class TfliteModel:
     """One interpreter; ``predict`` takes a float32 batch and returns the float32 output."""
 
     def __init__(self, model_bytes: bytes, name: str = "model", num_threads: int = 1) -> None:
         self.name = name
         try:
-            self._interpreter = interpreter_class()(model_content=model_bytes,
-                                                    num_threads=num_threads)
-            self._interpreter.allocate_tensors()
+            with _runtime_notice_hidden():
+                self._interpreter = interpreter_class()(model_content=model_bytes,
+                                                        num_threads=num_threads)
+                self._interpreter.allocate_tensors()
         except TinyMLError:
             raise
         except Exception as exc:  # the runtimes raise ValueError/RuntimeError with details
