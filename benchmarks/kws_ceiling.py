@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tinyml_core.cli import add_logging_arguments, setup_logging  # noqa: E402
 from tinyml_core.errors import ModelLoadError  # noqa: E402
 from tinyml_core.keywords import ScanSettings  # noqa: E402
 from tinyml_core.models import load_keyword_spotter, read_manifest  # noqa: E402
@@ -52,8 +53,12 @@ def main() -> int:
     parser.add_argument("--compare", default="kws_b",
                         help="shipped model printed beside it (default kws_b)")
     parser.add_argument("--max-false-per-hour", type=float, default=5.0)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress bars (a log line every tenth of the training "
+                             "instead)")
+    add_logging_arguments(parser)
     args = parser.parse_args()
+    setup_logging(args)
     chosen_recipe = recipe(args.recipe, args.recipes)
     if chosen_recipe.task != "keyword":
         parser.error(f"{args.recipe} is not a keyword recipe")
