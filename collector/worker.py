@@ -95,6 +95,7 @@ class Worker:
                 and self.inference.partition[1] == 1):
             log.warning("--share splits clips only; without --partition K/N every worker of "
                         "the group forecasts every node")
+        log.info("%s", self.models_line())
         if self.state_path is not None and self.inference.forecasters:
             # Before connecting: a resumed session delivers what waited for us at once.
             load_state(self.state_path, self.settings.collector.id, self.inference)
@@ -105,6 +106,19 @@ class Worker:
             log.info("subscribed to %s", topic_filter)
         if self.settings.collector.ha_discovery:
             self.client.subscribe(BIRTH_TOPIC)
+
+    def models_line(self) -> str:
+        """Which models answer, and the keyword threshold in force (and whose it is)."""
+        forecasters = ", ".join(f.name for f in self.inference.forecasters) or "none"
+        spotter = self.inference.spotter
+        if spotter is None:
+            return f"forecasters: {forecasters}; keyword model: none"
+        threshold = self.inference.scan.threshold
+        whose = "set in the config" if threshold is not None else "the model's own"
+        if threshold is None:
+            threshold = spotter.contract.default_threshold
+        return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
+                f"{threshold:g} ({whose})")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""

@@ -539,3 +539,15 @@ def test_a_flood_of_bad_input_is_logged_a_few_lines_a_minute(
         flooded.handle("sensors/pi-1/climate", b"garbage")
     assert "480 more rejected payloads were not logged" in caplog.records[-2].getMessage()
     assert caplog.records[-1].getMessage().startswith("rejected")
+
+
+def test_the_collector_says_which_threshold_is_in_force_and_whose_it_is(tmp_path: Path) -> None:
+    options = CollectorOptions(models_dir=str(models_with_threshold(tmp_path, 0.83)),
+                               forecast_models=("forecast_a",), keyword_model="kws_c")
+    settings = CollectorSettings(collector=options)
+    # forecast_a is not in the copied folder: refused, so "none" answers readings
+    own = Worker(settings, Inference.from_options(options)).models_line()
+    assert own == ("forecasters: none; keyword model: kws_c, threshold 0.83 (the model's own)")
+    strict = replace(options, keyword_threshold=0.9)
+    line = Worker(CollectorSettings(collector=strict), Inference.from_options(strict)).models_line()
+    assert line.endswith("threshold 0.9 (set in the config)")
