@@ -32,13 +32,12 @@ from training.negatives import Negatives  # noqa: E402
 from training.recipes import RECIPES_PATH, recipe  # noqa: E402
 from training.speech import SpeechData  # noqa: E402
 from training.stream import (  # noqa: E402
+    THRESHOLD_CHOICES,
     capture_events,
     choose_threshold,
     part_stream,
     threshold_table,
 )
-
-CHOICES = tuple(round(0.40 + 0.02 * i, 2) for i in range(29))  # 0.40 ... 0.96
 
 
 def main() -> int:
@@ -92,7 +91,7 @@ def main() -> int:
                                     (MODELS_DIR, args.compare,
                                      read_manifest(MODELS_DIR)[args.compare])):
         validation = threshold_table(streams["validation"], events["validation"], models_dir,
-                                     name, CHOICES, ScanSettings())
+                                     name, THRESHOLD_CHOICES, ScanSettings())
         chosen = choose_threshold(validation, args.max_false_per_hour)
         if chosen is None:
             print(f"{name:<16} no threshold stays within {args.max_false_per_hour:g} false "

@@ -36,6 +36,7 @@ from training.negatives import Negatives  # noqa: E402
 from training.speech import SpeechData  # noqa: E402
 from training.stream import (  # noqa: E402
     RATE,
+    THRESHOLD_CHOICES,
     StreamResult,
     capture_events,
     choose_threshold,
@@ -45,7 +46,6 @@ from training.stream import (  # noqa: E402
 )
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-CHOICES = tuple(round(0.40 + 0.02 * i, 2) for i in range(29))  # 0.40 ... 0.96
 
 
 def record_default(models: Path, model: str, chosen: StreamResult, args: argparse.Namespace,
@@ -117,7 +117,8 @@ def main() -> int:
         default = options.keyword_threshold or spotter.contract.default_threshold
         base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
         print(f"\n{model} ({len(spotter.labels)} outputs: {', '.join(spotter.labels)})")
-        thresholds = sorted({*(CHOICES if args.choose_threshold else args.thresholds), default})
+        swept = THRESHOLD_CHOICES if args.choose_threshold else args.thresholds
+        thresholds = sorted({*swept, default})
         rows = threshold_table(stream, payloads, args.models, model, thresholds, base)
         print_table(rows, default)
         if args.choose_threshold:

@@ -132,6 +132,9 @@ def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
     return Stream(cursor, placed, _unit_rms(noise[0][1].astype(np.float32)), room_dbfs)
 
 
+# Thresholds a model's default is chosen from (0.40 ... 0.96).
+THRESHOLD_CHOICES = tuple(round(0.40 + 0.02 * i, 2) for i in range(29))
+
 # Held-back other words per keyword on the test part (490 to 800); the smaller validation
 # part uses its words again to reach this mix, so its false accepts per hour compare.
 OTHER_WORDS_PER_KEYWORD = 0.6
