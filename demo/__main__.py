@@ -100,7 +100,8 @@ def said(spoken: str | None) -> str:
     return f"the sample says '{spoken}'"
 
 
-def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str]) -> str | None:
+def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str],
+             keywords: tuple[str, ...] = ()) -> str | None:
     """One readable line per message, or None to keep the output short."""
     try:
         message = decode_message(inbound.topic, inbound.payload)
@@ -135,9 +136,13 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
         kind = "others" if spoken == UNKNOWN_LABEL else "keywords"
         counts[kind] += 1
         counts[f"{kind} right"] += message.label == spoken
-        top = max(message.probabilities, key=message.probabilities.__getitem__)
-        why = f"{top} {message.probabilities[top]:.0%}" if message.label == UNKNOWN_LABEL \
-            else f"{message.probability:.0%}"
+        # For 'unknown', the word that came closest (the model's own unknown and silence
+        # classes are no word); ``keywords`` are the spotter's.
+        candidates = [w for w in keywords if w in message.probabilities] or \
+            list(message.probabilities)
+        closest = max(candidates, key=message.probabilities.__getitem__)
+        why = f"closest '{closest}' {message.probabilities[closest]:.0%}" \
+            if message.label == UNKNOWN_LABEL else f"{message.probability:.0%}"
         return (f"{inbound.topic:<30} {message.model}: '{message.label}' "
                 f"({why}, {message.latency_ms:.2f} ms)"
                 f"{'' if message.label == spoken else f'  ({said(spoken)})'}")
@@ -211,6 +216,9 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
         for root in (SENSORS_ROOT, PREDICTIONS_ROOT, STATUS_ROOT, ERRORS_ROOT):
             dashboard.subscribe(f"{root}/#")
         collector, collector_thread = start_collector(config, models)
+        print(f"collector: {collector.models_line()}")
+        spotter = collector.inference.spotter
+        keywords = spotter.contract.keywords if spotter is not None else ()
         node = MqttClient(config, node_id).connect()
         result = ReplayResult()
 
@@ -231,7 +239,7 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
             if inbound is None:
                 continue
             quiet_since = time.monotonic()
-            line = describe(inbound, counts, words)
+            line = describe(inbound, counts, words, keywords)
             if line:
                 print(line, flush=True)
         elapsed = time.monotonic() - started
