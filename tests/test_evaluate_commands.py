@@ -86,9 +86,11 @@ def test_a_folder_becomes_a_stream_through_capture_and_collector(
                  "--confusion-png", str(tmp_path / "c.png")]) == 0
     output = capsys.readouterr().out
     assert "stream: " in output and "16 keywords, 4 other sounds" in output
-    table = output.split("false accepts by what was there")[1].splitlines()[1:]
-    recalls = [float(line.split()[1].rstrip("%")) for line in table if line.strip()]
+    table, advice = output.split("false accepts by what was there")[1].split("\n\n")[:2]
+    recalls = [float(line.split()[1].rstrip("%")) for line in table.splitlines()[1:]]
     assert len(recalls) >= 6 and recalls == sorted(recalls, reverse=True)  # stricter, fewer
+    # 16 words in a few minutes: one false accept would be 40 an hour, so no advice
+    assert advice.startswith("1.5 min are too short to choose a threshold")
 
 
 def test_any_sample_rate_gives_the_same_answers(tmp_path: Path,
@@ -138,3 +140,18 @@ def test_latency_json_has_the_course_fields() -> None:
     if report["reference_total_ms"] is not None:  # TensorFlow and scipy installed
         assert report["ratio"] == pytest.approx(report["reference_total_ms"] / report["total_ms"],
                                                 rel=0.05)
+
+
+def test_a_stream_long_enough_to_measure_suggests_a_threshold_for_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "MIN_HOURS_TO_CHOOSE", 0.0)  # the bundled 16 words count
+    assert evaluate.main(["kws_b", "--speech-dir", str(SPEECH), "--stream",
+                          "--confusion-png", str(tmp_path / "c.png")]) == 0
+    advice = capsys.readouterr().out.split("on this stream the most keywords at no more than "
+                                           "5 false accepts an hour: threshold ")[1]
+    chosen = float(advice.split()[0])
+    assert 0.4 <= chosen <= 0.96 and f"set keyword_threshold = {chosen:.2f}" in advice
+    assert "0.0 an hour" in advice  # the one false accept of this stream is below it

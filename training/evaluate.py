@@ -169,6 +169,10 @@ def other_sounds(speech_dir: Path) -> tuple[list[tuple[int, np.ndarray]],
     return unknown, noise
 
 
+FALSE_ACCEPT_BUDGET = 5.0  # per hour, as the shipped defaults are chosen
+MIN_HOURS_TO_CHOOSE = 0.5  # shorter, a single false accept decides the choice
+
+
 def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
                      targets: np.ndarray, labels: Sequence[str],
                      unknown: Sequence[tuple[int, np.ndarray]],
@@ -179,7 +183,15 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
     from tinyml_core.keywords import ScanSettings
     from tinyml_core.models import load_keyword_spotter
 
-    from .stream import RATE, build_stream, capture_events, print_table, threshold_table
+    from .stream import (
+        RATE,
+        THRESHOLD_CHOICES,
+        build_stream,
+        capture_events,
+        choose_threshold,
+        print_table,
+        threshold_table,
+    )
 
     if not noise:  # a quiet room: faint white noise
         noise = [("white noise", np.random.default_rng(seed).normal(0, 0.1, 60 * RATE)
@@ -195,9 +207,25 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
     default = (options.keyword_threshold
                or load_keyword_spotter(models_dir, name).contract.default_threshold)
     base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
+    shown = {0.4, 0.5, 0.6, 0.7, 0.8, 0.9, default}
     rows = threshold_table(stream, payloads, models_dir, name,
-                           sorted({0.4, 0.5, 0.6, 0.7, 0.8, 0.9, default}), base)
-    print_table(rows, default)
+                           sorted(shown | set(THRESHOLD_CHOICES)), base)
+    print_table([row for row in rows if row.threshold in shown], default)
+    chosen = choose_threshold(rows, FALSE_ACCEPT_BUDGET)
+    print()
+    if stream.hours < MIN_HOURS_TO_CHOOSE:
+        print(f"{stream.hours * 60:.1f} min are too short to choose a threshold for "
+              f"{FALSE_ACCEPT_BUDGET:g} false accepts an hour (one false accept here is "
+              f"{1 / stream.hours:.0f} an hour); {MIN_HOURS_TO_CHOOSE * 60:.0f} minutes of "
+              "recordings or more say more")
+    elif chosen is None:
+        print(f"no threshold keeps this stream within {FALSE_ACCEPT_BUDGET:g} false accepts an "
+              "hour (a longer recording, or more of it in _unknown_/, says more)")
+    else:
+        print(f"on this stream the most keywords at no more than {FALSE_ACCEPT_BUDGET:g} false "
+              f"accepts an hour: threshold {chosen.threshold:.2f} ({chosen.recall:.1%} found, "
+              f"{chosen.false_per_hour:.1f} an hour); to use it, set keyword_threshold = "
+              f"{chosen.threshold:.2f} in [collector]")
 
 
 def print_forecast(result: dict[str, Any]) -> None:
