@@ -107,3 +107,18 @@ def test_fine_tuning_on_a_recording_says_whether_it_helped(
     else:
         assert "nothing written, keep forecast_a" in out
         assert "forecast_a.pi-test" not in manifest
+
+
+def test_another_seed_is_another_training_and_the_manifest_says_which(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.build import main
+
+    models = tmp_path / "models"
+    assert main(["forecast_a", "--climate-csv", str(SAMPLE_CSV), "--models", str(models),
+                 "--recipes", str(recipes_file(tmp_path, 100_000)), "--epochs", "3",
+                 "--seed", "5", "--no-progress", "-q"]) == 0
+    entry = read_manifest(models)["forecast_a"]
+    assert entry["seed"] == 5 and entry["recipe"]["seed"] == 5
+    assert build(tmp_path, 100_000, capsys) == 0  # the recipe's own seed, 42
+    other = read_manifest(models)["forecast_a"]
+    assert other["seed"] == 42 and other["sha256"] != entry["sha256"]

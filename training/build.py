@@ -60,6 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     tune.add_argument("--node-id", help="the node the recording is of (needed for a CSV, or a "
                                         "recording of several nodes)")
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs (smoke tests)")
+    parser.add_argument("--seed", type=int,
+                        help="override the recipe's seed (the manifest records it): another "
+                             "training of the same recipe, to see how much a number moves")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip training the published recipes beside the models")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -109,9 +112,17 @@ def check_constraints(recipe: Recipe, entry: dict[str, Any]) -> list[str]:
     return failed
 
 
+def with_seed(recipe: Recipe, seed: int | None) -> Recipe:
+    if seed is None:
+        return recipe
+    from dataclasses import replace
+
+    return replace(recipe, seed=seed, raw=recipe.raw | {"seed": seed})
+
+
 def build_one(name: str, recipes: dict[str, Recipe], args: argparse.Namespace,
               datasets: dict[str, Any]) -> list[str]:
-    recipe = with_epochs(recipes[name], args.epochs)
+    recipe = with_seed(with_epochs(recipes[name], args.epochs), args.seed)
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     if recipe.task == "forecast":
@@ -185,7 +196,7 @@ def fine_tune_command(args: argparse.Namespace, recipes: dict[str, Recipe]) -> i
     if len(name) > 32:
         raise ConfigError(f"{name!r} is longer than a model name may be (32 characters): use "
                           "a shorter --node-id")
-    recipe = with_epochs(recipes[args.target], args.epochs)
+    recipe = with_seed(with_epochs(recipes[args.target], args.epochs), args.seed)
     log.info("fine-tuning %s on %s: %d steps in %d segments", args.target,
              args.from_recording, recording.steps, len(recording.segments))
     result = fine_tune(recipe, forecast_data(args), recording, args.models, name,
