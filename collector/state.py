@@ -15,12 +15,12 @@ sharing a folder) is refused with a warning, and the collector starts with empty
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from tinyml_core.statefile import read_state_file, write_state_file
 
 from .inference import Inference
 
@@ -44,15 +44,8 @@ def save_state(path: Path, collector_id: str, inference: Inference) -> int:
 def write_state(path: Path, collector_id: str, windows: list[dict[str, Any]]) -> int:
     """Write windows exported by :meth:`Inference.export_windows` to ``path`` (atomically);
     returns how many."""
-    document = {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
-                "saved_at": time.time(), "windows": windows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as out:
-        json.dump(document, out, separators=(",", ":"), allow_nan=False)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    write_state_file(path, {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
+                            "saved_at": time.time(), "windows": windows})
     return len(windows)
 
 
@@ -76,16 +69,7 @@ def load_state(path: Path, collector_id: str, inference: Inference) -> int:
 
 
 def _read(path: Path, collector_id: str) -> dict[str, Any]:
-    if path.stat().st_size > MAX_STATE_BYTES:
-        raise ValueError(f"larger than {MAX_STATE_BYTES // 2**20} MB")
-    try:
-        document = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise ValueError(f"not JSON ({error})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"not a collector state file (no \"format\": \"{FORMAT}\")")
-    if document.get("version") != VERSION:
-        raise ValueError(f"version {document.get('version')!r}, this collector reads {VERSION}")
+    document = read_state_file(path, FORMAT, VERSION, MAX_STATE_BYTES, "collector state file")
     if document.get("collector_id") != collector_id:
         raise ValueError(f"saved by collector {document.get('collector_id')!r}, this is "
                          f"{collector_id!r}")
