@@ -26,6 +26,7 @@ from tinyml_core.cli import host_port
 from tinyml_core.mqtt import InboundMessage, MqttClient
 
 from .settings import DashboardSettings
+from .state import load_history, save_history, state_path
 from .store import History
 
 log = logging.getLogger("dashboard")
@@ -88,6 +89,12 @@ class Dashboard:
         self.http = ThreadingHTTPServer(host_port(options.listen, any_port=True), _handler(self))
         self.http.daemon_threads = True
         self._serving: threading.Thread | None = None
+        self.state_path = state_path(options.state_path, options.id)
+        self._saved_changes = 0
+        self._stop_saving = threading.Event()
+        self._saving = threading.Lock()  # the saver thread and close() write the same file
+        if self.state_path is not None:
+            load_history(self.state_path, self.history)
 
     @property
     def address(self) -> str:
@@ -107,17 +114,42 @@ class Dashboard:
         self._serving = threading.Thread(target=self.http.serve_forever, name="http",
                                          daemon=True)
         self._serving.start()
+        if self.state_path is not None and self.settings.dashboard.state_save_s:
+            threading.Thread(target=self._save_periodically, name="history-saver",
+                             daemon=True).start()
         log.info("dashboard on %s", self.address)
+
+    def _save_periodically(self) -> None:
+        while not self._stop_saving.wait(self.settings.dashboard.state_save_s):
+            self.save_history()
+
+    def save_history(self, final: bool = False) -> None:
+        """Write the history to the state file if it changed since the last save (always on
+        a clean stop); an error is logged, never raised."""
+        with self._saving:
+            changes = self.history.changes
+            if self.state_path is None or (changes == self._saved_changes and not final):
+                return
+            try:
+                count = save_history(self.state_path, self.history)
+            except OSError as error:
+                log.error("history not saved to %s: %s", self.state_path, error)
+                return
+            self._saved_changes = changes
+        log.log(logging.INFO if final else logging.DEBUG, "saved the history of %d nodes to %s",
+                count, self.state_path)
 
     def close(self) -> None:
         """Stop serving and disconnect (again: nothing happens)."""
         if self._serving is None:
             return
+        self._stop_saving.set()
         self.events.close()
         self.http.shutdown()
         self.http.server_close()
         self.client.close()
         self._serving = None
+        self.save_history(final=True)
 
 
 def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:

@@ -20,6 +20,12 @@ class DashboardOptions:
     errors_kept: int = setting(200, "error records kept per node", min=1, max=100_000)
     max_nodes: int = setting(1000, "nodes kept; the least recently heard go first",
                              min=1, max=100_000)
+    state_path: str = setting("var/{id}-history.json", "where the history is saved (on a "
+                              "clean stop and every state_save_s) and loaded at start ({id}: "
+                              "the dashboard id); empty: not saved")
+    state_save_s: float = setting(300.0, "seconds between saves of the history while messages "
+                                  "arrive (a full node is about 23 kB); 0: saved on a clean "
+                                  "stop only", min=0.0, max=86_400)
     username: str = setting("", "HTTP basic auth user; empty: no login")
     password: str = setting("", "HTTP basic auth password (prefer TINYML_DASHBOARD_PASSWORD)",
                             secret=True)

@@ -1,4 +1,5 @@
-"""What the dashboard remembers: a bounded history per node, in memory.
+"""What the dashboard remembers: a bounded history per node, in memory (dashboard/state.py
+keeps it across restarts).
 
 Every message of the protocol goes through :meth:`History.add`, which decodes it with the
 shared codec (anything that does not decode is counted and ignored), keeps it, and returns the
@@ -33,6 +34,7 @@ from tinyml_core.messages import (
     KeywordResult,
     decode_message,
 )
+from tinyml_core.topics import validate_id
 
 
 class StepRing:
@@ -94,9 +96,15 @@ class History:
         self.statuses: dict[str, str] = {}
         self._nodes: OrderedDict[str, NodeHistory] = OrderedDict()
         self._lock = threading.Lock()
+        self.changes = 0  # messages that changed the history (a save is due when it moves)
 
     def add(self, topic: str, payload: bytes, now: float | None = None) -> dict[str, Any] | None:
         """Keep one message; returns the event for live pages, None if nothing changed."""
+        event = self._add(topic, payload, now)
+        self.changes += event is not None
+        return event
+
+    def _add(self, topic: str, payload: bytes, now: float | None) -> dict[str, Any] | None:
         try:
             message = decode_message(topic, payload)
         except PayloadError:
@@ -200,6 +208,63 @@ class History:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    # --- across restarts (dashboard/state.py writes and reads the file) ---------------------
+    def export(self) -> dict[str, Any]:
+        """Every node's history, least recently heard first, as JSON-ready data. Statuses are
+        left out: the broker's retained ones arrive again on subscribing."""
+        with self._lock:
+            return {"step_s": self.step_s, "nodes": [_exported(node) for node in
+                                                      self._nodes.values()]}
+
+    def restore(self, document: dict[str, Any]) -> tuple[int, list[str]]:
+        """Take nodes saved by :meth:`export` (within this history's bounds); how many, and
+        why the others were refused."""
+        if document.get("step_s") != self.step_s:
+            return 0, [f"saved with {document.get('step_s')!r} s steps, this dashboard "
+                       f"uses {self.step_s:g} s"]
+        restored, refused = 0, []
+        nodes = document.get("nodes")
+        for saved in (nodes if isinstance(nodes, list) else [])[-self.max_nodes:]:
+            try:
+                node = self._restored(saved)
+            except (PayloadError, KeyError, TypeError, ValueError, IndexError) as error:
+                refused.append(f"malformed node: {error!r}")
+                continue
+            with self._lock:
+                self._nodes.pop(node.node_id, None)
+                self._nodes[node.node_id] = node
+                while len(self._nodes) > self.max_nodes:
+                    self._nodes.popitem(last=False)
+            restored += 1
+        return restored, refused
+
+    def _restored(self, saved: dict[str, Any]) -> NodeHistory:
+        node_id = saved["node_id"]
+        validate_id(node_id)
+        ring = StepRing(int(self.span_s / self.step_s) + 1)
+        steps = sorted((int(step), float(t), float(h), float(n))
+                       for step, t, h, n in saved["steps"])
+        for step, t_sum, h_sum, count in steps[-len(ring.ids):]:
+            if not count > 0 or not all(map(math.isfinite, (t_sum, h_sum))):
+                raise ValueError(f"step {step} is not a sum of readings")
+            ring.ids[step % len(ring.ids)] = step
+            ring.sums[step % len(ring.ids)] = (t_sum, h_sum, count)
+        last = saved["last_reading"]
+        forecasts = {}
+        for model, input_time, filled, values in saved["forecasts"]:
+            if len(values) % 3 or not all(math.isfinite(float(v)) for v in values):
+                raise ValueError(f"forecast of {model} is not [time, T, RH] steps")
+            forecasts[(sys.intern(str(model)), float(input_time))] = (
+                int(filled), array("d", map(float, values)))
+        return NodeHistory(
+            node_id, ring,
+            last_reading=None if last is None else (float(last[0]), float(last[1]),
+                                                    float(last[2])),
+            reading_times={float(t) for t in saved["reading_times"]}, forecasts=forecasts,
+            keywords=deque(_entries(saved["keywords"]), maxlen=self.keywords),
+            errors=deque(_entries(saved["errors"]), maxlen=self.errors),
+            error_count=int(saved["error_count"]), heard_at=float(saved["heard_at"]))
+
     def _summary(self, node: NodeHistory) -> dict[str, Any]:
         last = node.last_reading
         newest = max(node.forecasts, key=lambda k: k[1], default=None)
@@ -210,6 +275,24 @@ class History:
                                                       "humidity": last[2]},
                 "forecast": latest, "keyword": node.keywords[-1] if node.keywords else None,
                 "error_count": node.error_count}
+
+
+def _exported(node: NodeHistory) -> dict[str, Any]:
+    return {"node_id": node.node_id,
+            "steps": [[int(step), *map(float, sums)] for step, sums in
+                      zip(node.steps.ids, node.steps.sums, strict=True) if step >= 0],
+            "last_reading": node.last_reading, "reading_times": sorted(node.reading_times),
+            "forecasts": [[model, input_time, filled, list(values)]
+                          for (model, input_time), (filled, values) in node.forecasts.items()],
+            "keywords": list(node.keywords), "errors": list(node.errors),
+            "error_count": node.error_count, "heard_at": node.heard_at}
+
+
+def _entries(saved: Any) -> list[dict[str, Any]]:
+    """A saved keyword or error log: a list of JSON objects."""
+    if not isinstance(saved, list) or not all(isinstance(entry, dict) for entry in saved):
+        raise ValueError("a log must be a list of objects")
+    return saved
 
 
 def _logged(node: NodeHistory, kind: str, log: deque[dict[str, Any]],

@@ -195,7 +195,8 @@ def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threadi
 
 def start_web_dashboard(config: BrokerConfig, listen: str) -> Dashboard:
     """The web dashboard on ``listen``, or on a free port of the same host when that is taken."""
-    options = DashboardOptions(id="demo-web-dashboard", listen=listen)
+    # The demo shows its own run: nothing kept from an earlier one.
+    options = DashboardOptions(id="demo-web-dashboard", listen=listen, state_path="")
     try:
         web = Dashboard(DashboardSettings(broker=config, dashboard=options))
     except OSError:

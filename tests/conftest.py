@@ -95,7 +95,8 @@ def dashboard(mosquitto: LocalMosquitto) -> Iterator[Dashboard]:
     from dashboard.settings import DashboardOptions, DashboardSettings
 
     running = Dashboard(DashboardSettings(broker=broker_config(mosquitto),
-                                          dashboard=DashboardOptions(listen="127.0.0.1:0")))
+                                          dashboard=DashboardOptions(listen="127.0.0.1:0",
+                                                                     state_path="")))
     running.start()
     yield running
     running.close()

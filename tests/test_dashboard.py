@@ -10,6 +10,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -107,7 +108,8 @@ def test_a_keyword_arrives_live_on_the_event_stream(
 def test_basic_auth_when_configured(mosquitto: LocalMosquitto) -> None:
     running = Dashboard(DashboardSettings(
         broker=broker_config(mosquitto),
-        dashboard=DashboardOptions(listen="127.0.0.1:0", username="ops", password="s3cret")))
+        dashboard=DashboardOptions(listen="127.0.0.1:0", username="ops", password="s3cret",
+                                   state_path="")))
     running.start()
     try:
         status, headers, _ = get(running.address + "api/nodes")
@@ -128,3 +130,31 @@ def test_the_dashboard_never_publishes(dashboard: Dashboard,
         pass  # retained messages of the fixture's clients
     dashboard.close()  # a client that announced itself would say 'offline' now
     assert spy.receive(timeout=1.0) is None
+
+
+def test_a_restarted_dashboard_shows_the_history_it_had(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    state = tmp_path / "history.json"
+    settings = DashboardSettings(broker=broker_config(mosquitto), dashboard=DashboardOptions(
+        listen="127.0.0.1:0", state_path=str(state), state_save_s=0.2))
+    first = Dashboard(settings)
+    first.start()
+    node = connect("pi-porch")
+    for minute in range(0, 30, 5):
+        reading = ClimateReading("pi-porch", T0 + 60 * minute + 30, minute, 12.0, 80.0)
+        assert node.publish(climate_topic("pi-porch"), reading.encode()).wait(5)
+    try:
+        # Saved while running (a crash would keep this much), not only on the stop below.
+        assert wait_for(lambda: state.exists() and "pi-porch" in state.read_text()
+                        and len(json.loads(state.read_text())["nodes"][0]["steps"]) == 3)
+    finally:
+        first.close()
+    second = Dashboard(settings)  # loads the file before it connects
+    second.start()
+    try:
+        status, _, body = get(second.address + "api/nodes/pi-porch")
+        assert status == 200
+        assert [step[0] for step in json.loads(body)["steps"]] == [T0 + 600, T0 + 1200,
+                                                                     T0 + 1800]
+    finally:
+        second.close()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import pytest
+
 from dashboard.store import History
 from tinyml_core.messages import (
     Availability,
@@ -97,3 +102,52 @@ def test_memory_per_node_does_not_grow_with_the_reading_rate() -> None:
     node = history._nodes["pi-1"]
     assert len(node.steps.items()) == 7  # an hour of 10-minute steps (and the one it ends in)
     assert len(node.reading_times) <= 3 * 60  # two or three steps of readings, not three hours
+
+
+def filled_history() -> History:
+    history = History(hours=2, keywords=3, errors=3)
+    for node in ("pi-a", "pi-b"):
+        for minute in range(0, 150, 5):  # past the two hours kept: the oldest steps drop
+            history.add(*reading(node, T0 + 60 * minute, 20 + minute / 100), now=T0)
+        history.add(*forecast(node, T0 + 3600), now=T0)
+        for second in range(5):
+            history.add(*keyword(node, T0 + second), now=T0)
+        history.add(errors_topic(node), ErrorRecord(node, T0, "sensors/x", "bad", 3, "x").encode())
+    return history
+
+
+def test_a_restored_history_shows_what_the_saved_one_showed() -> None:
+    saved = filled_history()
+    document = json.loads(json.dumps(saved.export()))  # as the file holds it
+    restored = History(hours=2, keywords=3, errors=3)
+    assert restored.restore(document) == (2, [])
+    for node in ("pi-a", "pi-b"):
+        assert restored.node(node) == saved.node(node)
+    assert restored.overview()["nodes"] == saved.overview()["nodes"]
+    # It goes on as the saved one would: a repeat is still a repeat, a new step is added.
+    assert restored.add(*reading("pi-a", T0 + 60 * 145, 21.45), now=T0) is None
+    assert restored.add(*reading("pi-a", T0 + 60 * 150), now=T0) is not None
+
+
+def test_a_saved_history_is_cut_to_the_restoring_ones_bounds() -> None:
+    document = json.loads(json.dumps(filled_history().export()))
+    smaller = History(hours=1, keywords=2, errors=3, max_nodes=1)
+    assert smaller.restore(document) == (1, [])
+    [only] = smaller.overview()["nodes"]
+    assert only["node_id"] == "pi-b"  # the most recently heard
+    shown = smaller.node("pi-b")
+    assert shown is not None and len(shown["keywords"]) == 2
+    assert len(shown["steps"]) <= 7 and shown["steps"][-1][0] == T0 + 600 * 15
+
+
+@pytest.mark.parametrize("broken, reason", [
+    ({"step_s": 300.0, "nodes": []}, "300.0 s steps"),
+    ({"step_s": 600.0, "nodes": [{"node_id": "bad/id"}]}, "malformed node"),
+    ({"step_s": 600.0, "nodes": [{"node_id": "pi-a", "steps": [[1, "x", 2, 3]]}]},
+     "malformed node"),
+])
+def test_a_malformed_saved_history_is_refused_with_the_reason(broken: dict[str, Any],
+                                                              reason: str) -> None:
+    history = History()
+    restored, refused = history.restore(broken)
+    assert restored == 0 and reason in refused[0] and len(history) == 0
