@@ -28,12 +28,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "tinyml-collector-windows"
 VERSION = 1
-MAX_STATE_BYTES = 256 * 1024 * 1024
-
-
-def state_path(template: str, collector_id: str) -> Path | None:
-    """The state file of ``collector_id`` (``{id}`` in ``template`` is replaced); None: off."""
-    return Path(template.replace("{id}", collector_id)) if template else None
 
 
 def save_state(path: Path, collector_id: str, inference: Inference) -> int:
@@ -69,7 +63,7 @@ def load_state(path: Path, collector_id: str, inference: Inference) -> int:
 
 
 def _read(path: Path, collector_id: str) -> dict[str, Any]:
-    document = read_state_file(path, FORMAT, VERSION, MAX_STATE_BYTES, "collector state file")
+    document = read_state_file(path, FORMAT, VERSION, "collector state file")
     if document.get("collector_id") != collector_id:
         raise ValueError(f"saved by collector {document.get('collector_id')!r}, this is "
                          f"{collector_id!r}")

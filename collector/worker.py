@@ -21,6 +21,7 @@ import numpy as np
 from tinyml_core.errors import MqttError
 from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.statefile import state_path
 from tinyml_core.topics import (
     SensorKind,
     confirmed_topic,
@@ -32,7 +33,7 @@ from tinyml_core.topics import (
 from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
 from .settings import CollectorSettings
-from .state import load_state, state_path, write_state
+from .state import load_state, write_state
 
 log = logging.getLogger("collector")
 

@@ -24,9 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 from tinyml_core.cli import host_port
 from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.statefile import state_path
 
 from .settings import DashboardSettings
-from .state import load_history, save_history, state_path
+from .state import load_history, save_history
 from .store import History
 
 log = logging.getLogger("dashboard")

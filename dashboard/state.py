@@ -19,12 +19,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "tinyml-dashboard-history"
 VERSION = 1
-MAX_STATE_BYTES = 256 * 1024 * 1024
-
-
-def state_path(template: str, dashboard_id: str) -> Path | None:
-    """The history file of ``dashboard_id`` (``{id}`` in ``template`` is replaced); None: off."""
-    return Path(template.replace("{id}", dashboard_id)) if template else None
 
 
 def save_history(path: Path, history: History) -> int:
@@ -39,8 +33,7 @@ def load_history(path: Path, history: History) -> int:
     """Restore the nodes saved in ``path``; how many (0 with a warning when the file is
     refused, 0 silently when there is none)."""
     try:
-        document = read_state_file(path, FORMAT, VERSION, MAX_STATE_BYTES,
-                                   "dashboard history file")
+        document = read_state_file(path, FORMAT, VERSION, "dashboard history file")
     except FileNotFoundError:
         return 0
     except (OSError, ValueError) as error:

@@ -11,12 +11,13 @@ import pytest
 
 from collector.inference import Inference, Outgoing
 from collector.ratelimit import NodeRateLimit
-from collector.state import load_state, save_state, state_path
+from collector.state import load_state, save_state
 from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import ClimateReading, ErrorRecord, Forecast
 from tinyml_core.mqtt import MqttClient
+from tinyml_core.statefile import state_path
 from tinyml_core.topics import climate_topic
 
 MODELS = REPO_ROOT / "models"

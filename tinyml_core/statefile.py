@@ -10,6 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+MAX_STATE_BYTES = 256 * 1024 * 1024
+
+
+def state_path(template: str, client_id: str) -> Path | None:
+    """The state file of ``client_id`` (``{id}`` in ``template`` is replaced, so workers
+    sharing a folder keep apart); None: no state file."""
+    return Path(template.replace("{id}", client_id)) if template else None
+
 
 def write_state_file(path: Path, document: dict[str, Any]) -> None:
     """Replace ``path`` with ``document`` as JSON (written beside it, synced, renamed)."""
@@ -22,8 +30,8 @@ def write_state_file(path: Path, document: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def read_state_file(path: Path, kind: str, version: int, max_bytes: int,
-                    what: str) -> dict[str, Any]:
+def read_state_file(path: Path, kind: str, version: int, what: str,
+                    max_bytes: int = MAX_STATE_BYTES) -> dict[str, Any]:
     """The document in ``path`` if its "format" is ``kind`` (``what`` names it in messages)
     and its "version" ``version``; FileNotFoundError when there is none, ValueError (saying
     why) when it is refused."""
