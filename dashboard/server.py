@@ -133,7 +133,7 @@ class Dashboard:
                 return
             try:
                 count = save_history(self.state_path, self.history)
-            except OSError as error:
+            except (OSError, ValueError) as error:  # ValueError: a number JSON cannot hold
                 log.error("history not saved to %s: %s", self.state_path, error)
                 return
             self._saved_changes = changes
