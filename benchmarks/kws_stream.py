@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.settings import CollectorOptions  # noqa: E402
-from tinyml_core.keywords import ScanSettings  # noqa: E402
+from collector.settings import CollectorOptions, scan_settings  # noqa: E402
+from tinyml_core.keywords import threshold_in_force  # noqa: E402
 from tinyml_core.models import load_keyword_spotter  # noqa: E402
 from training.evaluate import evaluate_negatives  # noqa: E402
 from training.negatives import Negatives  # noqa: E402
@@ -114,8 +114,8 @@ def main() -> int:
     report = {}
     for model in (("kws_a", "kws_b", "kws_c") if args.all else (args.model,)):
         spotter = load_keyword_spotter(args.models, model)
-        default = options.keyword_threshold or spotter.contract.default_threshold
-        base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
+        base = scan_settings(options)
+        default = threshold_in_force(base, spotter)
         print(f"\n{model} ({len(spotter.labels)} outputs: {', '.join(spotter.labels)})")
         swept = THRESHOLD_CHOICES if args.choose_threshold else args.thresholds
         thresholds = sorted({*swept, default})

@@ -51,7 +51,7 @@ from tinyml_core.topics import (
 
 from .confirmations import ConfirmationBook
 from .ratelimit import NodeRateLimit
-from .settings import CollectorOptions, parse_node_models, parse_partition
+from .settings import CollectorOptions, parse_node_models, parse_partition, scan_settings
 from .windows import ReadyWindow, StepWindow
 
 log = logging.getLogger(__name__)
@@ -173,10 +173,8 @@ class Inference:
         if options.rate_limit_per_s > 0:
             rate_limit = NodeRateLimit(options.rate_limit_per_s, options.rate_limit_burst,
                                        options.rate_limit_report_s)
-        scan = ScanSettings(hop_s=options.scan_hop_s, smoothing=options.keyword_smoothing,
-                            threshold=options.keyword_threshold or None)
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
-                   scan, partition=parse_partition(options.partition),
+                   scan_settings(options), partition=parse_partition(options.partition),
                    rate_limit=rate_limit, node_models=parse_node_models(options.node_models))
 
     def export_windows(self) -> list[dict[str, Any]]:

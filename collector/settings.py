@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tinyml_core.config import BrokerConfig, setting
 from tinyml_core.errors import ConfigError
+from tinyml_core.keywords import ScanSettings
 
 FORECAST_MODELS = ("forecast_a", "forecast_b")
 KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c")
@@ -51,6 +52,12 @@ class CollectorOptions:
     ha_discovery: bool = setting(False, "publish Home Assistant MQTT discovery config")
     stats_interval_s: float = setting(60.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
+
+
+def scan_settings(options: CollectorOptions) -> ScanSettings:
+    """How the collector scans sound events (a keyword_threshold of 0: the model's own)."""
+    return ScanSettings(hop_s=options.scan_hop_s, smoothing=options.keyword_smoothing,
+                        threshold=options.keyword_threshold or None)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinyml_core.errors import MqttError
+from tinyml_core.keywords import threshold_in_force
 from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import InboundMessage, MqttClient
 from tinyml_core.statefile import state_path
@@ -114,12 +115,10 @@ class Worker:
         spotter = self.inference.spotter
         if spotter is None:
             return f"forecasters: {forecasters}; keyword model: none"
-        threshold = self.inference.scan.threshold
-        whose = "set in the config" if threshold is not None else "the model's own"
-        if threshold is None:
-            threshold = spotter.contract.default_threshold
+        whose = "the model's own" if self.inference.scan.threshold is None else \
+            "set in the config"
         return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
-                f"{threshold:g} ({whose})")
+                f"{threshold_in_force(self.inference.scan, spotter):g} ({whose})")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""

@@ -92,12 +92,18 @@ def decide(offsets_s: np.ndarray, probabilities: np.ndarray, labels: tuple[str, 
     return sorted(found, key=lambda detection: detection.offset_s)
 
 
+def threshold_in_force(settings: ScanSettings, spotter: KeywordSpotter) -> float:
+    """The settings' threshold, or the model's own (its manifest's) when they set none."""
+    if settings.threshold is None:
+        return spotter.contract.default_threshold
+    return settings.threshold
+
+
 def find_keywords(spotter: KeywordSpotter, samples: np.ndarray, sample_rate: int,
                   settings: ScanSettings) -> tuple[list[Detection], Scan]:
     """Scan one event (int16 or float audio at any rate) and decide: the detections, and
     the scan they were decided from."""
-    if settings.threshold is None:
-        settings = replace(settings, threshold=spotter.contract.default_threshold)
+    settings = replace(settings, threshold=threshold_in_force(settings, spotter))
     scan = spotter.scan(samples, sample_rate, settings.hop_s)
     return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.contract.keywords,
                   settings), scan

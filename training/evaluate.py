@@ -179,8 +179,8 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
                      noise: list[tuple[str, np.ndarray]], seed: int = 0) -> None:
     """The folder's clips as one continuous stream through the node's capture and the
     collector's decision (training/stream.py); prints recall and false accepts per hour."""
-    from collector.settings import CollectorOptions
-    from tinyml_core.keywords import ScanSettings
+    from collector.settings import CollectorOptions, scan_settings
+    from tinyml_core.keywords import threshold_in_force
     from tinyml_core.models import load_keyword_spotter
 
     from .stream import (
@@ -204,9 +204,8 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
     print(f"\nstream: {stream.hours * 60:.1f} min of {len(keywords)} keywords, {len(unknown)} "
           f"other sounds from {UNKNOWN_FOLDER}/ and noise bursts, 1.5-3.5 s apart; "
           f"{len(payloads)} sound events")
-    default = (options.keyword_threshold
-               or load_keyword_spotter(models_dir, name).contract.default_threshold)
-    base = ScanSettings(options.scan_hop_s, options.keyword_smoothing, default)
+    base = scan_settings(options)
+    default = threshold_in_force(base, load_keyword_spotter(models_dir, name))
     shown = {0.4, 0.5, 0.6, 0.7, 0.8, 0.9, default}
     rows = threshold_table(stream, payloads, models_dir, name,
                            sorted(shown | set(THRESHOLD_CHOICES)), base)

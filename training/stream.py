@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -282,7 +282,7 @@ def threshold_table(stream: Stream, payloads: Sequence[bytes], models_dir: Path 
     spotter = ScansOnce(load_keyword_spotter(models_dir, model))
     rows = []
     for threshold in thresholds:
-        settings = ScanSettings(base.hop_s, base.smoothing, threshold, base.refractory_s)
+        settings = replace(base, threshold=threshold)
         results = run_stream(payloads, models_dir, model, settings, spotter=spotter)
         rows.append(score(stream, results, threshold))
     return rows
