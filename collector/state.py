@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinyml_core.statefile import read_state_file, write_state_file
+from tinyml_core.statefile import read_state_file
 
 from .inference import Inference
 
@@ -30,17 +30,10 @@ FORMAT = "tinyml-collector-windows"
 VERSION = 1
 
 
-def save_state(path: Path, collector_id: str, inference: Inference) -> int:
-    """Write every window to ``path``; returns how many."""
-    return write_state(path, collector_id, inference.export_windows())
-
-
-def write_state(path: Path, collector_id: str, windows: list[dict[str, Any]]) -> int:
-    """Write windows exported by :meth:`Inference.export_windows` to ``path`` (atomically);
-    returns how many."""
-    write_state_file(path, {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
-                            "saved_at": time.time(), "windows": windows})
-    return len(windows)
+def state_document(collector_id: str, inference: Inference) -> dict[str, Any]:
+    """What the state file holds: every window of ``inference``, with the file's kind."""
+    return {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
+            "saved_at": time.time(), "windows": inference.export_windows()}
 
 
 def load_state(path: Path, collector_id: str, inference: Inference) -> int:

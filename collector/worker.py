@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from tinyml_core.errors import MqttError
 from tinyml_core.keywords import threshold_in_force
 from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.statefile import state_path
+from tinyml_core.statefile import ChangeSaver, state_path
 from tinyml_core.topics import (
     SensorKind,
     confirmed_topic,
@@ -34,7 +35,7 @@ from tinyml_core.topics import (
 from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
 from .settings import CollectorSettings
-from .state import load_state, write_state
+from .state import load_state, state_document
 
 log = logging.getLogger("collector")
 
@@ -76,10 +77,11 @@ class Worker:
         self.counters = Counters()
         self.stop_requested = threading.Event()
         self.announced: set[str] = set()  # nodes whose Home Assistant discovery was sent
-        self.state_path = state_path(options.state_path, options.id)
         # Held while a message changes the windows and while they are copied for saving.
         self._windows_lock = threading.Lock()
-        self._saved_readings = 0  # inference.readings when the windows were last saved
+        path = state_path(options.state_path, options.id)
+        self.saver = None if path is None or not inference.forecasters else ChangeSaver(
+            path, "windows", lambda: inference.readings, self._windows_document)
         self._confirmed_at = 0.0  # time.monotonic() of the last look for due confirmations
 
     def filters(self) -> list[str]:
@@ -98,10 +100,9 @@ class Worker:
             log.warning("--share splits clips only; without --partition K/N every worker of "
                         "the group forecasts every node")
         log.info("%s", self.models_line())
-        if self.state_path is not None and self.inference.forecasters:
+        if self.saver is not None:
             # Before connecting: a resumed session delivers what waited for us at once.
-            load_state(self.state_path, self.settings.collector.id, self.inference)
-            self._saved_readings = self.inference.readings
+            load_state(self.saver.path, self.settings.collector.id, self.inference)
         self.client.connect()
         for topic_filter in self.filters():
             self.client.subscribe(topic_filter)
@@ -136,8 +137,8 @@ class Worker:
                 next_stats += interval
             if now - self._confirmed_at >= CONFIRM_IDLE_S:  # no traffic: handle() is not called
                 self.publish_confirmations()
-            if save_every and now >= next_save:
-                self.save_windows()
+            if self.saver is not None and save_every and now >= next_save:
+                self.saver.save()
                 next_save = now + save_every
             wake = next_stats if deadline is None else min(next_stats, deadline)
             self.stop_requested.wait(min(0.25, max(0.0, wake - now)))
@@ -212,25 +213,11 @@ class Worker:
         if self.client.is_connected:
             self.publish_confirmations(everything=True)
         self.client.close()
-        self.save_windows(final=True)
+        if self.saver is not None:
+            self.saver.save(final=True)
 
-    def save_windows(self, final: bool = False) -> None:
-        """Write the windows to the state file: on a clean stop, and while running whenever
-        readings were taken since the last save (an idle collector does not wear the disk)."""
-        if self.state_path is None or not self.inference.forecasters:
-            return
-        with self._windows_lock:  # a consistent copy; the slow write happens outside
-            readings = self.inference.readings
-            if readings == self._saved_readings and not final:
-                return
-            windows = self.inference.export_windows()
-        try:
-            count = write_state(self.state_path, self.settings.collector.id, windows)
-        except OSError as error:
-            log.error("windows not saved to %s: %s; after a restart forecasts resume from the "
-                      "last save, or a window later", self.state_path, error)
-            return
-        self._saved_readings = readings
-        log.log(logging.INFO if final else logging.DEBUG, "saved %d windows to %s", count,
-                self.state_path)
-
+    def _windows_document(self) -> dict[str, Any]:
+        """The state file's content, copied while no message changes the windows (the slow
+        write happens outside the lock)."""
+        with self._windows_lock:
+            return state_document(self.settings.collector.id, self.inference)

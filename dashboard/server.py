@@ -24,10 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 from tinyml_core.cli import host_port
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.statefile import state_path
+from tinyml_core.statefile import ChangeSaver, state_path
 
 from .settings import DashboardSettings
-from .state import load_history, save_history
+from .state import history_document, load_history
 from .store import History
 
 log = logging.getLogger("dashboard")
@@ -90,12 +90,13 @@ class Dashboard:
         self.http = ThreadingHTTPServer(host_port(options.listen, any_port=True), _handler(self))
         self.http.daemon_threads = True
         self._serving: threading.Thread | None = None
-        self.state_path = state_path(options.state_path, options.id)
-        self._saved_changes = 0
         self._stop_saving = threading.Event()
-        self._saving = threading.Lock()  # the saver thread and close() write the same file
-        if self.state_path is not None:
-            load_history(self.state_path, self.history)
+        path = state_path(options.state_path, options.id)
+        self.saver = None
+        if path is not None:
+            load_history(path, self.history)
+            self.saver = ChangeSaver(path, "history", lambda: self.history.changes,
+                                     lambda: history_document(self.history))
 
     @property
     def address(self) -> str:
@@ -115,30 +116,14 @@ class Dashboard:
         self._serving = threading.Thread(target=self.http.serve_forever, name="http",
                                          daemon=True)
         self._serving.start()
-        if self.state_path is not None and self.settings.dashboard.state_save_s:
-            threading.Thread(target=self._save_periodically, name="history-saver",
-                             daemon=True).start()
+        if self.saver is not None and self.settings.dashboard.state_save_s:
+            threading.Thread(target=self._save_periodically, args=(self.saver,),
+                             name="history-saver", daemon=True).start()
         log.info("dashboard on %s", self.address)
 
-    def _save_periodically(self) -> None:
+    def _save_periodically(self, saver: ChangeSaver) -> None:
         while not self._stop_saving.wait(self.settings.dashboard.state_save_s):
-            self.save_history()
-
-    def save_history(self, final: bool = False) -> None:
-        """Write the history to the state file if it changed since the last save (always on
-        a clean stop); an error is logged, never raised."""
-        with self._saving:
-            changes = self.history.changes
-            if self.state_path is None or (changes == self._saved_changes and not final):
-                return
-            try:
-                count = save_history(self.state_path, self.history)
-            except (OSError, ValueError) as error:  # ValueError: a number JSON cannot hold
-                log.error("history not saved to %s: %s", self.state_path, error)
-                return
-            self._saved_changes = changes
-        log.log(logging.INFO if final else logging.DEBUG, "saved the history of %d nodes to %s",
-                count, self.state_path)
+            saver.save()
 
     def close(self) -> None:
         """Stop serving and disconnect (again: nothing happens)."""
@@ -150,7 +135,8 @@ class Dashboard:
         self.http.server_close()
         self.client.close()
         self._serving = None
-        self.save_history(final=True)
+        if self.saver is not None:
+            self.saver.save(final=True)
 
 
 def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:

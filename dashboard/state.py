@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from tinyml_core.statefile import read_state_file, write_state_file
+from tinyml_core.statefile import read_state_file
 
 from .store import History
 
@@ -21,12 +22,9 @@ FORMAT = "tinyml-dashboard-history"
 VERSION = 1
 
 
-def save_history(path: Path, history: History) -> int:
-    """Write the history to ``path`` (atomically); returns how many nodes."""
-    document = {"format": FORMAT, "version": VERSION, "saved_at": time.time(),
-                **history.export()}
-    write_state_file(path, document)
-    return len(document["nodes"])
+def history_document(history: History) -> dict[str, Any]:
+    """What the history file holds: every node's history, with the file's kind."""
+    return {"format": FORMAT, "version": VERSION, "saved_at": time.time(), **history.export()}
 
 
 def load_history(path: Path, history: History) -> int:

@@ -11,13 +11,13 @@ import pytest
 
 from collector.inference import Inference, Outgoing
 from collector.ratelimit import NodeRateLimit
-from collector.state import load_state, save_state
+from collector.state import load_state, state_document
 from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import ClimateReading, ErrorRecord, Forecast
 from tinyml_core.mqtt import MqttClient
-from tinyml_core.statefile import state_path
+from tinyml_core.statefile import state_path, write_state_file
 from tinyml_core.topics import climate_topic
 
 MODELS = REPO_ROOT / "models"
@@ -59,7 +59,9 @@ def test_a_restart_mid_step_forecasts_exactly_as_an_uninterrupted_collector(
     before = new_inference()
     first = forecasts(before, stream[:cut])
     path = tmp_path / "windows.json"
-    assert save_state(path, "collector-1", before) == 2  # forecast_a and _b share a window
+    document = state_document("collector-1", before)
+    assert len(document["windows"]) == 2  # forecast_a and _b share a window
+    write_state_file(path, document)
     after = new_inference()
     assert load_state(path, "collector-1", after) == 2
     second = forecasts(after, stream[cut:])
@@ -79,7 +81,7 @@ def test_a_saved_window_older_than_one_step_is_not_joined_to_new_readings(
     before = new_inference()
     forecasts(before, minute_readings("pi-1", range(70)))
     path = tmp_path / "windows.json"
-    save_state(path, "collector-1", before)
+    write_state_file(path, state_document("collector-1", before))
     after = new_inference()
     load_state(path, "collector-1", after)
     # Saved: steps 1-6 closed, step 7 (minutes 60-69) still open. The collector is away for 30
@@ -120,7 +122,7 @@ def test_malformed_windows_are_refused_one_by_one(tmp_path: Path,
     before = new_inference()
     forecasts(before, minute_readings("pi-1", range(70)))
     path = tmp_path / "windows.json"
-    save_state(path, "collector-1", before)
+    write_state_file(path, state_document("collector-1", before))
     document = json.loads(path.read_text())
     good = document["windows"][0]
     gap = dict(good, forecast_ends=[10**9])  # a forecast for a step that never closed

@@ -6,9 +6,14 @@ kind, another version or no JSON at all is refused with the reason instead of ha
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 256 * 1024 * 1024
 
@@ -23,11 +28,14 @@ def write_state_file(path: Path, document: dict[str, Any]) -> None:
     """Replace ``path`` with ``document`` as JSON (written beside it, synced, renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as out:
-        json.dump(document, out, separators=(",", ":"), allow_nan=False)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    try:
+        with temporary.open("w", encoding="utf-8") as out:
+            json.dump(document, out, separators=(",", ":"), allow_nan=False)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # left only when the write failed
 
 
 def read_state_file(path: Path, kind: str, version: int, what: str,
@@ -46,3 +54,33 @@ def read_state_file(path: Path, kind: str, version: int, what: str,
     if document.get("version") != version:
         raise ValueError(f"version {document.get('version')!r}, this program reads {version}")
     return document
+
+
+class ChangeSaver:
+    """Writes a state file whenever the state changed since the last write (an idle process
+    does not wear the disk): from a timer while running, and always on a clean stop.
+    ``changes`` counts what changed the state; ``document`` takes a consistent copy of it."""
+
+    def __init__(self, path: Path, what: str, changes: Callable[[], int],
+                 document: Callable[[], dict[str, Any]]) -> None:
+        self.path, self.what = path, what
+        self._changes, self._document = changes, document
+        self._saved = changes()  # what was loaded at start is on disk already
+        self._lock = threading.Lock()  # a timer thread and the clean stop may meet
+
+    def save(self, final: bool = False) -> None:
+        """Write the file if the state changed (``final``: in any case); an error is logged,
+        never raised: the process goes on, and a restart resumes from the last save."""
+        with self._lock:
+            changes = self._changes()
+            if changes == self._saved and not final:
+                return
+            try:
+                write_state_file(self.path, self._document())
+            except (OSError, ValueError) as error:  # ValueError: a number JSON cannot hold
+                log.error("%s not saved to %s: %s; a restart resumes from the last save",
+                          self.what, self.path, error)
+                return
+            self._saved = changes
+        log.log(logging.INFO if final else logging.DEBUG, "saved the %s to %s", self.what,
+                self.path)
