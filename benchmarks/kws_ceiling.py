@@ -23,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from collector.settings import CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.cli import add_logging_arguments, setup_logging  # noqa: E402
 from tinyml_core.errors import ModelLoadError  # noqa: E402
-from tinyml_core.keywords import ScanSettings  # noqa: E402
 from tinyml_core.models import load_keyword_spotter, read_manifest  # noqa: E402
 from training import DATA_DIR, MODELS_DIR  # noqa: E402
 from training.negatives import Negatives  # noqa: E402
@@ -61,13 +61,16 @@ def main() -> int:
     chosen_recipe = recipe(args.recipe, args.recipes)
     if chosen_recipe.task != "keyword":
         parser.error(f"{args.recipe} is not a keyword recipe")
-    speech = SpeechData.load(show_progress=not args.no_progress)
     negatives = Negatives.load()
     try:
         built = read_manifest(args.out).get(chosen_recipe.name, {})
     except ModelLoadError:
         built = {}
-    if built.get("recipe") == chosen_recipe.raw:
+    reuse = built.get("recipe") == chosen_recipe.raw
+    # The training part only when the model is to be trained; the streams need the others.
+    speech = SpeechData.load(parts=("validation", "test") if reuse else
+                             ("train", "validation", "test"), show_progress=not args.no_progress)
+    if reuse:
         print(f"{chosen_recipe.name}: built earlier from the same recipe, in {args.out}")
     else:
         from training import kws
@@ -85,20 +88,21 @@ def main() -> int:
         built = entry
     streams = {part: part_stream(speech, negatives, part) for part in ("validation", "test")}
     events = {part: capture_events(stream) for part, stream in streams.items()}
+    scan = scan_settings(CollectorOptions())  # as the collector scans, threshold swept
     print(f"\n{'model':<16} {'parameters':>10} {'bytes':>9} {'split':>7} {'threshold':>9} "
           f"{'validation':>17} {'test stream':>17}")
     for models_dir, name, entry in ((args.out, chosen_recipe.name, built),
                                     (MODELS_DIR, args.compare,
                                      read_manifest(MODELS_DIR)[args.compare])):
         validation = threshold_table(streams["validation"], events["validation"], models_dir,
-                                     name, THRESHOLD_CHOICES, ScanSettings())
+                                     name, THRESHOLD_CHOICES, scan)
         chosen = choose_threshold(validation, args.max_false_per_hour)
         if chosen is None:
             print(f"{name:<16} no threshold stays within {args.max_false_per_hour:g} false "
                   "accepts an hour on the validation stream")
             continue
         [test] = threshold_table(streams["test"], events["test"], models_dir, name,
-                                 (chosen.threshold,), ScanSettings())
+                                 (chosen.threshold,), scan)
         shipped = load_keyword_spotter(models_dir, name).contract.default_threshold
         note = "" if models_dir == args.out or abs(shipped - chosen.threshold) < 1e-9 else \
             f" (ships {shipped:.2f})"
