@@ -49,9 +49,15 @@ from tinyml_core.topics import (
     validate_id,
 )
 
-from .confirmations import ConfirmationBook
+from .confirmations import ConfirmationBook, Taking
 from .ratelimit import NodeRateLimit
-from .settings import CollectorOptions, parse_node_models, parse_partition, scan_settings
+from .settings import (
+    CollectorOptions,
+    journal_path,
+    parse_node_models,
+    parse_partition,
+    scan_settings,
+)
 from .windows import ReadyWindow, StepWindow
 
 log = logging.getLogger(__name__)
@@ -103,7 +109,8 @@ class Inference:
                  keyword_model: str | None, scan: ScanSettings | None = None,
                  max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1),
                  rate_limit: NodeRateLimit | None = None,
-                 node_models: dict[str, str] | None = None) -> None:
+                 node_models: dict[str, str] | None = None,
+                 confirmations: ConfirmationBook | None = None) -> None:
         self.forecasters: list[Forecaster] = []
         self.spotter: KeywordSpotter | None = None
         self.refused: dict[str, str] = {}
@@ -127,7 +134,9 @@ class Inference:
         self.rejections = RejectionLog()
         self.partition = partition
         self.rate_limit = rate_limit
-        self.confirmations = ConfirmationBook(max_nodes=max_nodes)
+        self.confirmations = confirmations or ConfirmationBook(max_nodes=max_nodes)
+        # Taken by handle(), recorded by commit() once the answers were published.
+        self._pending: list[tuple[str, str, int, float, tuple[float, float] | None]] = []
         self.readings = 0  # valid readings of the nodes this worker forecasts, repeats included
         # A node's own forecaster replaces the one it was tuned from, for that node only.
         self._own: dict[str, dict[str, Forecaster]] = {}
@@ -173,9 +182,14 @@ class Inference:
         if options.rate_limit_per_s > 0:
             rate_limit = NodeRateLimit(options.rate_limit_per_s, options.rate_limit_burst,
                                        options.rate_limit_report_s)
+        # Shared clips reach each worker of the group in part: a hole there is another's.
+        gap_kinds = frozenset({SensorKind.CLIMATE.value} if options.share_group
+                              else {kind.value for kind in SensorKind})
+        book = ConfirmationBook(journal=journal_path(options), gap_kinds=gap_kinds)
         return cls(options.models_dir, options.forecast_models, options.keyword_model,
                    scan_settings(options), partition=parse_partition(options.partition),
-                   rate_limit=rate_limit, node_models=parse_node_models(options.node_models))
+                   rate_limit=rate_limit, node_models=parse_node_models(options.node_models),
+                   confirmations=book)
 
     def export_windows(self) -> list[dict[str, Any]]:
         """Every node's windows, least recently heard first (see collector/state.py)."""
@@ -208,7 +222,16 @@ class Inference:
         index, count = self.partition
         return count == 1 or zlib.crc32(node_id.encode()) % count == index - 1
 
+    def commit(self) -> None:
+        """The answers of the messages handled so far were published: record them as taken
+        (confirmed to their nodes, and known as answered after a restart). Also done at the
+        start of every :meth:`handle`."""
+        pending, self._pending = self._pending, []
+        for node_id, kind, seq, at, values in pending:
+            self.confirmations.record(node_id, kind, seq, at, values)
+
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
+        self.commit()
         if (self.partition[1] > 1 and matches(CLIMATE_FILTER, topic)
                 and not self.owns(reporting_node_id(topic))):
             return []  # another worker keeps this node's window (and reports its errors)
@@ -223,17 +246,65 @@ class Inference:
             message = decode_sensor_message(topic, payload)
         except PayloadError as error:
             return [self._error(topic, payload, error, now)]
+        taking = self.confirmations.check(message.node_id, message.kind.value, message.seq,
+                                          message.time)
+        out = self._gap_record(message, taking, topic, payload, now)
         try:
             if isinstance(message, ClimateReading):
-                return self._forecast(message)
-            return self._keyword(message)
+                out += self._forecast(message)
+            elif taking.new:
+                out += self._keyword(message)
+            # else: a sound event answered before, sent again: confirmed again, not answered
         except PayloadError as error:
-            return [self._error(topic, payload, error, now)]
+            out.append(self._error(topic, payload, error, now))  # its answer: taken all the same
+        # A reading the windows took is journalled with its values (restored after a crash).
+        values = (message.temperature, message.humidity) if isinstance(message, ClimateReading) \
+            and self.forecasters else None
+        self._pending.append((message.node_id, message.kind.value, message.seq, message.time,
+                              values))
+        return out
+
+    def restore_journalled(self, after: int) -> int:
+        """Put the readings journalled after index ``after`` (those the loaded windows lack)
+        back in their windows, as before a crash; their forecasts were published then.
+        Returns how many."""
+        restored = 0
+        for entry in self.confirmations.journalled_readings:
+            if entry.number <= after or not self.owns(entry.node_id):
+                continue
+            windows = self._node_windows(entry.node_id)
+            for key in self._by_window:
+                window = windows.setdefault(key, StepWindow(*key))
+                window.add(entry.time, entry.temperature, entry.humidity)  # answered already
+            self.readings += 1
+            restored += 1
+        self.confirmations.journalled_readings = []
+        return restored
+
+    def _gap_record(self, message: ClimateReading | AudioClip, taking: Taking, topic: str,
+                    payload: bytes, now: float | None) -> list[Outgoing]:
+        """An error record when the node's numbers jumped (at most one per node per
+        GAP_REPORT_S, counting every number jumped over since the last)."""
+        if not taking.skipped:
+            return []
+        missing = self.confirmations.gap_report(message.node_id)
+        if not missing:
+            return []
+        highest = message.seq - taking.skipped - 1
+        reason = PayloadError(
+            f"{message.kind.value} seq jumped from {highest} to {message.seq}: {missing} "
+            f"{message.kind.value} messages missing since the last report (lost on the way, or "
+            "dropped over the node's rate limit; a node with confirmations sends them again)",
+            field="seq")
+        return [self._error(topic, payload, reason, now, log_it=False)]
 
     def _error(self, topic: str, payload: bytes, error: PayloadError,
-               now: float | None) -> Outgoing:
+               now: float | None, log_it: bool = True) -> Outgoing:
         node_id = reporting_node_id(topic)
-        self.rejections.rejected(topic, len(payload), error)
+        if log_it:
+            self.rejections.rejected(topic, len(payload), error)
+        else:
+            log.warning("%s: %s", node_id, error.reason)
         record = ErrorRecord.for_rejected(node_id, now or time.time(), topic, payload, error)
         return Outgoing(errors_topic(node_id), record.encode(), is_error=True)
 
@@ -260,7 +331,6 @@ class Inference:
                 newest = ready.end_time >= max(window.forecast_ends) * window.step_s
                 out += [self._run_forecaster(f, ready, reading.node_id, newest)
                         for f in forecasters]
-        self.confirmations.taken(reading.node_id, reading.seq)
         self.readings += 1
         return out
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tinyml_core.config import BrokerConfig, setting
 from tinyml_core.errors import ConfigError
 from tinyml_core.keywords import ScanSettings
+from tinyml_core.statefile import state_path
 
 FORECAST_MODELS = ("forecast_a", "forecast_b")
 KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c")
@@ -38,7 +40,8 @@ class CollectorOptions:
                              "split by node, since a window needs all of a node's readings)")
     state_path: str = setting("var/{id}-windows.json", "where the windows are saved (on a clean "
                               "stop and every state_save_s) and loaded at start ({id}: the "
-                              "collector id); empty: not saved")
+                              "collector id); beside it, <path>.taken journals which messages "
+                              "of each node were taken, as they are; empty: neither is saved")
     state_save_s: float = setting(60.0, "seconds between saves of the windows while readings "
                                   "arrive, so a crash or power cut loses at most this much of "
                                   "them; 0: saved on a clean stop only", min=0.0, max=86_400)
@@ -52,6 +55,12 @@ class CollectorOptions:
     ha_discovery: bool = setting(False, "publish Home Assistant MQTT discovery config")
     stats_interval_s: float = setting(60.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
+
+
+def journal_path(options: CollectorOptions) -> Path | None:
+    """Where the collector journals what it took of each node: beside its state file."""
+    path = state_path(options.state_path, options.id)
+    return None if path is None else path.with_name(path.name + ".taken")
 
 
 def scan_settings(options: CollectorOptions) -> ScanSettings:

@@ -33,18 +33,22 @@ VERSION = 1
 def state_document(collector_id: str, inference: Inference) -> dict[str, Any]:
     """What the state file holds: every window of ``inference``, with the file's kind."""
     return {"format": FORMAT, "version": VERSION, "collector_id": collector_id,
-            "saved_at": time.time(), "windows": inference.export_windows()}
+            "saved_at": time.time(), "windows": inference.export_windows(),
+            "journal_through": inference.confirmations.readings_through}
 
 
 def load_state(path: Path, collector_id: str, inference: Inference) -> int:
-    """Restore the windows saved in ``path``; returns how many (0 with a warning when the file is
+    """Restore the windows saved in ``path``, then the readings journalled after that save
+    (collector/confirmations.py); returns how many windows (0 with a warning when the file is
     refused, 0 silently when there is none)."""
     try:
         document = _read(path, collector_id)
     except FileNotFoundError:
+        _restore_journalled(inference, 0)
         return 0
     except (OSError, ValueError) as error:
         log.warning("state file %s refused, starting with empty windows: %s", path, error)
+        _restore_journalled(inference, 0)
         return 0
     restored, refused = inference.restore_windows(document["windows"])
     if refused:
@@ -52,7 +56,16 @@ def load_state(path: Path, collector_id: str, inference: Inference) -> int:
                     refused[0])
     age = time.time() - float(document["saved_at"])
     log.info("restored %d windows from %s (saved %.0f s ago)", restored, path, age)
+    through = document.get("journal_through")
+    _restore_journalled(inference, through if type(through) is int else 0)
     return restored
+
+
+def _restore_journalled(inference: Inference, after: int) -> None:
+    restored = inference.restore_journalled(after)
+    inference.confirmations.state_saved(after)
+    if restored:
+        log.info("put back %d readings journalled since that save", restored)
 
 
 def _read(path: Path, collector_id: str) -> dict[str, Any]:

@@ -40,8 +40,8 @@ from .state import load_state, state_document
 log = logging.getLogger("collector")
 
 LATENCY_SAMPLES = 10_000
-CONFIRM_EVERY_S = 0.25  # how often handle() looks for due confirmations
-CONFIRM_IDLE_S = 0.5  # without messages, the worker's own loop does
+CONFIRM_EVERY_S = 0.1  # how often handle() looks for due confirmations
+CONFIRM_IDLE_S = 0.2  # without messages, the worker's own loop does
 MAX_ANNOUNCED = 10_000
 
 
@@ -83,6 +83,7 @@ class Worker:
         self.saver = None if path is None or not inference.forecasters else ChangeSaver(
             path, "windows", lambda: inference.readings, self._windows_document)
         self._confirmed_at = 0.0  # time.monotonic() of the last look for due confirmations
+        self._saved_through = 0  # the journal index of the last reading in the state written
 
     def filters(self) -> list[str]:
         """Clips are shared in the group; readings never are: a window needs all of a node's
@@ -138,26 +139,33 @@ class Worker:
             if now - self._confirmed_at >= CONFIRM_IDLE_S:  # no traffic: handle() is not called
                 self.publish_confirmations()
             if self.saver is not None and save_every and now >= next_save:
-                self.saver.save()
+                self.save_windows()
                 next_save = now + save_every
             wake = next_stats if deadline is None else min(next_stats, deadline)
-            self.stop_requested.wait(min(0.25, max(0.0, wake - now)))
+            self.stop_requested.wait(min(0.1, max(0.0, wake - now)))
 
     def publish_confirmations(self, everything: bool = False) -> None:
-        """Tell each node the highest reading seq taken into its windows (retained, at most once
-        a second per node; docs/protocol.md). Called from handle(), in the network thread, while
-        messages flow, and from run() when none do. (The ~15 ms these publications once added
-        to every answer was Nagle's algorithm, mended in tinyml_core.mqtt, not the thread.)"""
+        """Tell each node which of its messages were taken (retained, per node and kind at most
+        every CONFIRM_INTERVAL_S; docs/protocol.md). Called from handle(), in the network
+        thread, while messages flow, and from run() when none do. (The ~15 ms these
+        publications once added to every answer was Nagle's algorithm, mended in
+        tinyml_core.mqtt, not the thread.)"""
         self._confirmed_at = time.monotonic()
         collector_id = self.settings.collector.id
         now = time.time()
-        for node_id, seq in self.inference.confirmations.due(everything):
-            confirmation = Confirmation(node_id, collector_id, seq, now)
+        book = self.inference.confirmations
+        due = book.due(everything)
+        if due:
+            book.sync()  # what is confirmed survives a power cut
+        for node_id, kind, taken in due:
+            confirmation = Confirmation(node_id, collector_id, kind, taken.highest or 0,
+                                        tuple(taken), now)
             try:
-                self.client.publish(confirmed_topic(node_id), confirmation.encode(), retain=True)
+                self.client.publish(confirmed_topic(node_id, kind), confirmation.encode(),
+                                    retain=True)
             except MqttError as error:  # e.g. paho's queue full under a flood: try again later
                 log.warning("confirmation for %s not sent: %s", node_id, error)
-                self.inference.confirmations.taken(node_id, seq)
+                book.again(node_id, kind)
 
     def handle(self, message: InboundMessage) -> None:
         """Answer one message (called in the MQTT client's network thread)."""
@@ -173,18 +181,21 @@ class Worker:
         self.counters.received += 1
         if time.monotonic() - self._confirmed_at >= CONFIRM_EVERY_S:
             self.publish_confirmations()
-        try:
-            with self._windows_lock:
+        # One lock from the windows' change to the journal's record: a state file saved
+        # meanwhile holds a reading exactly when it names its journal index.
+        with self._windows_lock:
+            try:
                 answers = self.inference.handle(message.topic, message.payload)
-        except Exception:  # a model or library bug must not stop the worker
-            log.exception("unexpected failure on %s; message dropped", message.topic)
-            answers = []
-        for answer in answers:
-            if answer.is_error:
-                self.counters.errors += 1
-            else:
-                self.counters.predictions += 1
-            self.client.publish(answer.topic, answer.payload, retain=answer.retain)
+            except Exception:  # a model or library bug must not stop the worker
+                log.exception("unexpected failure on %s; message dropped", message.topic)
+                answers = []
+            for answer in answers:
+                if answer.is_error:
+                    self.counters.errors += 1
+                else:
+                    self.counters.predictions += 1
+                self.client.publish(answer.topic, answer.payload, retain=answer.retain)
+            self.inference.commit()  # after the answers: a crash before this answers again
         if (self.settings.collector.ha_discovery and not any(a.is_error for a in answers)
                 and len(self.announced) < MAX_ANNOUNCED):
             node_id = reporting_node_id(message.topic)
@@ -204,20 +215,33 @@ class Worker:
 
     def stats_line(self) -> str:
         limit = self.inference.rate_limit
-        return self.counters.line(limit.dropped if limit is not None else 0,
+        line = self.counters.line(limit.dropped if limit is not None else 0,
                                   self.inference.repeated_keywords)
+        sequence = self.inference.confirmations.line()
+        return f"{line}; {sequence}" if sequence else line
 
     def close(self) -> None:
-        """Disconnect, then save the windows (no message is handled any more by then)."""
+        """Save the windows (no message is handled any more by then), confirm what they hold,
+        disconnect."""
         log.info("stopping: %s", self.stats_line())
+        self.stop_requested.set()
+        if self.saver is not None:
+            self.save_windows(final=True)
         if self.client.is_connected:
             self.publish_confirmations(everything=True)
         self.client.close()
-        if self.saver is not None:
-            self.saver.save(final=True)
+        self.inference.confirmations.close()
+
+    def save_windows(self, final: bool = False) -> None:
+        """Write the state file; then the journal need not keep the readings it holds."""
+        assert self.saver is not None
+        if self.saver.save(final):
+            self.inference.confirmations.state_saved(self._saved_through)
 
     def _windows_document(self) -> dict[str, Any]:
         """The state file's content, copied while no message changes the windows (the slow
         write happens outside the lock)."""
         with self._windows_lock:
-            return state_document(self.settings.collector.id, self.inference)
+            document = state_document(self.settings.collector.id, self.inference)
+            self._saved_through = int(document["journal_through"])
+            return document

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tinyml_core.cli import (
     add_broker_arguments,
@@ -134,10 +135,10 @@ def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     print(f"replaying {len(items)} messages spanning {span:.0f} s of stream time {pace}")
     client_id = args.node_id or settings.node.id
     with MqttClient(settings.broker, f"{client_id}-replay", publish_availability=False) as client:
-        result = replay(client, items, args.speed, stop=stop.is_set)
-    print(f"sent {result.sent}, acknowledged {result.acknowledged}"
-          f"{f', skipped {skipped} non-sensor messages' if skipped else ''}")
-    return watch.exit_status() or (0 if result.acknowledged == result.sent else 1)
+        result = replay(client, items, args.speed, stop=stop.is_set,
+                        **flow_control(settings))
+    print(f"{result.line()}{f', skipped {skipped} non-sensor messages' if skipped else ''}")
+    return watch.exit_status() or (0 if result.complete else 1)
 
 
 def microphone_replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
@@ -160,9 +161,16 @@ def microphone_replay_command(args: argparse.Namespace, settings: NodeSettings) 
     with MqttClient(settings.broker, f"{node_id}-replay", publish_availability=False) as client, \
             contextlib.closing(items):  # stops the capture thread if the replay ends early
         # The file plays at its own pace in the capture thread: publish events as they come.
-        result = replay(client, items, 0, stop=stop.is_set)
-    print(f"{result.sent} sound events sent, {result.acknowledged} acknowledged")
-    return watch.exit_status() or (0 if result.acknowledged == result.sent else 1)
+        result = replay(client, items, 0, stop=stop.is_set, **flow_control(settings))
+    print(f"sound events: {result.line()}")
+    return watch.exit_status() or (0 if result.complete else 1)
+
+
+def flow_control(settings: NodeSettings) -> dict[str, Any]:
+    """A replay paces and waits for confirmations as the node daemon does."""
+    node = settings.node
+    return {"rate_per_s": node.flush_rate_per_s, "confirm": node.confirm,
+            "confirm_window": node.confirm_window}
 
 
 def spool_command(settings: NodeSettings) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 from tinyml_core.errors import MqttConnectError, MqttError, SubscriptionRefused, TinyMLError
 from tinyml_core.messages import AudioClip, ClimateReading, sensor_message_topic
 from tinyml_core.mqtt import MqttClient
-from tinyml_core.topics import confirmed_topic
+from tinyml_core.topics import confirmed_filter
 
 from .confirmations import ConfirmationTracker
 from .dht11 import Dht11Sensor
@@ -46,7 +46,9 @@ class Node:
         tracker = None
         if settings.node.confirm:
             tracker = ConfirmationTracker(self.spool.unconfirmed(),
-                                          active=self.spool.counter(CONFIRMATIONS_HEARD) > 0)
+                                          active=self.spool.counter(CONFIRMATIONS_HEARD) > 0,
+                                          window=settings.node.confirm_window,
+                                          resend_after_s=settings.node.resend_after_s)
         else:  # left by a run with confirmations on
             self.spool.confirmed([m.id for m in self.spool.unconfirmed()])
         self.forwarder = Forwarder(self.spool, self.client, settings.node.flush_rate_per_s,
@@ -129,12 +131,12 @@ class Node:
     def _subscribe_to_confirmations(self) -> None:
         if self.forwarder.confirmations is None:
             return
-        topic = confirmed_topic(self.node_id)
+        topic = confirmed_filter(self.node_id)
         try:
             self.client.subscribe(topic)  # sent again after every reconnect
         except SubscriptionRefused as error:
-            log.warning("%s; readings are forgotten once the broker has them (the broker's ACL "
-                        "needs 'pattern read confirmed/%%u', see config/mosquitto/acl)", error)
+            log.warning("%s; messages are forgotten once the broker has them (the broker's ACL "
+                        "needs 'pattern read confirmed/%%u/+', see config/mosquitto/acl)", error)
             self.forwarder.refuse_confirmations.set()  # applied in the forwarder's thread
         except MqttError as error:  # closing, or the connection dropped: tried again later
             if not self.stop_requested.is_set():

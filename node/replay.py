@@ -6,7 +6,8 @@ per row, at the file's own time step); a folder of ``<word>/*.wav`` adds audio c
 it. A WAV file of any length can also stand in for the microphone: it goes through the
 node's own capture path, which publishes the sound events it finds. Messages keep their
 original timestamps, so forecasts line up with the data; ``speed`` scales the gaps between
-them (0: as fast as the broker acknowledges).
+them (0: as fast as the node's own flow control lets them go: the daemon's forwarder, with its
+pace and its window of unconfirmed messages, sends them, from a spool in memory).
 """
 
 from __future__ import annotations
@@ -21,30 +22,36 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyml_core.errors import PayloadError
+from tinyml_core.errors import MqttError, PayloadError, SubscriptionRefused
 from tinyml_core.messages import (
     AudioClip,
     ClimateReading,
     decode_sensor_message,
     sensor_message_topic,
 )
-from tinyml_core.mqtt import MqttClient, PublishWindow
+from tinyml_core.mqtt import MqttClient
 from tinyml_core.recordings import (
     RecordingError,
     read_climate_csv,
     read_recording,
     read_wav,
 )
-from tinyml_core.topics import SENSORS_ROOT
+from tinyml_core.topics import SENSORS_ROOT, confirmed_filter, reporting_node_id
 
+from .confirmations import ConfirmationTracker
+from .forwarder import Forwarder
 from .microphone import Capture, Microphone, RecordedStream
-from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .settings import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, NodeIdentity
+from .spool import Spool
 
 log = logging.getLogger("node.replay")
 
 CLIP_SPACING_S = 2.0  # node time between replayed clips
 DEFAULT_WINDOW = 100  # unacknowledged messages at a time
 ACK_TIMEOUT_S = 30.0
+DEFAULT_RATE_PER_S = NodeIdentity().flush_rate_per_s  # as the node daemon drains a backlog
+DEFAULT_CONFIRM_WINDOW = NodeIdentity().confirm_window
+GIVE_UP_AFTER_S = 10.0  # no confirmation at all by then: no collector confirms
 
 
 @dataclass(frozen=True)
@@ -53,13 +60,27 @@ class ReplayItem:
     topic: str
     payload: bytes
     label: str = ""  # what it is, for display (e.g. the word a clip says)
+    seq: int | None = None  # its sequence number (None: not a valid sensor message)
 
 
 @dataclass
 class ReplayResult:
     sent: int = 0
-    acknowledged: int = 0
+    acknowledged: int = 0  # by the broker
+    confirmed: int | None = None  # by a collector (None: none confirmed anything)
+    sent_again: int = 0  # unconfirmed after a reconnect or a timeout, so sent again
     skipped: int = 0  # recorded messages that are not sensor messages (or could not be re-sent)
+
+    @property
+    def complete(self) -> bool:
+        """Everything was acknowledged, and confirmed where a collector confirms."""
+        return self.acknowledged == self.sent and self.confirmed in (None, self.sent)
+
+    def line(self) -> str:
+        confirmed = ("no collector confirmed" if self.confirmed is None
+                     else f"confirmed by the collector {self.confirmed}")
+        again = f" ({self.sent_again} sent again)" if self.sent_again else ""
+        return f"sent {self.sent}, acknowledged {self.acknowledged}, {confirmed}{again}"
 
 
 def items_from_recording(path: Path | str, node_id: str | None = None) -> tuple[list[ReplayItem],
@@ -75,15 +96,18 @@ def items_from_recording(path: Path | str, node_id: str | None = None) -> tuple[
             skipped += 1  # predictions, status, errors: the collector makes those again
             continue
         topic, payload = message.topic, message.payload
+        try:
+            decoded: ClimateReading | AudioClip | None = decode_sensor_message(topic, payload)
+        except PayloadError:
+            decoded = None
         if node_id is not None:
-            try:
-                decoded = decode_sensor_message(topic, payload)
-            except PayloadError:
+            if decoded is None:
                 skipped += 1
                 continue
-            moved = dataclasses.replace(decoded, node_id=node_id)
-            topic, payload = sensor_message_topic(moved), moved.encode()
-        items.append(ReplayItem(message.received_at, topic, payload))
+            decoded = dataclasses.replace(decoded, node_id=node_id)
+            topic, payload = sensor_message_topic(decoded), decoded.encode()
+        items.append(ReplayItem(message.received_at, topic, payload,
+                                seq=None if decoded is None else decoded.seq))
     return items, skipped
 
 
@@ -98,7 +122,8 @@ def items_from_climate_csv(path: Path | str, node_id: str, first_seq: int = 0) -
                                      float(temperature), float(humidity))
         except PayloadError as error:
             raise RecordingError(f"{path}: row {offset + 1}: {error}") from None
-        items.append(ReplayItem(reading.time, sensor_message_topic(reading), reading.encode()))
+        items.append(ReplayItem(reading.time, sensor_message_topic(reading), reading.encode(),
+                                seq=reading.seq))
     return items
 
 
@@ -117,7 +142,7 @@ def items_from_audio_dir(directory: Path | str, node_id: str, start_time: float,
         except PayloadError as error:
             raise RecordingError(f"{path}: {error}") from None
         items.append(ReplayItem(clip.time, sensor_message_topic(clip), clip.encode(),
-                                label=path.parent.name))
+                                label=path.parent.name, seq=clip.seq))
     return items
 
 
@@ -153,7 +178,7 @@ def _captured_events(samples: np.ndarray, rate: int, node_id: str, capture: Capt
             clip = AudioClip.from_samples(node_id, event.start_time, seq, rate, event.samples)
             seq += 1
             yield ReplayItem(clip.time, sensor_message_topic(clip), clip.encode(),
-                             label=f"{event.level_dbfs:.0f} dBFS")
+                             label=f"{event.level_dbfs:.0f} dBFS", seq=clip.seq)
     finally:
         microphone.stop()
 
@@ -177,38 +202,103 @@ def load_stream(stream: Path | None, audio_dir: Path | None, node_id: str | None
 
 def replay(client: MqttClient, items: Iterable[ReplayItem], speed: float,
            window: int = DEFAULT_WINDOW,
-           stop: Callable[[], bool] = lambda: False) -> ReplayResult:
-    """Publish ``items`` with their gaps divided by ``speed``; wait for the acknowledgements.
+           stop: Callable[[], bool] = lambda: False,
+           rate_per_s: float = DEFAULT_RATE_PER_S,
+           confirm: bool = True,
+           confirm_window: int = DEFAULT_CONFIRM_WINDOW,
+           give_up_after_s: float = GIVE_UP_AFTER_S) -> ReplayResult:
+    """Publish ``items`` with their gaps divided by ``speed``, through the node's own
+    forwarder: never faster than ``rate_per_s``, never more than ``window`` ahead of the
+    broker, and (``confirm``) never more than ``confirm_window`` ahead of the collector's
+    confirmations, sending again what stays unconfirmed (node/confirmations.py). With no
+    confirmation within ``give_up_after_s`` it goes on as if none were asked for, and says so.
 
-    The broker may go away meanwhile: what was sent is re-sent after the reconnect, and the
-    replay waits for it (never more than ``window`` ahead of the broker; it gives up after
-    ``ACK_TIMEOUT_S`` without any acknowledgement). ``stop`` is polled
-    while waiting, so SIGINT ends a slow replay at once."""
+    The broker may go away meanwhile: what was sent is sent again after the reconnect, and the
+    replay waits for it (it gives up after ``ACK_TIMEOUT_S`` without any progress). ``stop`` is
+    polled while waiting, so SIGINT ends a slow replay at once."""
     result = ReplayResult()
-    pending: PublishWindow[int] = PublishWindow(client, window)
+    spool = Spool(":memory:", max_bytes=2**62, max_unconfirmed=2**62)
+    tracker = ConfirmationTracker(active=True, window=confirm_window,
+                                  give_up_after_s=give_up_after_s) if confirm else None
+    forwarder = Forwarder(spool, client, rate_per_s, window, confirmations=tracker,
+                          owns_numbering=False)
+    subscribed: set[str] = set()
     first_at: float | None = None
     started = time.monotonic()
-    for index, item in enumerate(items):
-        first_at = item.at if first_at is None else first_at
-        due = started + (item.at - first_at) / speed if speed > 0 else 0.0
-        while not stop() and time.monotonic() < due:
-            time.sleep(max(0.0, min(0.2, due - time.monotonic())))
-        progress = time.monotonic()
-        while not stop() and pending.room() == 0:  # never ahead of the broker
-            done = len(pending.acknowledged())
-            if done:
-                result.acknowledged += done
-                progress = time.monotonic()
-            elif time.monotonic() - progress > ACK_TIMEOUT_S:
-                log.error("no acknowledgement for %.0f s; giving up", ACK_TIMEOUT_S)
-                return result
-            time.sleep(0.002)
-        if stop():
-            break
-        pending.publish(index, item.topic, item.payload)
-        result.sent += 1
-    result.acknowledged += len(pending.wait_all(ACK_TIMEOUT_S, stop))
-    if pending:
-        log.warning("%d messages not acknowledged within %.0f s; the broker may be down",
-                    len(pending), ACK_TIMEOUT_S)
-    return result
+    progress = _Progress(forwarder)
+    try:
+        for item in items:
+            first_at = item.at if first_at is None else first_at
+            due = started + (item.at - first_at) / speed if speed > 0 else 0.0
+            # Wait for the item's time, and hold while the forwarder is a window behind (so a
+            # long replay at speed 0 keeps only that much in memory).
+            while not stop() and (time.monotonic() < due or len(spool) >= window):
+                if forwarder.step() == 0:
+                    time.sleep(max(0.0, min(0.005, due - time.monotonic())) or 0.002)
+                if progress.stalled():
+                    log.error("no progress for %.0f s; giving up", ACK_TIMEOUT_S)
+                    return progress.result(result, spool)
+            if stop():
+                break
+            node_id = reporting_node_id(item.topic)
+            if forwarder.confirmations is not None and node_id not in subscribed:
+                subscribed.add(node_id)
+                _subscribe_to_confirmations(client, forwarder, node_id)
+            spool.put(item.topic.rsplit("/", 1)[-1], item.topic, item.payload, item.seq)
+            result.sent += 1
+            forwarder.step()
+        while not stop() and not forwarder.settled:  # the rest, acknowledged and confirmed
+            if forwarder.step() == 0:
+                time.sleep(0.002)
+            if progress.stalled():
+                break
+        return progress.result(result, spool)
+    finally:
+        spool.close()
+
+
+class _Progress:
+    """Whether a replay still gets anywhere (acknowledgements or confirmations)."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self._mark = (-1, -1)
+        self._since = time.monotonic()
+
+    def _state(self) -> tuple[int, int]:
+        tracker = self.forwarder.confirmations
+        return (self.forwarder.stats.acknowledged, 0 if tracker is None else tracker.confirmed)
+
+    def stalled(self) -> bool:
+        state = self._state()
+        if state != self._mark or self.forwarder.settled:
+            self._mark, self._since = state, time.monotonic()
+            return False
+        return time.monotonic() - self._since > ACK_TIMEOUT_S
+
+    def result(self, result: ReplayResult, spool: Spool) -> ReplayResult:
+        forwarder, tracker = self.forwarder, self.forwarder.confirmations
+        waiting = len(spool) + forwarder.in_flight
+        result.acknowledged = result.sent - waiting
+        result.sent_again = forwarder.stats.sent_again
+        if tracker is not None and tracker.active:
+            result.confirmed = result.acknowledged - len(tracker)
+        if waiting:
+            log.warning("%d messages not acknowledged; the broker may be down", waiting)
+        if tracker is not None and tracker.active and len(tracker):
+            log.warning("%d messages acknowledged by the broker but never confirmed by a "
+                        "collector", len(tracker))
+        return result
+
+
+def _subscribe_to_confirmations(client: MqttClient, forwarder: Forwarder, node_id: str) -> None:
+    try:
+        client.subscribe(confirmed_filter(node_id))
+    except SubscriptionRefused as error:
+        log.warning("%s; sending without waiting for confirmations (the broker's ACL needs "
+                    "'pattern read confirmed/%%u/+', see config/mosquitto/acl)", error)
+        forwarder.disable_confirmations()
+    except MqttError as error:
+        log.warning("confirmations of %s not subscribed (%s); sending without waiting for "
+                    "them", node_id, error)
+        forwarder.disable_confirmations()

@@ -20,10 +20,17 @@ class NodeIdentity:
                                       min=1, max=100_000)
     stats_interval_s: float = setting(600.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
-    confirm: bool = setting(True, "keep readings the broker acknowledged until the collector "
-                            "confirms them, and send them again after a reconnect (a broker "
-                            "crash can lose what it acknowledged); off: forget them at once")
-    max_unconfirmed: int = setting(1000, "readings kept waiting for a confirmation at most; "
+    confirm: bool = setting(True, "keep messages the broker acknowledged until a collector "
+                            "confirms them, and send them again when they stay unconfirmed (a "
+                            "broker crash or full queue can lose what it acknowledged); off: "
+                            "forget them at once")
+    confirm_window: int = setting(256, "messages sent and not yet confirmed at most: no queue "
+                                  "between node and collector holds more of this node's (a "
+                                  "stock Mosquitto queues 1000 per client)", min=1, max=100_000)
+    resend_after_s: float = setting(10.0, "a message still unconfirmed this long after the "
+                                    "broker acknowledged it is sent again", min=0.5,
+                                    max=86_400)
+    max_unconfirmed: int = setting(1000, "messages kept waiting for a confirmation at most; "
                                    "past it the oldest go (counted)", min=1, max=10_000_000)
 
 

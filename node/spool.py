@@ -1,15 +1,16 @@
 """The node's on-disk spool: every message waits here until the broker has acknowledged it,
-and a reading until the collector has confirmed it too.
+and then until a collector has confirmed it too.
 
 One SQLite file (standard library, crash-safe with a journal). Messages come out in the
-order they went in, so order per topic survives outages and restarts. A reading the broker
+order they went in, so order per topic survives outages and restarts. A message the broker
 acknowledged moves to a second table, ``unconfirmed``, until a confirmation covers it
-(node/confirmations.py): a broker that crashes between its PUBACK and its disk loses it
-otherwise. The file has a size cap; past it the oldest unconfirmed readings go first (the
-broker has them, most likely), then the oldest audio clips, and waiting readings only when
-no clip is left (a clip is ~200 readings' worth of bytes, and readings are what forecasts
-need). The unconfirmed table also has a cap of its own in rows. What was dropped is counted
-in the file, as is the node's sequence counter, so numbers carry on after a restart.
+(node/confirmations.py): a broker that crashes between its PUBACK and its disk, or drops it
+from a full queue, loses it otherwise. The file has a size cap; past it the oldest unconfirmed
+messages go first (the broker has them, most likely), then the oldest audio clips, and waiting
+readings only when no clip is left (a clip is ~200 readings' worth of bytes, and readings are
+what forecasts need). The unconfirmed table also has a cap of its own in rows. What was dropped
+is counted in the file, as are the node's sequence counters (one per sensor kind, so a hole in
+either shows a loss), so numbers carry on after a restart.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ CREATE TABLE IF NOT EXISTS unconfirmed (
 );
 """
 UNCONFIRMED = "unconfirmed"
+_SHARED_SEQ = "seq"  # before one counter per kind
+
+
+def _seq_counter(kind: str) -> str:
+    return f"seq_{kind}"
+
+
 # Row overhead in SQLite is a few dozen bytes; counting it keeps the cap honest for readings.
 _ROW_OVERHEAD = 40
 
@@ -58,7 +66,16 @@ class SpooledMessage:
     id: int
     topic: str
     payload: bytes
-    seq: int | None = None  # a reading's sequence number (None: a clip, or an old spool's row)
+    seq: int | None = None  # its sequence number (None: an old spool's row, or not numbered)
+
+    @property
+    def node_id(self) -> str:
+        """The node it is from (``sensors/<node_id>/<kind>``)."""
+        return self.topic.split("/")[1] if self.topic.count("/") == 2 else ""
+
+    @property
+    def kind(self) -> str:
+        return self.topic.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,7 @@ class SpoolStats:
         return (f"{self.messages} waiting, {self.unconfirmed} unconfirmed "
                 f"({self.bytes / 1e6:.2f} MB); dropped by the size cap: {self.dropped_audio} "
                 f"clips, {self.dropped_climate} readings, {self.dropped_unconfirmed} unconfirmed "
-                f"readings")
+                f"messages")
 
 
 class Spool:
@@ -104,14 +121,18 @@ class Spool:
             raise SpoolError(f"spool {self.path} cannot be used: {exc}") from None
 
     # --- writing ----------------------------------------------------------------------------
-    def next_seq(self) -> int:
-        """The node's next sequence number (persisted, so it keeps counting after a restart)."""
+    def next_seq(self, kind: str = CLIMATE) -> int:
+        """The node's next sequence number of ``kind`` (persisted, so it keeps counting after a
+        restart)."""
         with self._lock, self._transaction():
-            return self._bump("seq") - 1
+            return self._bump_seq(kind) - 1
 
-    def peek_seq(self) -> int:
-        """The sequence number the next message will get."""
-        return self.counter("seq")
+    def peek_seq(self, kind: str = CLIMATE) -> int:
+        """The sequence number the next message of ``kind`` will get."""
+        with self._lock, self._transaction():
+            name = self._seq_row(kind)
+            return int(self._db.execute("SELECT value FROM counters WHERE name = ?",
+                                        (name,)).fetchone()[0])
 
     def counter(self, name: str) -> int:
         with self._lock:
@@ -123,25 +144,38 @@ class Spool:
         with self._lock, self._transaction():
             return self._bump(name)
 
-    def skip_seq_to(self, seq: int) -> None:
-        """Number from ``seq`` on (when a collector has seen higher numbers from this node, e.g.
-        before its spool file was deleted: numbers stay unique)."""
+    def skip_seq_to(self, seq: int, kind: str = CLIMATE) -> None:
+        """Number ``kind`` from ``seq`` on (when a collector has seen higher numbers from this
+        node, e.g. before its spool file was deleted: numbers stay unique)."""
         with self._lock, self._transaction():
-            self._db.execute("INSERT INTO counters (name, value) VALUES ('seq', ?) ON CONFLICT("
-                             "name) DO UPDATE SET value = MAX(value, excluded.value)", (seq,))
+            self._db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = ?",
+                             (seq, self._seq_row(kind)))
 
-    def put(self, kind: str, topic: str, payload: bytes) -> int:
-        """Store a message; returns its id. Makes room under the cap first (see module doc)."""
+    def put(self, kind: str, topic: str, payload: bytes, seq: int | None = None) -> int:
+        """Store a message (numbered by its maker, or not at all); returns its id. Makes room
+        under the cap first (see module doc)."""
         with self._lock, self._transaction():
-            return self._insert(kind, topic, payload)
+            return self._insert(kind, topic, payload, seq)
 
     def put_numbered(self, kind: str, build: Callable[[int], tuple[str, bytes]]) -> int:
-        """Take the next sequence number, ``build(seq)`` → (topic, payload), store it: one
-        transaction (one disk sync), and a message that fails to build uses up no number."""
+        """Take the next sequence number of ``kind``, ``build(seq)`` → (topic, payload), store
+        it: one transaction (one disk sync), and a message that fails to build uses up no
+        number."""
         with self._lock, self._transaction():
-            seq = self._bump("seq") - 1
+            seq = self._bump_seq(kind) - 1
             topic, payload = build(seq)
             return self._insert(kind, topic, payload, seq)
+
+    def _bump_seq(self, kind: str) -> int:
+        return self._bump(self._seq_row(kind))
+
+    def _seq_row(self, kind: str) -> str:
+        """The counter of ``kind``, made if missing. A spool of an earlier version counted
+        both kinds on one counter: numbers carry on above it."""
+        name = _seq_counter(kind)
+        self._db.execute("INSERT OR IGNORE INTO counters (name, value) SELECT ?, COALESCE(("
+                         "SELECT value FROM counters WHERE name = ?), 0)", (name, _SHARED_SEQ))
+        return name
 
     def _insert(self, kind: str, topic: str, payload: bytes, seq: int | None = None) -> int:
         size = len(payload) + len(topic) + _ROW_OVERHEAD
@@ -159,9 +193,9 @@ class Spool:
             with self._lock, self._transaction():
                 self._delete("messages", ids)
 
-    def acknowledged(self, ids: list[int], keep_readings: bool) -> list[SpooledMessage]:
-        """The broker acknowledged these: clips are forgotten, readings (with a seq) move to
-        the unconfirmed table when ``keep_readings``. Returns the readings kept."""
+    def acknowledged(self, ids: list[int], keep: bool) -> list[SpooledMessage]:
+        """The broker acknowledged these: numbered messages move to the unconfirmed table when
+        ``keep``, the rest are forgotten. Returns the messages kept."""
         if not ids:
             return []
         kept: list[SpooledMessage] = []
@@ -169,31 +203,31 @@ class Spool:
             for chunk in range(0, len(ids), 500):
                 part = ids[chunk:chunk + 500]
                 marks = ",".join("?" * len(part))
-                if keep_readings:
+                if keep:
                     rows = self._db.execute(
                         f"SELECT id, topic, payload, seq FROM messages WHERE id IN ({marks}) "
-                        f"AND kind = ? AND seq IS NOT NULL", (*part, CLIMATE)).fetchall()
+                        f"AND seq IS NOT NULL", part).fetchall()
                     kept += [SpooledMessage(int(i), str(t), bytes(p), int(q))
                              for i, t, p, q in rows]
                     self._db.execute(
                         f"INSERT OR IGNORE INTO unconfirmed (id, seq, topic, payload) SELECT id, "
-                        f"seq, topic, payload FROM messages WHERE id IN ({marks}) AND kind = ? "
-                        f"AND seq IS NOT NULL", (*part, CLIMATE))
+                        f"seq, topic, payload FROM messages WHERE id IN ({marks}) "
+                        f"AND seq IS NOT NULL", part)
                     self._db.execute(
-                        f"DELETE FROM messages WHERE id IN ({marks}) AND kind = ? "
-                        f"AND seq IS NOT NULL", (*part, CLIMATE))
+                        f"DELETE FROM messages WHERE id IN ({marks}) AND seq IS NOT NULL", part)
                 self._delete("messages", part)
             self._cap_unconfirmed()
         return kept
 
     def confirmed(self, ids: list[int]) -> None:
-        """A collector confirmed these readings: forget them."""
+        """A collector confirmed these: forget them (wherever they are)."""
         if ids:
             with self._lock, self._transaction():
                 self._delete(UNCONFIRMED, ids)
+                self._delete("messages", ids)
 
     def unconfirmed(self, ids: list[int] | None = None) -> list[SpooledMessage]:
-        """Unconfirmed readings (all, or those of ``ids`` still there), oldest first."""
+        """Unconfirmed messages (all, or those of ``ids`` still there), oldest first."""
         with self._lock:
             if ids is None:
                 rows = self._db.execute(
@@ -222,7 +256,7 @@ class Spool:
         count = int(self._db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0])
         while count > self.max_unconfirmed:
             self._drop_oldest(UNCONFIRMED, UNCONFIRMED, "no collector confirms them? (the cap "
-                              f"is {self.max_unconfirmed} readings)")
+                              f"is {self.max_unconfirmed} messages)")
             count -= 1
 
     def _make_room(self, size: int) -> None:

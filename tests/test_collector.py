@@ -3,6 +3,7 @@ end to end on the real Mosquitto harness."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -45,10 +46,15 @@ def readings(node: str = "pi-1", count: int = 8) -> list[ClimateReading]:
                            float(series.humidity[i])) for i in range(count)]
 
 
+# Each test clip is an event of its own (one seq and time twice is one event sent again).
+# Counting down: never a jump forward, which the collector reports as messages lost.
+CLIP_SEQS = itertools.count(10**9, -1)
+
+
 def clip(word: str, node: str = "pi-1", index: int = 0) -> AudioClip:
     path = sorted((SPEECH / word).glob("*.wav"))[index]
     rate, samples = read_wav(path)
-    return AudioClip.from_samples(node, 1_729_300_000.0, 1, rate, samples)
+    return AudioClip.from_samples(node, 1_729_300_000.0, next(CLIP_SEQS), rate, samples)
 
 
 # ------------------------------------------------------------------ step alignment
@@ -209,7 +215,7 @@ def event(*parts: tuple[float, str], seconds: float = 3.0, node: str = "pi-1",
         first = int(at * 16_000)
         audio[first:first + len(samples)] += samples[:len(audio) - first]
     pcm = np.clip(audio.round(), -32768, 32767).astype(np.int16)
-    return AudioClip.from_samples(node, start, 1, 16_000, pcm)
+    return AudioClip.from_samples(node, start, next(CLIP_SEQS), 16_000, pcm)
 
 
 def keyword_results(inference: Inference, clip: AudioClip) -> list[KeywordResult]:
@@ -253,7 +259,7 @@ def test_a_word_in_the_overlap_of_two_events_is_reported_once() -> None:
 ], ids=["silence", "dc", "short", "clipped"])
 def test_an_event_without_a_word_is_one_unknown(inference: Inference,
                                                 samples: np.ndarray) -> None:
-    clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, 1, 16_000, samples)
+    clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, next(CLIP_SEQS), 16_000, samples)
     [result] = keyword_results(inference, clip)
     assert result.label == "unknown" and result.input_time >= clip.time
 
@@ -263,7 +269,7 @@ def test_other_words_and_noises_of_the_sample_come_back_unknown(inference: Infer
         sorted((SPEECH / "_background_noise_").glob("*.wav"))
     answers = []
     for path in paths:
-        clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, 1, *read_wav(path))
+        clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, next(CLIP_SEQS), *read_wav(path))
         answers += [r.label for r in keyword_results(inference, clip)]
     assert len(paths) == 6 and answers.count("unknown") >= 5, answers
 

@@ -9,16 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from collector.confirmations import ConfirmationBook, Taking
 from collector.inference import Inference, Outgoing
 from collector.ratelimit import NodeRateLimit
 from collector.state import load_state, state_document
 from tests.collector_runner import start_worker, stop_worker
 from tests.conftest import REPO_ROOT
 from tinyml_core.broker import LocalMosquitto
-from tinyml_core.messages import ClimateReading, ErrorRecord, Forecast
+from tinyml_core.messages import AudioClip, ClimateReading, ErrorRecord, Forecast
 from tinyml_core.mqtt import MqttClient
+from tinyml_core.recordings import read_wav
+from tinyml_core.seqranges import SeqRanges
 from tinyml_core.statefile import state_path, write_state_file
-from tinyml_core.topics import climate_topic
+from tinyml_core.topics import audio_topic, climate_topic
 
 MODELS = REPO_ROOT / "models"
 STEP_S = 600.0
@@ -198,7 +201,8 @@ def test_a_node_over_its_limit_gets_one_error_record_per_interval_and_others_are
 ) -> None:
     clock = FakeClock()
     limit = NodeRateLimit(rate_per_s=10, burst=20, report_every_s=10.0, clock=clock)
-    inference = Inference(MODELS, ("forecast_a",), None, rate_limit=limit)
+    inference = Inference(MODELS, ("forecast_a",), None, rate_limit=limit,
+                          confirmations=ConfirmationBook(clock=clock))
     flood = minute_readings("pi-flood", range(2500))
     quiet = minute_readings("pi-quiet", range(250))
     errors: list[ErrorRecord] = []
@@ -214,6 +218,15 @@ def test_a_node_over_its_limit_gets_one_error_record_per_interval_and_others_are
     # 20 at once, then 10 a second.
     admitted = 2500 - limit.dropped
     assert 20 + 10 * 25 - 2 <= admitted <= 20 + 10 * 25 + 2
+    # What was dropped is missing from the node's sequence too: reported as such (field seq),
+    # at most once per node every 10 s, counting every number jumped over.
+    gaps = [e for e in errors if e.field == "seq"]
+    errors = [e for e in errors if e.field != "seq"]
+    assert len(gaps) == 3 and {e.node_id for e in gaps} == {"pi-flood"}
+    missing = [int(e.reason.split(": ")[1].split()[0]) for e in gaps]
+    assert sum(missing) <= limit.dropped <= sum(missing) + 10 * 100
+    # (Those dropped after the last one admitted leave no jump yet.)
+    assert limit.dropped - 10 <= inference.confirmations.gaps["pi-flood"].missing <= limit.dropped
     # One record at the first drop, then one per 10 s, each counting what it stands for.
     assert len(errors) == 3 and {e.node_id for e in errors} == {"pi-flood"}
     assert "over the rate limit of 10 messages/s (burst 20): 1 dropped" in errors[0].reason
@@ -237,28 +250,104 @@ def test_rate_limit_settings_reach_the_inference() -> None:
 # ------------------------------------------------------------------ confirmations
 
 
-def test_confirmations_are_published_at_most_once_a_second_and_echoed_once() -> None:
-    from collector.confirmations import ConfirmationBook
-
+def test_confirmations_are_published_at_most_once_an_interval_with_every_range_taken() -> None:
     clock = FakeClock()
     book = ConfirmationBook(interval_s=1.0, clock=clock)
     assert book.due() == []
-    book.taken("pi-1", 5)
-    assert book.due() == [("pi-1", 5)]  # the first at once
-    book.taken("pi-1", 6)
-    book.taken("pi-1", 4)  # a repeat: the highest stays
+    book.record("pi-1", "climate", 5, 0.0)
+    assert book.due() == [("pi-1", "climate", SeqRanges([(5, 5)]))]  # the first at once
+    book.record("pi-1", "climate", 6, 0.0)
+    book.record("pi-1", "climate", 8, 0.0)
     clock.now += 0.5
-    assert book.due() == []  # within the second
+    assert book.due() == []  # within the interval
     clock.now += 0.5
-    assert book.due() == [("pi-1", 6)]
-    clock.now += 1.0
-    assert book.due() == [("pi-1", 6)]  # the echo, for acknowledgements seen late
+    assert book.due() == [("pi-1", "climate", SeqRanges([(5, 6), (8, 8)]))]  # the hole shows
     clock.now += 5.0
-    assert book.due() == []  # then quiet until the next reading
-    book.taken("pi-1", 3)  # a reading sent again: confirmed again although nothing moved
-    assert book.due() == [("pi-1", 6)]
-    book.taken("pi-2", 1)
-    assert book.due(everything=True) == [("pi-1", 6), ("pi-2", 1)]  # a clean stop
+    assert book.due() == []  # then quiet until the next message
+    book.record("pi-1", "climate", 6, 0.0)  # sent again: confirmed again although nothing moved
+    assert [taken for _, _, taken in book.due()] == [SeqRanges([(5, 6), (8, 8)])]
+    book.record("pi-2", "audio", 1, 10.0)
+    book.record("pi-1", "climate", 7, 0.0)
+    assert sorted(book.due(everything=True), key=repr) == [
+        ("pi-1", "climate", SeqRanges([(5, 8)])), ("pi-2", "audio", SeqRanges([(1, 1)]))]
+
+
+def test_the_book_counts_holes_per_node_and_knows_a_sound_event_sent_again() -> None:
+    clock = FakeClock()
+    book = ConfirmationBook(clock=clock)
+    for seq in (0, 1, 2, 7, 9):
+        taking = book.check("pi-1", "climate", seq, 0.0)
+        book.record("pi-1", "climate", seq, 0.0)
+    assert taking == Taking(new=True, skipped=1)
+    assert (book.gaps["pi-1"].missing, book.gaps["pi-1"].jumps) == (5, 2)
+    assert book.gap_report("pi-1") == 5 and book.gap_report("pi-1") == 0  # once per interval
+    assert book.check("pi-1", "climate", 5, 0.0) == Taking(new=True, skipped=0)  # a late one
+    book.record("pi-1", "audio", 0, 100.0)
+    assert book.check("pi-1", "audio", 0, 100.0) == Taking(new=False, skipped=0)
+    assert book.check("pi-1", "audio", 0, 200.0).new  # another event under a reused number
+    assert book.duplicates == 1
+    assert "5 messages missing in sequence" in book.line()
+    assert "1 sound events sent again" in book.line()
+    shared = ConfirmationBook(gap_kinds=frozenset({"climate"}))  # clips shared in a group
+    shared.record("pi-1", "audio", 0, 1.0)
+    assert shared.check("pi-1", "audio", 9, 2.0).skipped == 0
+
+
+def test_the_journal_keeps_what_was_taken_across_a_crash(tmp_path: Path) -> None:
+    journal = tmp_path / "var" / "collector-1-windows.json.taken"
+    book = ConfirmationBook(journal=journal)
+    for seq in range(5):
+        book.record("pi-1", "audio", seq, 1000.0 + seq)
+    book.record("pi-1", "climate", 3, 50.0)
+    # No close(): as after SIGKILL. A torn last line is skipped.
+    with journal.open("a") as out:
+        out.write("T pi-1 audio 9")
+    again = ConfirmationBook(journal=journal)
+    assert not again.check("pi-1", "audio", 4, 1004.0).new
+    assert again.check("pi-1", "audio", 5, 1005.0).new
+    assert again.highest("pi-1", "climate") == 3
+    assert {(node, kind) for node, kind, _ in again.due()} == {("pi-1", "audio"),
+                                                                ("pi-1", "climate")}
+    again.close()
+
+
+def test_the_journal_is_compacted_to_its_ranges_and_the_readings_not_saved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import collector.confirmations as confirmations
+
+    monkeypatch.setattr(confirmations, "COMPACT_LINES", 100)
+    journal = tmp_path / "taken"
+    book = ConfirmationBook(journal=journal)
+    for seq in range(250):
+        book.record("pi-1", "climate", seq, 600.0 * seq, (20.0, 50.0))
+        if seq == 240:
+            book.state_saved(book.readings_through)
+    book.close()
+    assert len(journal.read_text().splitlines()) < 100
+    again = ConfirmationBook(journal=journal)
+    assert again.highest("pi-1", "climate") == 249 and again.readings_through == 250
+    assert [r.seq for r in again.journalled_readings if r.number > 241] == list(range(241, 250))
+
+
+def test_an_unwritable_journal_is_said_once_and_the_book_works_in_memory(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "file").write_text("")
+    book = ConfirmationBook(journal=tmp_path / "file" / "taken")  # its folder is a file
+    book.record("pi-1", "climate", 0, 0.0)
+    assert book.highest("pi-1", "climate") == 0
+    assert "cannot be used" in caplog.text
+
+
+def test_a_sound_event_sent_again_is_confirmed_again_but_not_answered_twice() -> None:
+    inference = Inference(MODELS, (), "kws_c")
+    rate, samples = read_wav(next((REPO_ROOT / "samples" / "speech" / "yes").glob("*.wav")))
+    clip = AudioClip.from_samples("pi-1", 1_729_300_000.0, 0, rate, samples).encode()
+    assert len(inference.handle(audio_topic("pi-1"), clip)) == 1
+    assert inference.handle(audio_topic("pi-1"), clip) == []
+    inference.commit()
+    assert inference.confirmations.duplicates == 1
+    assert [(node, kind, list(taken)) for node, kind, taken in inference.confirmations.due()] \
+        == [("pi-1", "audio", [(0, 0)])]
 
 
 def test_the_collector_confirms_only_the_readings_of_nodes_it_forecasts() -> None:
@@ -269,5 +358,6 @@ def test_the_collector_confirms_only_the_readings_of_nodes_it_forecasts() -> Non
     for node in owned + other:
         for reading in minute_readings(node, range(3)):
             inference.handle(climate_topic(node), reading.encode())
-    assert sorted(node for node, _ in inference.confirmations.due()) == sorted(owned)
+    inference.commit()
+    assert sorted(node for node, _, _ in inference.confirmations.due()) == sorted(owned)
     assert inference.confirmations.highest(owned[0]) == 2

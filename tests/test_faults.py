@@ -156,7 +156,7 @@ def test_broker_killed_while_a_node_streams_1000_readings(
         f"{worker.inference.repaired_steps} steps repaired; the node: "
         f"{node.forwarder.stats.acknowledged} acknowledged, {node.forwarder.stats.sent_again} "
         f"sent again, {len(node.spool)} waiting, {tracker.line()}, kept "
-        f"{sorted((k.seq, k.connection, k.acknowledged) for k in tracker._kept.values())[:5]}, "
+        f"{sorted((k.seq, k.connection) for k in tracker._kept.values())[:5]}, "
         f"connection {node.client.connection}, {node.client.events} arrivals, "
         f"forwarding {'alive' if node_thread.is_alive() else 'DEAD'}")
     time.sleep(0.5)  # let late repeats arrive
@@ -174,7 +174,7 @@ def test_broker_killed_while_a_node_streams_1000_readings(
         assert first_arrivals == list(range(1000))
     # Every reading was confirmed by the collector, which took each exactly once (repeats
     # recognised; a reading that arrived after newer ones filled its step)...
-    assert tracker.active and tracker.highest is not None and tracker.highest >= 999
+    assert tracker.active and tracker.highest.get("climate", -1) >= 999
     with Spool(tmp_path / "spool", 10**6) as spool:
         assert len(spool) == 0 and spool.unconfirmed() == []
     assert worker.inference.readings - worker.inference.repeated_readings == 1000
@@ -194,7 +194,10 @@ def test_broker_killed_while_a_node_streams_1000_readings(
     # in flight at a kill may be lost.
     assert set(answered) <= clip_times and len(clip_times - set(answered)) <= len(kills)
     assert set(observer.keywords) <= set(answered)
-    assert worker.counters.errors == 0
+    # The only error records: a reading the broker lost in a kill showed as a jump in the
+    # node's numbers when the next one arrived (then the node sent it again).
+    gaps = worker.inference.confirmations.gaps
+    assert worker.counters.errors <= sum(g.jumps for g in gaps.values()) <= 2 * len(kills)
 
 
 def test_collector_killed_mid_stream_processes_everything_sent_while_it_was_down(

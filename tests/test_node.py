@@ -58,6 +58,17 @@ def test_spool_size_cap_drops_oldest_audio_first_and_counts_it(tmp_path: Path) -
         assert [reopened.next_seq() for _ in range(3)] == [0, 1, 2]
     with Spool(path, 10_000) as again:
         assert again.next_seq() == 3
+        assert again.next_seq(AUDIO) == 0  # a counter per kind: a hole in either is a loss
+
+
+def test_a_spool_of_one_shared_counter_numbers_each_kind_on_above_it(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path, 10_000) as spool:  # as an earlier version left it
+        spool.increment("seq")
+        spool.increment("seq")
+    with Spool(path, 10_000) as spool:
+        assert (spool.peek_seq(CLIMATE), spool.peek_seq(AUDIO)) == (2, 2)
+        assert [spool.next_seq(CLIMATE), spool.next_seq(AUDIO), spool.next_seq(AUDIO)] == [2, 2, 3]
 
 
 def test_a_corrupt_spool_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -196,8 +207,8 @@ def test_spool_full_while_the_broker_is_away_drops_oldest_clips_keeps_readings(
     decoded = [decode_sensor_message(m.topic, m.payload) for m in collect(listener, 14)]
     readings = [m.seq for m in decoded if isinstance(m, ClimateReading)]
     clips = [m.seq for m in decoded if isinstance(m, AudioClip)]
-    assert readings == list(range(0, 20, 2))  # every reading, in order
-    assert clips == [13, 15, 17, 19]  # the four newest clips
+    assert readings == list(range(10))  # every reading, in order
+    assert clips == [6, 7, 8, 9]  # the four newest clips (each kind counts on its own)
     assert listener.receive(timeout=0.5) is None
     node.stop()
     thread.join(timeout=5)

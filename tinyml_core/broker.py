@@ -28,6 +28,9 @@ from .errors import MqttError
 log = logging.getLogger("tinyml.broker")
 
 LOOPBACK = "127.0.0.1"
+# What config/mosquitto/tinyml.conf changes from Mosquitto's own defaults (which Debian and Home
+# Assistant's add-on keep: 1000 queued messages per client, Nagle's algorithm on).
+PROJECT_SETTINGS = "max_queued_messages 100000\nset_tcp_nodelay true\n"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -63,12 +66,15 @@ class LocalMosquitto:
     """A private Mosquitto on 127.0.0.1 with its own config and persistence directory.
 
     ``extra_config`` lines are appended to the generated ``mosquitto.conf`` (for ACLs,
-    password files, TLS listeners...). ``port`` stays the same across restarts, so clients
+    password files, TLS listeners...); ``stock`` leaves out the project's queue and Nagle
+    settings (config/mosquitto/tinyml.conf), as a broker users already run has them.
+    ``port`` stays the same across restarts, so clients
     reconnect to the same address.
     """
 
     def __init__(self, directory: Path | None = None, *, port: int | None = None,
-                 extra_config: str = "", listener: str | None = None) -> None:
+                 extra_config: str = "", listener: str | None = None,
+                 stock: bool = False) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise MqttError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -93,8 +99,7 @@ class LocalMosquitto:
             "autosave_interval 1\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            "max_queued_messages 100000\n"
-            "set_tcp_nodelay true\n"
+            f"{'' if stock else PROJECT_SETTINGS}"
             f"{extra_config}\n"
         )
 

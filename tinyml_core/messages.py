@@ -53,6 +53,7 @@ MAX_CLIMATE_PAYLOAD_BYTES = 4_096
 MAX_AUDIO_PAYLOAD_BYTES = 2 * 1024 * 1024
 MAX_RESULT_PAYLOAD_BYTES = 64 * 1024
 MAX_LABEL_COUNT = 64
+MAX_CONFIRMED_RANGES = 64  # tinyml_core.seqranges.MAX_RANGES
 
 SAMPLE_FORMAT = "s16le"  # signed 16-bit little-endian PCM, one channel
 UNIT_CELSIUS = "Cel"
@@ -700,34 +701,72 @@ class ErrorRecord:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """``confirmed/<node_id>`` (retained): the highest reading ``seq`` of the node that the
-    collector owning it has taken into its windows, as of ``time``.
+    """``confirmed/<node_id>/<kind>`` (retained): which of a node's messages of one sensor kind
+    the collector has taken, as sequence number ranges (``taken``, inclusive, lowest first, at
+    most ``MAX_CONFIRMED_RANGES``), with the highest (``seq``), as of ``time``.
 
-    A node keeps readings the broker acknowledged until a confirmation covers them and sends
-    them again after a reconnect: a broker that dies between its PUBACK and its disk loses
-    them otherwise (docs/security.md, "Crashes").
+    A node keeps what it sent until a confirmation covers it, sends no more than a window
+    ahead of the confirmations, and sends again what stays uncovered: a broker that dies
+    between its PUBACK and its disk, or drops a message from a full queue, loses it otherwise
+    (docs/security.md, "Crashes" and "Flow control").
     """
 
     node_id: str
     collector_id: str
+    kind: str
     seq: int
+    taken: tuple[tuple[int, int], ...]
     time: float
 
     def __post_init__(self) -> None:
         validate_id(self.node_id)
         validate_id(self.collector_id, "collector id")
+        object.__setattr__(self, "kind", _sensor_kind(self.kind))
         _integer(self.seq, "seq", 0, MAX_SEQ)
+        object.__setattr__(self, "taken", _ranges(self.taken, "taken"))
+        if self.taken and self.taken[-1][1] != self.seq:
+            raise PayloadError(f"seq {self.seq} is not the highest of taken "
+                               f"({self.taken[-1][1]})")
         object.__setattr__(self, "time", _timestamp(self.time))
 
     def encode(self) -> bytes:
         return _dump_json({"node_id": self.node_id, "collector_id": self.collector_id,
-                           "seq": self.seq, "time": self.time})
+                           "kind": self.kind, "seq": self.seq,
+                           "taken": [list(pair) for pair in self.taken], "time": self.time})
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         document = _object(_parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "confirmation"),
-                           "confirmation", {"node_id", "collector_id", "seq", "time"})
+                           "confirmation", {"node_id", "collector_id", "kind", "seq", "taken",
+                                            "time"})
         return cls(**document)
+
+
+def _sensor_kind(value: object) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"kind must be a string, not {type(value).__name__}")
+    try:
+        return SensorKind(value).value
+    except ValueError:
+        known = ", ".join(k.value for k in SensorKind)
+        raise PayloadError(f"kind must be one of {known}, not {value!r}") from None
+
+
+def _ranges(value: object, name: str) -> tuple[tuple[int, int], ...]:
+    """Sorted, disjoint, inclusive [low, high] pairs of sequence numbers."""
+    if not isinstance(value, list | tuple) or len(value) > MAX_CONFIRMED_RANGES:
+        raise PayloadError(f"{name} must be a list of at most {MAX_CONFIRMED_RANGES} "
+                           "[low, high] pairs")
+    pairs: list[tuple[int, int]] = []
+    for pair in value:
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise PayloadError(f"{name} must hold [low, high] pairs, not {pair!r:.40}")
+        low = _integer(pair[0], name, 0, MAX_SEQ)
+        high = _integer(pair[1], name, low, MAX_SEQ)
+        if pairs and low <= pairs[-1][1] + 1:
+            raise PayloadError(f"{name} must be sorted, disjoint ranges")
+        pairs.append((low, high))
+    return tuple(pairs)
 
 
 # --- any topic ----------------------------------------------------------------------------------
@@ -748,10 +787,11 @@ def decode_message(topic: str, payload: bytes) -> AnyMessage:
         return Availability.decode(payload)
     if root == ERRORS_ROOT and len(parts) == 2:
         return ErrorRecord.decode(payload)
-    if root == CONFIRMED_ROOT and len(parts) == 2:
+    if root == CONFIRMED_ROOT and len(parts) == 3:
         confirmation = Confirmation.decode(payload)
-        if confirmation.node_id != validate_id(parts[1]):
-            raise PayloadError(f"payload is for node {confirmation.node_id!r}, topic is {topic!r}")
+        if (confirmation.node_id, confirmation.kind) != (validate_id(parts[1]), parts[2]):
+            raise PayloadError(f"payload is for {confirmation.node_id!r}'s {confirmation.kind}, "
+                               f"topic is {topic!r}")
         return confirmation
     if root == PREDICTIONS_ROOT and len(parts) == 3 and parts[2] in _PREDICTION_CODECS:
         prediction = _PREDICTION_CODECS[parts[2]](payload)

@@ -68,19 +68,21 @@ class ChangeSaver:
         self._saved = changes()  # what was loaded at start is on disk already
         self._lock = threading.Lock()  # a timer thread and the clean stop may meet
 
-    def save(self, final: bool = False) -> None:
-        """Write the file if the state changed (``final``: in any case); an error is logged,
-        never raised: the process goes on, and a restart resumes from the last save."""
+    def save(self, final: bool = False) -> bool:
+        """Write the file if the state changed (``final``: in any case); whether it was written.
+        An error is logged, never raised: the process goes on, and a restart resumes from the
+        last save."""
         with self._lock:
             changes = self._changes()
             if changes == self._saved and not final:
-                return
+                return False
             try:
                 write_state_file(self.path, self._document())
             except (OSError, ValueError) as error:  # ValueError: a number JSON cannot hold
                 log.error("%s not saved to %s: %s; a restart resumes from the last save",
                           self.what, self.path, error)
-                return
+                return False
             self._saved = changes
         log.log(logging.INFO if final else logging.DEBUG, "saved the %s to %s", self.what,
                 self.path)
+        return True

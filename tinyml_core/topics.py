@@ -73,9 +73,14 @@ def errors_topic(node_id: str) -> str:
     return f"{ERRORS_ROOT}/{validate_id(node_id)}"
 
 
-def confirmed_topic(node_id: str) -> str:
-    """Where the collector owning ``node_id`` confirms the readings it has taken."""
-    return f"{CONFIRMED_ROOT}/{validate_id(node_id)}"
+def confirmed_topic(node_id: str, kind: SensorKind | str) -> str:
+    """Where a collector confirms which of ``node_id``'s messages of ``kind`` it has taken."""
+    return f"{CONFIRMED_ROOT}/{validate_id(node_id)}/{SensorKind(kind).value}"
+
+
+def confirmed_filter(node_id: str) -> str:
+    """What a node subscribes to: the confirmations of every kind of its own messages."""
+    return f"{CONFIRMED_ROOT}/{validate_id(node_id)}/+"
 
 
 def sensor_filter(kind: SensorKind | None = None) -> str:
