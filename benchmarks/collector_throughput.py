@@ -1,7 +1,7 @@
 """Collector throughput and latency against a private Mosquitto.
 
     .venv/bin/python benchmarks/collector_throughput.py [--nodes 20] [--clips 2000]
-        [--readings 20000] [--workers 1 2]
+        [--readings 20000] [--workers 1 2] [--state]
 
 For 1 and 2 workers (separate processes: clips shared with ``--share``, readings split by node
 with ``--partition K/N``) it measures:
@@ -55,8 +55,10 @@ class Result:
 
 
 def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
-                  rate_limit_per_s: float = 0.0) -> list[subprocess.Popen[str]]:
-    """Collector processes (no saved windows; no per-node rate limit unless given: a
+                  rate_limit_per_s: float = 0.0, state: bool = False
+                  ) -> list[subprocess.Popen[str]]:
+    """Collector processes (no saved windows unless ``state``: then windows and the journal
+    of what was taken, as a deployment runs; no per-node rate limit unless given: a
     throughput run sends far more per node than any real node)."""
     forecasts = '["forecast_a"]' if kind == "readings" else "[]"
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -65,7 +67,8 @@ def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
         config = scratch / f"collector-{index}.toml"
         config.write_text(f'[collector]\nid = "bench-worker-{index}"\n'
                           f'forecast_models = {forecasts}\nkeyword_model = "kws_b"\n'
-                          "stats_interval_s = 3600\nstate_path = \"\"\n"
+                          "stats_interval_s = 3600\n"
+                          f"state_path = \"{scratch / '{id}.json' if state else ''}\"\n"
                           f"rate_limit_per_s = {rate_limit_per_s}\n")
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "collector", "run", "--config", str(config), "--broker",
@@ -159,6 +162,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--kinds", nargs="+", choices=("clips", "readings"),
                         default=["clips", "readings"])
+    parser.add_argument("--state", action="store_true",
+                        help="workers keep a state file and its journal, as deployed")
     args = parser.parse_args()
     _, sample = read_wav(next((REPO / "samples" / "speech" / "yes").glob("*.wav")))
     for tool in ("mosquitto_pub", "mosquitto_sub"):
@@ -172,7 +177,8 @@ def main() -> int:
             count = args.clips if kind == "clips" else args.readings
             with tempfile.TemporaryDirectory() as scratch:
                 broker = LocalMosquitto(Path(scratch) / "mosquitto").start()
-                processes = start_workers(broker, workers, kind, Path(scratch))
+                processes = start_workers(broker, workers, kind, Path(scratch),
+                                          state=args.state)
                 try:
                     time.sleep(2.0)  # workers load models and subscribe
                     # Readings need 5 earlier steps per node before the first forecast.
