@@ -20,8 +20,11 @@ from tinyml_core.cli import (
     stop_on_signals,
     stop_on_thread_death,
 )
-from tinyml_core.errors import ModelLoadError
+from tinyml_core.errors import ModelLoadError, MqttError
+from tinyml_core.mqtt import MqttClient
+from tinyml_core.topics import validate_id
 
+from .homeassistant import removal_messages
 from .inference import Inference
 from .recorder import default_filters, open_output, record
 from .settings import CollectorSettings
@@ -72,7 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop after this long (default: until SIGINT/SIGTERM)")
     add_broker_arguments(recorder, DEFAULT_CONFIG)
     add_logging_arguments(recorder)
-    for command in (show, run, recorder):
+    remove = commands.add_parser(
+        "ha-remove", help="remove retired nodes from Home Assistant",
+        description="Publish empty retained discovery configs for each NODE: Home Assistant "
+                    "removes its device's entities and triggers. Connects as <collector "
+                    "id>-admin (config/mosquitto/acl).")
+    remove.add_argument("node_ids", nargs="+", metavar="NODE")
+    add_broker_arguments(remove, DEFAULT_CONFIG)
+    add_logging_arguments(remove)
+    for command in (show, run, recorder, remove):
         command.add_argument("--models", help="models folder (overrides [collector] models_dir)")
     return parser
 
@@ -95,6 +106,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     if args.command == "record":
         return record_command(args, settings)
+    if args.command == "ha-remove":
+        return ha_remove_command(args, settings)
     options = settings.collector
     inference = Inference.from_options(options)
     if not inference.forecasters and inference.spotter is None:
@@ -120,6 +133,23 @@ def record_command(args: argparse.Namespace, settings: CollectorSettings) -> int
                        args.duration)
     print(f"recorded {count} messages to {args.out}")
     return watch.exit_status()
+
+
+def ha_remove_command(args: argparse.Namespace, settings: CollectorSettings) -> int:
+    options = settings.collector
+    for node_id in args.node_ids:
+        validate_id(node_id)
+    # The models say which entities there are (a forecaster's sensors, a trigger per word).
+    names = Inference(options.models_dir, options.forecast_models,
+                      options.keyword_model).discovery_names()
+    with MqttClient(settings.broker, f"{options.id}-admin", publish_availability=False) as client:
+        handles = [client.publish(topic, payload, retain=True)
+                   for node_id in args.node_ids
+                   for topic, payload in removal_messages(node_id, options.id, *names)]
+        if not all(handle.wait(10) for handle in handles):
+            raise MqttError("the broker did not acknowledge every removal within 10 s")
+    print(f"removed {len(args.node_ids)} node(s) from Home Assistant ({len(handles)} configs)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

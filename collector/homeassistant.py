@@ -1,64 +1,180 @@
-"""Home Assistant MQTT discovery: each node shows up as a device with three sensors.
+"""Home Assistant MQTT discovery: each node shows up as one device, as Zigbee2MQTT's do.
 
-Forecast temperature and humidity (the first forecast step) and the last keyword said, read
-from the collector's prediction topics; available while both the collector and the node
-say ``online`` on their status topics. Configs are retained and sent again whenever Home
-Assistant announces itself on ``homeassistant/status`` (its users' most common complaint
-is discovery that is not re-sent after a restart).
+Per node:
+- temperature and humidity sensors from the node's own readings (``sensors/<node>/climate``);
+- per forecaster, forecast temperature and humidity: the next step as the state, every step
+  (times and values) as attributes, so a chart card can draw the forecast;
+- an ``event`` entity whose event types are the keyword model's words: each word said fires
+  once (the same word twice fires twice), ``unknown`` fires nothing; and a device trigger per
+  word, so "'stop' said" is offered in the automation editor;
+- diagnostic entities: last seen, spool backlog, unconfirmed messages, failed reads, messages
+  dropped on the node, messages lost or rejected on the way (the collector's error records),
+  and the models in use.
+Everything is available while both the collector and the node say ``online``; configs are
+retained, sent again when Home Assistant announces itself on ``homeassistant/status``, and
+removed (empty retained configs) by ``python -m collector ha-remove NODE``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from collections.abc import Sequence
+from typing import Any
 
-from tinyml_core.messages import UNKNOWN_LABEL
-from tinyml_core.topics import PredictionKind, prediction_topic, status_topic
+from tinyml_core.topics import (
+    PredictionKind,
+    SensorKind,
+    diagnostics_topic,
+    errors_topic,
+    prediction_topic,
+    sensor_topic,
+    status_topic,
+)
 
 DISCOVERY_PREFIX = "homeassistant"
 BIRTH_TOPIC = f"{DISCOVERY_PREFIX}/status"
+_OBJECT_ID = re.compile(r"[^a-zA-Z0-9_-]")
 
 
-def keep_word(on_word: str, otherwise: str) -> str:
-    """A template: ``on_word`` for a result that is a word, ``otherwise`` for unknown."""
-    return f"{{{{ {on_word} if value_json.label != '{UNKNOWN_LABEL}' else {otherwise} }}}}"
+def object_id(node_id: str) -> str:
+    """``node_id`` as a Home Assistant object id (``[a-zA-Z0-9_-]``): other characters become
+    ``_``, with a short hash of the id when that happened, so two ids never meet."""
+    cleaned = _OBJECT_ID.sub("_", node_id)
+    if cleaned != node_id:
+        cleaned += "_" + hashlib.sha256(node_id.encode()).hexdigest()[:6]
+    return f"tinyml_{cleaned}"
 
 
-def discovery_messages(node_id: str, collector_id: str) -> list[tuple[str, bytes]]:
+def _reading(name: str) -> str:
+    """A template: the value of SenML record ``name`` in a reading."""
+    return f"{{% for r in value_json if r.n == '{name}' %}}{{{{ r.v }}}}{{% endfor %}}"
+
+
+def _of_model(model: str, value: str, otherwise: str) -> str:
+    """A template: ``value`` for a forecast of ``model``, else ``otherwise`` (both forecasters
+    publish on the one forecast topic)."""
+    return (f"{{% if value_json.model == '{model}' %}}{{{{ {value} }}}}"
+            f"{{% else %}}{{{{ {otherwise} }}}}{{% endif %}}")
+
+
+def _forecast_attributes(model: str, quantity: str) -> str:
+    steps = (f"value_json.steps | map(attribute='time') | list, 'values': value_json.steps | "
+             f"map(attribute='{quantity}') | list")
+    return _of_model(model, f"{{'model': value_json.model, 'model_version': "
+                            f"value_json.model_version, 'input_time': value_json.input_time, "
+                            f"'times': {steps}}} | tojson", "this.attributes | tojson")
+
+
+def discovery_messages(node_id: str, collector_id: str, forecasters: Sequence[str] = (),
+                       keywords: Sequence[str] = ()) -> list[tuple[str, bytes]]:
     """(topic, retained payload) of every discovery config for ``node_id``."""
-    device = {"identifiers": [f"tinyml_{node_id}"], "name": f"TinyML node {node_id}",
+    base = object_id(node_id)
+    device = {"identifiers": [base], "name": f"TinyML node {node_id}",
               "manufacturer": "tinyml-mqtt", "model": "Raspberry Pi sensor node"}
-    availability = [{"topic": status_topic(collector_id)}, {"topic": status_topic(node_id)}]
+    availability = {"availability": [{"topic": status_topic(collector_id)},
+                                     {"topic": status_topic(node_id)}],
+                    "availability_mode": "all", "payload_available": "online",
+                    "payload_not_available": "offline"}
+    climate = sensor_topic(node_id, SensorKind.CLIMATE)
     forecast = prediction_topic(node_id, PredictionKind.FORECAST)
-    sensors = {
-        "forecast_temperature": {
-            "name": "Forecast temperature", "state_topic": forecast,
-            "value_template": "{{ value_json.steps[0].temperature | round(1) }}",
-            "unit_of_measurement": "°C", "device_class": "temperature",
-            "state_class": "measurement"},
-        "forecast_humidity": {
-            "name": "Forecast humidity", "state_topic": forecast,
-            "value_template": "{{ value_json.steps[0].humidity | round(1) }}",
+    keyword = prediction_topic(node_id, PredictionKind.KEYWORD)
+    diagnostics = diagnostics_topic(node_id)
+    sensors: dict[str, dict[str, Any]] = {
+        "temperature": {
+            "name": "Temperature", "state_topic": climate,
+            "value_template": _reading("temperature"), "unit_of_measurement": "°C",
+            "device_class": "temperature", "state_class": "measurement",
+            "suggested_display_precision": 1},
+        "humidity": {
+            "name": "Humidity", "state_topic": climate, "value_template": _reading("humidity"),
             "unit_of_measurement": "%", "device_class": "humidity",
-            "state_class": "measurement"},
-        # The collector answers every sound event, most of them "unknown" (no word): the
-        # sensor keeps the last WORD (``this`` is the entity's own state), so automations
-        # see a change only when a keyword was said.
-        "keyword": {
-            "name": "Last keyword", "icon": "mdi:microphone-message",
-            "state_topic": prediction_topic(node_id, PredictionKind.KEYWORD),
-            "value_template": keep_word("value_json.label", "this.state"),
-            "json_attributes_topic": prediction_topic(node_id, PredictionKind.KEYWORD),
-            "json_attributes_template": keep_word(
-                "{'probability': value_json.probability, 'input_time': value_json.input_time}"
-                " | tojson", "{'probability': this.attributes.get('probability'), "
-                "'input_time': this.attributes.get('input_time')} | tojson")},
+            "state_class": "measurement", "suggested_display_precision": 0},
+    }
+    for model in forecasters:
+        for quantity, unit, device_class in (("temperature", "°C", "temperature"),
+                                             ("humidity", "%", "humidity")):
+            sensors[f"{model}_{quantity}"] = {
+                "name": f"Forecast {quantity} ({model})", "state_topic": forecast,
+                "value_template": _of_model(
+                    model, f"value_json.steps[0].{quantity} | round(1)", "this.state"),
+                "json_attributes_topic": forecast,
+                "json_attributes_template": _forecast_attributes(model, quantity),
+                "unit_of_measurement": unit, "device_class": device_class,
+                "state_class": "measurement", "suggested_display_precision": 1}
+    diagnostic = {"entity_category": "diagnostic"}
+    sensors |= {
+        "last_seen": diagnostic | {
+            "name": "Last seen", "state_topic": diagnostics, "device_class": "timestamp",
+            "value_template": "{{ value_json.time | timestamp_custom("
+                              "'%Y-%m-%dT%H:%M:%S+00:00', false) }}"},
+        "spool_backlog": diagnostic | {
+            "name": "Spool backlog", "state_topic": diagnostics, "state_class": "measurement",
+            "value_template": "{{ value_json.spool_waiting }}", "icon": "mdi:tray-full"},
+        "unconfirmed": diagnostic | {
+            "name": "Unconfirmed messages", "state_topic": diagnostics,
+            "state_class": "measurement", "value_template": "{{ value_json.unconfirmed }}",
+            "icon": "mdi:email-alert-outline"},
+        "failed_reads": diagnostic | {
+            "name": "Failed sensor reads", "state_topic": diagnostics,
+            "state_class": "total_increasing", "value_template": "{{ value_json.failed_reads }}",
+            "icon": "mdi:thermometer-alert"},
+        "dropped": diagnostic | {
+            "name": "Messages dropped on the node", "state_topic": diagnostics,
+            "state_class": "total_increasing",
+            "value_template": "{{ value_json.spool_dropped + value_json.sound_events_dropped }}",
+            "icon": "mdi:delete-alert"},
+        # Every error record the collector publishes for the node counts one (rate-limited,
+        # lost in sequence, rejected); since Home Assistant started.
+        "errors": diagnostic | {
+            "name": "Messages lost or rejected", "state_topic": errors_topic(node_id),
+            "state_class": "total_increasing",
+            "value_template": "{{ (this.state | int(0)) + 1 }}",
+            "json_attributes_topic": errors_topic(node_id),
+            "json_attributes_template": "{{ {'last_reason': value_json.reason} | tojson }}",
+            "icon": "mdi:alert-circle-outline"},
+        "forecast_model": diagnostic | {
+            "name": "Forecast models", "state_topic": forecast, "icon": "mdi:chip",
+            "value_template": "{{ value_json.model }} {{ value_json.model_version }}"},
+        "keyword_model": diagnostic | {
+            "name": "Keyword model", "state_topic": keyword, "icon": "mdi:chip",
+            "value_template": "{{ value_json.model }} {{ value_json.model_version }}"},
     }
     messages = []
     for key, config in sensors.items():
-        unique_id = f"tinyml_{node_id}_{key}"
-        payload = config | {"unique_id": unique_id, "object_id": unique_id, "device": device,
-                            "availability": availability, "availability_mode": "all",
-                            "payload_available": "online", "payload_not_available": "offline"}
+        unique_id = f"{base}_{key}"
+        payload = config | {"unique_id": unique_id, "object_id": unique_id, "device": device}
         messages.append((f"{DISCOVERY_PREFIX}/sensor/{unique_id}/config",
-                         json.dumps(payload, ensure_ascii=False).encode()))
+                         _json(payload | availability)))
+    if keywords:
+        words = ", ".join(f"'{word}'" for word in keywords)
+        unique_id = f"{base}_keyword"
+        # Empty for anything but a word: Home Assistant ignores an empty event payload.
+        event = {"name": "Keyword", "state_topic": keyword, "event_types": list(keywords),
+                 "value_template": f"{{% if value_json.label in [{words}] %}}{{{{ "
+                                   "{'event_type': value_json.label, 'probability': "
+                                   "value_json.probability, 'input_time': value_json.input_time}"
+                                   " | tojson }}{% endif %}",
+                 "icon": "mdi:microphone-message", "unique_id": unique_id,
+                 "object_id": unique_id, "device": device}
+        messages.append((f"{DISCOVERY_PREFIX}/event/{unique_id}/config",
+                         _json(event | availability)))
+        for word in keywords:
+            trigger = {"automation_type": "trigger", "topic": keyword, "type": "action",
+                       "subtype": word, "payload": word,
+                       "value_template": "{{ value_json.label }}", "device": device}
+            messages.append((f"{DISCOVERY_PREFIX}/device_automation/{base}/keyword_"
+                             f"{_OBJECT_ID.sub('_', word)}/config", _json(trigger)))
     return messages
+
+
+def removal_messages(node_id: str, collector_id: str, forecasters: Sequence[str] = (),
+                     keywords: Sequence[str] = ()) -> list[tuple[str, bytes]]:
+    """Empty retained configs: Home Assistant removes the node's entities and triggers."""
+    return [(topic, b"") for topic, _ in
+            discovery_messages(node_id, collector_id, forecasters, keywords)]
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False).encode()

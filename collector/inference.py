@@ -222,6 +222,11 @@ class Inference:
         index, count = self.partition
         return count == 1 or zlib.crc32(node_id.encode()) % count == index - 1
 
+    def discovery_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The forecasters' names and the keyword model's words (Home Assistant's entities)."""
+        keywords = tuple(self.spotter.contract.keywords) if self.spotter is not None else ()
+        return tuple(f.name for f in self.forecasters), keywords
+
     def commit(self) -> None:
         """The answers of the messages handled so far were published: record them as taken
         (confirmed to their nodes, and known as answered after a restart). Also done at the

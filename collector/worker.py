@@ -206,7 +206,8 @@ class Worker:
         self.counters.latencies_ms.append((time.perf_counter() - started) * 1000)
 
     def announce(self, node_id: str) -> None:
-        for topic, payload in discovery_messages(node_id, self.settings.collector.id):
+        for topic, payload in discovery_messages(node_id, self.settings.collector.id,
+                                                 *self.inference.discovery_names()):
             self.client.publish(topic, payload, retain=True)
         log.info("Home Assistant discovery sent for %s", node_id)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 
 from tinyml_core.errors import MqttConnectError, MqttError, SubscriptionRefused, TinyMLError
-from tinyml_core.messages import AudioClip, ClimateReading, sensor_message_topic
+from tinyml_core.messages import AudioClip, ClimateReading, NodeDiagnostics, sensor_message_topic
 from tinyml_core.mqtt import MqttClient
-from tinyml_core.topics import confirmed_filter
+from tinyml_core.topics import confirmed_filter, diagnostics_topic
 
 from .confirmations import ConfirmationTracker
 from .dht11 import Dht11Sensor
@@ -143,9 +143,12 @@ class Node:
                 log.info("%s", error)
 
     def run(self, duration_s: float | None = None, stats_interval_s: float = 60.0) -> None:
-        """Forward spooled messages until stop() or ``duration_s``."""
+        """Forward spooled messages until stop() or ``duration_s``; publish the node's
+        diagnostics after every connection and every ``diagnostics_interval_s``."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         next_stats = time.monotonic() + stats_interval_s
+        every = self.settings.node.diagnostics_interval_s
+        next_diagnostics, connection = time.monotonic(), 0
         while not self.stop_requested.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -155,6 +158,30 @@ class Node:
             if now >= next_stats:
                 log.info("%s", self.stats_line())
                 next_stats += stats_interval_s
+            if every and self.client.is_connected and (
+                    now >= next_diagnostics or self.client.connection != connection):
+                connection, next_diagnostics = self.client.connection, now + every
+                self.publish_diagnostics()
+
+    def diagnostics(self) -> NodeDiagnostics:
+        spool = self.spool.stats()
+        tracker = self.forwarder.confirmations
+        return NodeDiagnostics(
+            self.node_id, self.clock(), spool.messages,
+            len(tracker) if tracker is not None else 0,
+            spool.dropped_audio + spool.dropped_climate + spool.dropped_unconfirmed,
+            self.climate.stats.missed_periods if self.climate is not None else 0,
+            self.microphone.events if self.microphone is not None else 0,
+            self.microphone.dropped if self.microphone is not None else 0,
+            self.forwarder.stats.sent, self.forwarder.stats.sent_again)
+
+    def publish_diagnostics(self) -> None:
+        """Retained on ``diagnostics/<node_id>`` (Home Assistant's diagnostic entities)."""
+        try:
+            self.client.publish(diagnostics_topic(self.node_id), self.diagnostics().encode(),
+                                retain=True)
+        except MqttError as error:  # the connection dropped meanwhile: the next one sends it
+            log.debug("diagnostics not published: %s", error)
 
     def stats_line(self) -> str:
         stats = self.forwarder.stats

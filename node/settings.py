@@ -20,6 +20,10 @@ class NodeIdentity:
                                       min=1, max=100_000)
     stats_interval_s: float = setting(600.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
+    diagnostics_interval_s: float = setting(60.0, "seconds between the retained diagnostics "
+                                            "on diagnostics/<id> (spool backlog, failed reads: "
+                                            "Home Assistant's diagnostic entities); 0: none",
+                                            min=0.0, max=86_400)
     confirm: bool = setting(True, "keep messages the broker acknowledged until a collector "
                             "confirms them, and send them again when they stay unconfirmed (a "
                             "broker crash or full queue can lose what it acknowledged); off: "

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +335,28 @@ def test_a_node_with_a_microphone_publishes_each_sound_event_once_with_its_time(
     for clip in clips:
         first = round((clip.time - 1_767_225_600.0) * rate)
         np.testing.assert_array_equal(clip.samples, samples[first:first + len(clip.samples)])
+
+
+def test_the_node_publishes_its_diagnostics_retained_after_connecting(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    from tests.waiting import wait_for
+    from tinyml_core.messages import NodeDiagnostics
+
+    node = make_node(mosquitto, tmp_path, diagnostics_interval_s=0.2)
+    thread = run_in_thread(node)
+    try:
+        for index in range(3):
+            node.record_reading(21.0, 40.0, time_s=START + 600 * index)
+        assert wait_for(lambda: node.forwarder.stats.sent == 3)
+        time.sleep(0.5)
+        watcher = connect("watcher")
+        watcher.subscribe("diagnostics/pi-node")
+        inbound = watcher.receive(timeout=3)
+        assert inbound is not None and inbound.retain
+        diagnostics = NodeDiagnostics.decode(inbound.payload)
+        assert diagnostics.node_id == "pi-node" and diagnostics.sent == 3
+        assert diagnostics.spool_waiting == 0 and diagnostics.failed_reads == 0
+    finally:
+        node.stop()
+        thread.join(timeout=5)
+        node.close()

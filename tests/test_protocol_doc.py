@@ -20,7 +20,8 @@ def test_the_doc_has_an_example_for_every_topic_kind() -> None:
     topics = {re.sub(r"/pi-kitchen", "/<node>", topic) for _, topic, _ in EXAMPLES}
     assert topics == {"sensors/<node>/climate", "sensors/<node>/audio",
                       "predictions/<node>/forecast", "predictions/<node>/keyword",
-                      "status/<node>", "errors/<node>", "confirmed/<node>/climate"}
+                      "status/<node>", "errors/<node>", "confirmed/<node>/climate",
+                      "diagnostics/<node>"}
 
 
 @pytest.mark.parametrize(("kind", "topic", "body"), EXAMPLES, ids=[t for _, t, _ in EXAMPLES])

@@ -25,6 +25,7 @@ import numpy as np
 from .errors import PayloadError
 from .topics import (
     CONFIRMED_ROOT,
+    DIAGNOSTICS_ROOT,
     ERRORS_ROOT,
     PREDICTIONS_ROOT,
     SENSORS_ROOT,
@@ -769,9 +770,46 @@ def _ranges(value: object, name: str) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
+@dataclass(frozen=True)
+class NodeDiagnostics:
+    """``diagnostics/<node_id>`` (retained): how a node is doing, as of ``time``. Counts are
+    since the node process started, except the spool's, which the spool file keeps."""
+
+    node_id: str
+    time: float
+    spool_waiting: int  # messages not yet sent or acknowledged
+    unconfirmed: int  # sent, waiting for a collector's confirmation
+    spool_dropped: int  # dropped by the spool's caps (clips, readings, unconfirmed), ever
+    failed_reads: int  # DHT11 reads that failed after all retries
+    sound_events: int
+    sound_events_dropped: int  # the microphone's queue was full
+    sent: int
+    sent_again: int
+
+    _COUNTS: ClassVar[tuple[str, ...]] = (
+        "spool_waiting", "unconfirmed", "spool_dropped", "failed_reads", "sound_events",
+        "sound_events_dropped", "sent", "sent_again")
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        object.__setattr__(self, "time", _timestamp(self.time))
+        for name in self._COUNTS:
+            _integer(getattr(self, name), name, 0, MAX_SEQ)
+
+    def encode(self) -> bytes:
+        return _dump_json({"node_id": self.node_id, "time": self.time,
+                           **{name: getattr(self, name) for name in self._COUNTS}})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(_parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "diagnostics"),
+                           "diagnostics", {"node_id", "time", *cls._COUNTS})
+        return cls(**document)
+
+
 # --- any topic ----------------------------------------------------------------------------------
 AnyMessage: TypeAlias = (SensorMessage | PredictionMessage | Availability | ErrorRecord
-                         | Confirmation)
+                         | Confirmation | NodeDiagnostics)
 _PREDICTION_CODECS: dict[str, Callable[[bytes], PredictionMessage]] = {
     PredictionKind.FORECAST.value: Forecast.decode,
     PredictionKind.KEYWORD.value: KeywordResult.decode,
@@ -793,6 +831,11 @@ def decode_message(topic: str, payload: bytes) -> AnyMessage:
             raise PayloadError(f"payload is for {confirmation.node_id!r}'s {confirmation.kind}, "
                                f"topic is {topic!r}")
         return confirmation
+    if root == DIAGNOSTICS_ROOT and len(parts) == 2:
+        diagnostics = NodeDiagnostics.decode(payload)
+        if diagnostics.node_id != validate_id(parts[1]):
+            raise PayloadError(f"payload is for node {diagnostics.node_id!r}, topic is {topic!r}")
+        return diagnostics
     if root == PREDICTIONS_ROOT and len(parts) == 3 and parts[2] in _PREDICTION_CODECS:
         prediction = _PREDICTION_CODECS[parts[2]](payload)
         if prediction.node_id != validate_id(parts[1]):

@@ -37,6 +37,7 @@ PREDICTIONS_ROOT = "predictions"
 STATUS_ROOT = "status"
 ERRORS_ROOT = "errors"
 CONFIRMED_ROOT = "confirmed"
+DIAGNOSTICS_ROOT = "diagnostics"
 
 
 def validate_id(value: str, what: str = "node id") -> str:
@@ -81,6 +82,11 @@ def confirmed_topic(node_id: str, kind: SensorKind | str) -> str:
 def confirmed_filter(node_id: str) -> str:
     """What a node subscribes to: the confirmations of every kind of its own messages."""
     return f"{CONFIRMED_ROOT}/{validate_id(node_id)}/+"
+
+
+def diagnostics_topic(node_id: str) -> str:
+    """Where a node publishes how it is doing (retained; Home Assistant's diagnostic entities)."""
+    return f"{DIAGNOSTICS_ROOT}/{validate_id(node_id)}"
 
 
 def sensor_filter(kind: SensorKind | None = None) -> str:
