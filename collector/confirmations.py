@@ -41,7 +41,6 @@ from tinyml_core.topics import SensorKind, validate_id
 log = logging.getLogger(__name__)
 
 CONFIRM_INTERVAL_S = 0.5  # a node sends at most its window (256) per interval: 512/s
-BUFFERED_READINGS = 1000  # reading lines kept in memory at most before they are written
 RECENT_EVENTS = 4096  # sound events per node remembered with their time (duplicates)
 GAP_REPORT_S = 10.0  # at most one error record per node this often
 COMPACT_LINES = 200_000  # journal lines before it is rewritten as ranges
@@ -104,7 +103,6 @@ class ConfirmationBook:
         self._journal_fd: int | None = None
         self._journal_lines = 0
         self._journal_dirty = False  # written since the last sync()
-        self._buffered: list[str] = []  # reading lines not written yet
         # Readings journalled with their values (see module doc): the next index, the index
         # the last saved windows hold, and those the saved windows lack (read at start).
         self.next_reading = 1
@@ -144,25 +142,19 @@ class ConfirmationBook:
             changed = self._take(node_id, kind, seq, at)
             if self._journal_fd is None:
                 return
+            # Written at once (one write, no sync): a reading kept only in memory would be lost
+            # with the process, and its node would send it again only after newer ones, too
+            # late for its window; a sound event's answer is out, and a re-send must find it.
             if values is not None:
-                # A reading waits in memory until the next confirmation (sync()): one lost in a
-                # crash before that was not confirmed, so its node sends it again.
-                self._buffered.append(f"C {self.next_reading} {node_id} {kind} {seq} {at!r} "
-                                      f"{values[0]!r} {values[1]!r}\n")
+                self._append(f"C {self.next_reading} {node_id} {kind} {seq} {at!r} "
+                             f"{values[0]!r} {values[1]!r}\n")
                 self.next_reading += 1
-                if len(self._buffered) >= BUFFERED_READINGS:
-                    self._append("".join(self._buffered), len(self._buffered))
-                    self._buffered = []
             elif changed:
-                # A sound event is written at once: its answer is out, and a re-send after a
-                # crash must find it.
                 self._append(f"T {node_id} {kind} {seq} {at!r}\n")
 
     def sync(self) -> None:
-        """Write what waits, and make the journal survive a power cut too (before confirming
-        what it holds)."""
+        """Make the journal survive a power cut too (before confirming what it holds)."""
         with self._lock:
-            self._flush()
             if self._journal_fd is not None and self._journal_dirty:
                 try:
                     os.fsync(self._journal_fd)
@@ -318,12 +310,7 @@ class ConfirmationBook:
         else:
             raise ValueError(tag)
 
-    def _flush(self) -> None:
-        if self._buffered and self._journal_fd is not None:
-            self._append("".join(self._buffered), len(self._buffered))
-        self._buffered = []
-
-    def _append(self, text: str, lines: int = 1) -> None:
+    def _append(self, text: str) -> None:
         assert self._journal_fd is not None
         try:
             os.write(self._journal_fd, text.encode())
@@ -333,7 +320,7 @@ class ConfirmationBook:
             os.close(self._journal_fd)
             self._journal_fd = None
             return
-        self._journal_lines += lines
+        self._journal_lines += 1
         self._journal_dirty = True
         if self._journal_lines > COMPACT_LINES:
             self._compact()
@@ -369,7 +356,6 @@ class ConfirmationBook:
 
     def close(self) -> None:
         with self._lock:
-            self._flush()
             if self._journal_fd is not None:
                 os.close(self._journal_fd)
                 self._journal_fd = None

@@ -97,8 +97,9 @@ def discovery_messages(node_id: str, collector_id: str, forecasters: Sequence[st
                                              ("humidity", "%", "humidity")):
             sensors[f"{model}_{quantity}"] = {
                 "name": f"Forecast {quantity} ({model})", "state_topic": forecast,
+                # Empty for the other model's forecasts: Home Assistant ignores it.
                 "value_template": _of_model(
-                    model, f"value_json.steps[0].{quantity} | round(1)", "this.state"),
+                    model, f"value_json.steps[0].{quantity} | round(1)", "''"),
                 "json_attributes_topic": forecast,
                 "json_attributes_template": _forecast_attributes(model, quantity),
                 "unit_of_measurement": unit, "device_class": device_class,

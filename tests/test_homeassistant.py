@@ -73,14 +73,19 @@ class Entity:
         self.attributes: dict[str, Any] = {}
 
     def receive(self, payload: bytes) -> str:
+        """What the template rendered; an empty rendering changes nothing, as in Home
+        Assistant (a numeric sensor and an event ignore it)."""
         this = SimpleNamespace(state=self.state, attributes=self.attributes)
         value_json = json.loads(payload)
-        self.state = ENVIRONMENT.from_string(self.config["value_template"]).render(
+        rendered = ENVIRONMENT.from_string(self.config["value_template"]).render(
             value_json=value_json, this=this)
+        if not rendered.strip():
+            return rendered
+        self.state = rendered
         if "json_attributes_template" in self.config:
             self.attributes = json.loads(ENVIRONMENT.from_string(
                 self.config["json_attributes_template"]).render(value_json=value_json, this=this))
-        return self.state
+        return rendered
 
 
 def configs(node_id: str = "pi-1") -> dict[str, dict[str, Any]]:
@@ -140,8 +145,8 @@ def forecast(model: str, steps: int, first: float) -> bytes:
 def test_forecast_sensors_show_the_next_step_and_carry_every_step_for_a_chart() -> None:
     short, long = entity("forecast_a_temperature"), entity("forecast_b_temperature")
     a, b = forecast("forecast_a", 3, 20.0), forecast("forecast_b", 9, 30.0)
-    assert short.receive(a) == "20.0" and long.receive(a) == "unknown"  # not its model
-    assert long.receive(b) == "30.0" and short.receive(b) == "20.0"  # keeps its own
+    assert short.receive(a) == "20.0" and long.receive(a) == ""  # not its model: ignored
+    assert long.receive(b) == "30.0" and short.receive(b) == "" and short.state == "20.0"
     assert short.attributes["values"] == [20.0, 21.0, 22.0]
     assert short.attributes["times"] == [T0 + 600, T0 + 1200, T0 + 1800]
     assert long.attributes["values"] == [30.0 + i for i in range(9)]
