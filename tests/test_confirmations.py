@@ -241,16 +241,27 @@ def test_confirmations_can_be_turned_off(mosquitto: LocalMosquitto, tmp_path: Pa
     node.close(drain_s=0)
 
 
-def test_a_message_a_full_queue_dropped_is_sent_again_without_a_reconnect(
-        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
-    # The collector took 0-2 and 4: 3 fell out of a queue somewhere. Only the node can help.
+@contextmanager
+def confirmed_node(mosquitto: LocalMosquitto, connect: Callable[..., MqttClient],
+                   tmp_path: Path, **identity: object
+                   ) -> Iterator[tuple[Node, ScriptedCollector, ConfirmationTracker]]:
+    """A running node that has heard its first confirmation (reading 0), so it keeps messages
+    until they are confirmed; and the scripted collector that hears it."""
     collector = ScriptedCollector(connect, "pi-node")
-    with running_node(mosquitto, tmp_path, resend_after_s=0.5) as node:
+    with running_node(mosquitto, tmp_path, **identity) as node:
         node.record_reading(20.0, 50.0, time_s=START)
         assert collect_seqs(collector.client, 1) == [0]
         collector.confirm((0, 0))
         tracker = node.forwarder.confirmations
         assert tracker is not None and wait_for(lambda: tracker.active)
+        yield node, collector, tracker
+
+
+def test_a_message_a_full_queue_dropped_is_sent_again_without_a_reconnect(
+        mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
+    # The collector took 0-2 and 4: 3 fell out of a queue somewhere. Only the node can help.
+    with confirmed_node(mosquitto, connect, tmp_path, resend_after_s=0.5) as (
+            node, collector, tracker):
         for index in range(1, 5):
             node.record_reading(20.0, 50.0, time_s=START + 600 * index)
         assert collect_seqs(collector.client, 4)[:4] == [1, 2, 3, 4]
@@ -263,13 +274,8 @@ def test_a_message_a_full_queue_dropped_is_sent_again_without_a_reconnect(
 
 def test_the_node_sends_no_more_than_its_window_ahead_of_the_confirmations(
         mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
-    collector = ScriptedCollector(connect, "pi-node")
-    with running_node(mosquitto, tmp_path, confirm_window=5, resend_after_s=60) as node:
-        node.record_reading(20.0, 50.0, time_s=START)
-        assert collect_seqs(collector.client, 1) == [0]
-        collector.confirm((0, 0))
-        tracker = node.forwarder.confirmations
-        assert tracker is not None and wait_for(lambda: tracker.active)
+    with confirmed_node(mosquitto, connect, tmp_path, confirm_window=5, resend_after_s=60) as (
+            node, collector, _):
         for index in range(1, 21):
             node.record_reading(20.0, 50.0, time_s=START + 600 * index)
         assert collect_seqs(collector.client, 5) == [1, 2, 3, 4, 5]  # and then it waits
@@ -283,14 +289,9 @@ def test_the_node_sends_no_more_than_its_window_ahead_of_the_confirmations(
 
 def test_sound_events_are_kept_until_confirmed_like_readings(
         mosquitto: LocalMosquitto, connect: Callable[..., MqttClient], tmp_path: Path) -> None:
-    collector = ScriptedCollector(connect, "pi-node")
-    collector.client.subscribe("sensors/pi-node/audio")
-    with running_node(mosquitto, tmp_path, resend_after_s=0.5) as node:
-        node.record_reading(20.0, 50.0, time_s=START)
-        collect_seqs(collector.client, 1)
-        collector.confirm((0, 0))
-        tracker = node.forwarder.confirmations
-        assert tracker is not None and wait_for(lambda: tracker.active)
+    with confirmed_node(mosquitto, connect, tmp_path, resend_after_s=0.5) as (
+            node, collector, tracker):
+        collector.client.subscribe("sensors/pi-node/audio")
         clip = np.zeros(8000, dtype=np.int16)
         for index in range(3):
             node.record_clip(START + index, 8000, clip)
