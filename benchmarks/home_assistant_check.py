@@ -140,11 +140,16 @@ class HomeAssistant:
                                            "code": user["auth_code"],
                                            "client_id": f"{self.base}/"}, form=True)
         self.token = token["access_token"]
-        entries = self._call("/api/config/config_entries/entry")
-        states = {entry["domain"]: entry["state"] for entry in entries}
-        if states.get("mqtt") != "loaded":
-            raise Skipped(f"the MQTT integration is {states.get('mqtt')}: "
-                          f"{self.log.read_text()[-800:]}")
+        # The first start installs the integrations' requirements: that can take a while.
+        state = None
+        while time.monotonic() < deadline:
+            entries = self._call("/api/config/config_entries/entry")
+            state = {entry["domain"]: entry["state"] for entry in entries}.get("mqtt")
+            if state not in ("not_loaded", "setup_in_progress", "setup_retry"):
+                break
+            time.sleep(1)
+        if state != "loaded":
+            raise Skipped(f"the MQTT integration is {state}: {self.log.read_text()[-800:]}")
 
     def _call(self, path: str, data: dict[str, Any] | None = None, form: bool = False) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
