@@ -48,8 +48,13 @@ def fold_data(data: SpeechData, fold: int, folds: int) -> SpeechData:
                        "test": targets[held_out]})
 
 
+def fold_dir(keep: Path, name: str, fold: int, folds: int) -> Path:
+    """Where a kept fold model lives: a models folder of its own (manifest and file)."""
+    return keep / name / f"fold{fold}of{folds}"
+
+
 def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | None,
-             show_progress: bool) -> dict[str, Any]:
+             show_progress: bool, keep: Path | None = None) -> dict[str, Any]:
     from .build import with_epochs
     from .evaluate import evaluate_clips
     from .kws import build
@@ -60,8 +65,14 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
     negatives = Negatives.load() if chosen.open_set else None
     split = fold_data(data, fold, folds)
     with tempfile.TemporaryDirectory() as scratch:
-        entry = build(chosen, split, Path(scratch), show_progress, negatives=negatives)
-        on_test = evaluate_clips(Path(scratch), name, data.clips["test"], data.targets["test"])
+        out = fold_dir(keep, name, fold, folds) if keep else Path(scratch)
+        entry = build(chosen, split, out, show_progress, negatives=negatives)
+        on_test = evaluate_clips(out, name, data.clips["test"], data.targets["test"])
+        if keep:
+            from tinyml_core.models import write_manifest_entry
+            write_manifest_entry(out, name, entry | {"speaker_fold": {
+                "fold": fold, "folds": folds, "held_out": "speakers with fold_of(speaker, "
+                "folds) == fold (training.speakers.fold_of)"}})
     return {"fold": fold, "train_clips": len(split.clips["train"]),
             "new_speaker_clips": len(split.clips["test"]),
             "new_speakers": entry["metrics"]["accuracy"], "test_split": on_test["accuracy"]}
@@ -82,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "models/REPORT.md")
     parser.add_argument("--models", type=Path, default=None,
                         help="folder with manifest.json, for --record (default: models/)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep each fold's model in DIR/<model>/fold<K>of<N>/ (for the "
+                             "strangers' stream benchmark, benchmarks/kws_strangers.py)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
@@ -96,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fold in folds:
         log.info("fold %d of %d: training %s without its speakers", fold + 1, args.folds,
                  args.model)
-        row = run_fold(args.model, data, fold, args.folds, args.epochs, not args.no_progress)
+        row = run_fold(args.model, data, fold, args.folds, args.epochs, not args.no_progress,
+                       args.keep)
         rows.append(row)
         print(f"fold {fold}: new speakers {row['new_speakers']:.2%} on "
               f"{row['new_speaker_clips']} clips, test split {row['test_split']:.2%} "

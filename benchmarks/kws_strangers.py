@@ -1,0 +1,290 @@
+"""Keyword spotting for voices the model never heard: the speaker folds' streams.
+
+    .venv/bin/python benchmarks/kws_strangers.py [--model kws_b] [--folds-dir data/folds]
+        [--choose-default [--record]] [--json FILE]
+
+The course split's test speakers also spoke in training, so every number measured on it (and
+on the stream kws_stream.py builds from it) is a number for familiar voices. Here each speaker
+fold's model (``python -m training.speakers kws_b --keep data/folds``: the recipe trained
+without one fifth of the training split's speakers) is scored on the speakers it never heard.
+A fold's held-out speakers are halved by speaker: the validation half's stream is where a
+default is chosen, the test half's where it is measured. Each stream is built as
+kws_stream.py builds its own (training/stream.py: every keyword clip once, the negatives'
+held-back other words alone and in phrases, noise bursts, over a room tone), cut by the
+node's capture and answered by the collector's keyword path at each threshold. The folds'
+counts are added up: recall and false accepts an hour over all of them.
+
+Also, single one-second clips through the same decision: the right word for the test
+halves' keyword clips, and ``unknown`` for the held-back other words and noise crops.
+
+``--choose-default`` picks, on the validation halves, the threshold that finds the most
+keywords at <= 5 false accepts an hour (the rule kws_stream.py used on the course split);
+``--record`` stores it as the model's ``default_threshold`` with this evidence, and the
+strangers' numbers at it, in models/manifest.json, and refreshes models/REPORT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from collector.settings import CollectorOptions, scan_settings  # noqa: E402
+from tinyml_core.keywords import ScanSettings, find_keywords, threshold_in_force  # noqa: E402
+from tinyml_core.messages import UNKNOWN_LABEL  # noqa: E402
+from tinyml_core.models import (  # noqa: E402
+    KeywordSpotter,
+    load_keyword_spotter,
+    read_manifest,
+    write_manifest_entry,
+)
+from training.negatives import Negatives, silence_clips, speaker  # noqa: E402
+from training.speakers import fold_dir, fold_of  # noqa: E402
+from training.speech import SpeechData, split_paths  # noqa: E402
+from training.stream import (  # noqa: E402
+    OTHER_WORDS_PER_KEYWORD,
+    RATE,
+    THRESHOLD_CHOICES,
+    StreamResult,
+    build_stream,
+    capture_events,
+    choose_threshold,
+    print_table,
+    threshold_table,
+)
+
+HALVES = ("validation", "test")
+
+
+def half_of(speaker_id: str) -> str:
+    """Which half of its fold a held-out speaker is in (stable, independent of the fold)."""
+    return HALVES[zlib.crc32(f"{speaker_id}/half".encode()) % 2]
+
+
+@dataclass
+class FoldPart:
+    """One fold's held-out speakers of one half: their clips and their stream's table."""
+
+    fold: int
+    half: str
+    models: Path  # the fold model's folder
+    speakers: int
+    clips: list[tuple[int, np.ndarray]]
+    said: list[str]
+    minutes: float
+    events: int
+    rows: list[StreamResult]
+
+
+def held_out(speech: SpeechData, fold: int, folds: int, half: str
+             ) -> tuple[list[tuple[int, np.ndarray]], np.ndarray, int]:
+    speakers = [speaker(path) for path in split_paths(speech.root, "train")]
+    chosen = [i for i, s in enumerate(speakers)
+              if fold_of(s, folds) == fold and half_of(s) == half]
+    return ([speech.clips["train"][i] for i in chosen], speech.targets["train"][chosen],
+            len({speakers[i] for i in chosen}))
+
+
+def fold_part(speech: SpeechData, negatives: Negatives, models: Path, model: str, fold: int,
+              folds: int, half: str, thresholds: list[float], base: ScanSettings,
+              seed: int) -> FoldPart:
+    clips, targets, speakers = held_out(speech, fold, folds, half)
+    keywords = [(speech.labels[t], rate, clip) for (rate, clip), t in
+                zip(clips, targets, strict=True)]
+    # Same recipe as the course-split stream; a seed per fold and half.
+    stream = build_stream(keywords, negatives.words[half], negatives.noise_audio(half, RATE),
+                          seed=seed * 1000 + fold * 10 + HALVES.index(half),
+                          min_other_words=round(OTHER_WORDS_PER_KEYWORD * len(keywords)))
+    payloads = capture_events(stream)
+    rows = threshold_table(stream, payloads, models, model, thresholds, base)
+    return FoldPart(fold, half, models, speakers, clips, [speech.labels[t] for t in targets],
+                    stream.hours * 60, len(payloads), rows)
+
+
+def pooled(parts: list[FoldPart]) -> list[StreamResult]:
+    """The folds' streams as one: counts and hours added up, per threshold."""
+    out = []
+    for index, first in enumerate(parts[0].rows):
+        rows = [part.rows[index] for part in parts]
+        kinds: Counter[str] = Counter()
+        for row in rows:
+            kinds.update(row.by_kind)
+        out.append(StreamResult(first.threshold, sum(r.keywords for r in rows),
+                                sum(r.found for r in rows), sum(r.false_accepts for r in rows),
+                                sum(r.hours for r in rows), dict(kinds)))
+    return out
+
+
+def answers(spotter: KeywordSpotter, clips: list[tuple[int, np.ndarray]],
+            settings: ScanSettings) -> list[str]:
+    """The collector's answer to each clip sent alone: its surest word, or unknown."""
+    out = []
+    for rate, clip in clips:
+        detections, _ = find_keywords(spotter, clip, rate, settings)
+        out.append(max(detections, key=lambda d: d.score).label)
+    return out
+
+
+def singles(model: str, parts: list[FoldPart], negatives: Negatives,
+            settings: ScanSettings) -> dict[str, Any]:
+    """Single clips at ``settings``: each fold's test-half keywords by its own model, and the
+    held-back other words and noise crops by every fold's model (their rates averaged)."""
+    right = top = total = 0
+    unknown_keywords = 0
+    other_unknown, noise_unknown = [], []
+    rng = np.random.default_rng(0)
+    noise_clips = []
+    for recording in negatives.noise_audio("test", RATE):  # as evaluate_negatives crops
+        noise_clips += [(RATE, crop) for crop in
+                        silence_clips([recording], 100, RATE, rng, (-50.0, -20.0))]
+    for part in parts:
+        fold_spotter = load_keyword_spotter(part.models, model)
+        said = part.said
+        got = answers(fold_spotter, part.clips, settings)
+        right += sum(g == s for g, s in zip(got, said, strict=True))
+        unknown_keywords += sum(g == UNKNOWN_LABEL for g in got)
+        batch = np.stack([fold_spotter.features(clip, rate) for rate, clip in part.clips])
+        best = fold_spotter.classify_features(batch).argmax(axis=1)
+        top += sum(fold_spotter.labels[b] == s for b, s in zip(best, said, strict=True))
+        total += len(said)
+        other = answers(fold_spotter, negatives.words["test"], settings)
+        other_unknown.append(float(np.mean([g == UNKNOWN_LABEL for g in other])))
+        heard = answers(fold_spotter, noise_clips, settings)
+        noise_unknown.append(float(np.mean([g == UNKNOWN_LABEL for g in heard])))
+    return {"keyword_clips": total, "top_class_right": top / total,
+            "right_word": right / total, "answered_unknown": unknown_keywords / total,
+            "other_word_clips": len(negatives.words["test"]),
+            "other_words_unknown": float(np.mean(other_unknown)),
+            "noise_clips": len(noise_clips), "noise_unknown": float(np.mean(noise_unknown))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Needs mini speech commands, negatives.tar.xz and "
+                                            "the fold models (python -m training.speakers "
+                                            "MODEL --keep data/folds).")
+    parser.add_argument("--model", default="kws_b", help="keyword model (default kws_b)")
+    parser.add_argument("--folds", type=int, default=5, help="speaker folds (default 5)")
+    parser.add_argument("--folds-dir", type=Path, default=REPO / "data" / "folds",
+                        help="where training.speakers --keep put the fold models")
+    parser.add_argument("--models", type=Path, default=REPO / "models",
+                        help="the shipped models (whose default threshold is used, or set)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--choose-default", action="store_true",
+                        help="choose the default threshold on the validation halves (the most "
+                             "keywords at <= --max-false-per-hour)")
+    parser.add_argument("--max-false-per-hour", type=float, default=5.0)
+    parser.add_argument("--record", action="store_true",
+                        help="store the default (with --choose-default) and the strangers' "
+                             "numbers in the manifest; refresh models/REPORT.md")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    folds = []
+    for fold in range(args.folds):
+        directory = fold_dir(args.folds_dir, args.model, fold, args.folds)
+        if not (directory / "manifest.json").exists():
+            parser.error(f"{directory}: no fold model; train them with `python -m "
+                         f"training.speakers {args.model} --folds {args.folds} --keep "
+                         f"{args.folds_dir}`")
+        folds.append(directory)
+    speech = SpeechData.load(parts=("train",), show_progress=False)
+    negatives = Negatives.load()
+    shipped = load_keyword_spotter(args.models, args.model)
+    base = scan_settings(CollectorOptions())
+    default = threshold_in_force(base, shipped)
+    thresholds = sorted({*THRESHOLD_CHOICES, default})
+    parts: dict[str, list[FoldPart]] = {half: [] for half in HALVES}
+    for half in HALVES:
+        for fold, directory in enumerate(folds):
+            part = fold_part(speech, negatives, directory, args.model, fold, args.folds, half,
+                             thresholds, base, args.seed)
+            parts[half].append(part)
+            print(f"fold {fold} {half} half: {part.speakers} speakers, {len(part.clips)} "
+                  f"keywords, {part.minutes:.1f} min, {part.events} sound events "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    tables = {half: pooled(parts[half]) for half in HALVES}
+    if args.choose_default:
+        chosen = choose_threshold(tables["validation"], args.max_false_per_hour)
+        if chosen is None:
+            print(f"no threshold stays within {args.max_false_per_hour:g} false accepts an "
+                  "hour on the validation halves: the default is left as it is")
+        else:
+            default = chosen.threshold
+    report: dict[str, Any] = {"model": args.model, "folds": args.folds, "seed": args.seed,
+                              "default_threshold": default}
+    for half in HALVES:
+        minutes = sum(p.minutes for p in parts[half])
+        keywords = sum(len(p.clips) for p in parts[half])
+        speakers = sum(p.speakers for p in parts[half])
+        print(f"\n{args.model}, {half} halves of {args.folds} folds: {speakers} speakers never "
+              f"heard, {keywords} keywords, {minutes:.0f} min")
+        print_table([r for r in tables[half] if r.threshold in (*THRESHOLDS_SHOWN, default)],
+                    default)
+        at_default = next(r for r in tables[half] if abs(r.threshold - default) < 1e-9)
+        report[half] = {"minutes": round(minutes, 1), "keywords": keywords,
+                        "speakers": speakers, "at_default": at_default.row(),
+                        "rows": [r.row() for r in tables[half]],
+                        "per_fold": [next(r for r in p.rows if abs(r.threshold - default)
+                                          < 1e-9).row() | {"fold": p.fold} for p in parts[half]]}
+    print("\ntest halves at the default, per fold: " + "; ".join(
+        f"{row['fold']}: {row['recall']:.1%} at {row['false_accepts_per_hour']:.1f}/h"
+        for row in report["test"]["per_fold"]))
+    single = singles(args.model, parts["test"], negatives, replace(base, threshold=default))
+    print(f"single clips at {default:.2f}: the right word for {single['right_word']:.1%} of "
+          f"{single['keyword_clips']} keyword clips ({single['answered_unknown']:.1%} 'unknown'; "
+          f"top class right {single['top_class_right']:.1%}); 'unknown' for "
+          f"{single['other_words_unknown']:.1%} of {single['other_word_clips']} other words and "
+          f"{single['noise_unknown']:.1%} of {single['noise_clips']} noise crops")
+    report["singles"] = single
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.record:
+        record(args, report)
+    return 0
+
+
+THRESHOLDS_SHOWN = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    from training.report import write_report
+
+    entry = read_manifest(args.models)[args.model]
+    validation = report["validation"]["at_default"]
+    if args.choose_default:
+        entry["default_threshold"] = {
+            "value": report["default_threshold"], "recall": validation["recall"],
+            "false_accepts_per_hour": validation["false_accepts_per_hour"],
+            "chosen_on": (f"speaker-disjoint validation streams ({args.folds} speaker folds' "
+                          f"models, each on the validation half of the speakers it never "
+                          f"heard: {report['validation']['speakers']} speakers, "
+                          f"{report['validation']['minutes']:.0f} min): the most keywords "
+                          f"found at <= {args.max_false_per_hour:g} false accepts an hour"),
+            "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
+                       "--record"}
+    entry["strangers"] = {
+        "folds": args.folds, "seed": args.seed, "default_threshold": report["default_threshold"],
+        "test": {key: report["test"][key] for key in ("minutes", "keywords", "speakers",
+                                                      "at_default", "rows", "per_fold")},
+        "validation_at_default": validation, "singles": report["singles"],
+        "command": f"benchmarks/kws_strangers.py --model {args.model}"
+                   + (" --choose-default" if args.choose_default else "") + " --record"}
+    write_manifest_entry(args.models, args.model, entry)
+    write_report(args.models, {})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
