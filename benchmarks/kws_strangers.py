@@ -176,6 +176,8 @@ def main() -> int:
                                             "MODEL --keep data/folds).")
     parser.add_argument("--model", default="kws_b", help="keyword model (default kws_b)")
     parser.add_argument("--folds", type=int, default=5, help="speaker folds (default 5)")
+    parser.add_argument("--fold", type=int, action="append", metavar="K",
+                        help="score only these folds (repeatable; default: all)")
     parser.add_argument("--folds-dir", type=Path, default=REPO / "data" / "folds",
                         help="where training.speakers --keep put the fold models")
     parser.add_argument("--models", type=Path, default=REPO / "models",
@@ -191,14 +193,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     args = parser.parse_args()
     started = time.perf_counter()
-    folds = []
-    for fold in range(args.folds):
+    folds = {}
+    for fold in args.fold or range(args.folds):
+        if not 0 <= fold < args.folds:
+            parser.error(f"--fold must be within 0..{args.folds - 1}")
         directory = fold_dir(args.folds_dir, args.model, fold, args.folds)
         if not (directory / "manifest.json").exists():
             parser.error(f"{directory}: no fold model; train them with `python -m "
                          f"training.speakers {args.model} --folds {args.folds} --keep "
                          f"{args.folds_dir}`")
-        folds.append(directory)
+        folds[fold] = directory
     speech = SpeechData.load(parts=("train",), show_progress=False)
     negatives = Negatives.load()
     shipped = load_keyword_spotter(args.models, args.model)
@@ -207,7 +211,7 @@ def main() -> int:
     thresholds = sorted({*THRESHOLD_CHOICES, default})
     parts: dict[str, list[FoldPart]] = {half: [] for half in HALVES}
     for half in HALVES:
-        for fold, directory in enumerate(folds):
+        for fold, directory in folds.items():
             part = fold_part(speech, negatives, directory, args.model, fold, args.folds, half,
                              thresholds, base, args.seed)
             parts[half].append(part)
@@ -222,14 +226,15 @@ def main() -> int:
                   "hour on the validation halves: the default is left as it is")
         else:
             default = chosen.threshold
-    report: dict[str, Any] = {"model": args.model, "folds": args.folds, "seed": args.seed,
+    report: dict[str, Any] = {"model": args.model, "folds": args.folds,
+                              "folds_scored": sorted(folds), "seed": args.seed,
                               "default_threshold": default}
     for half in HALVES:
         minutes = sum(p.minutes for p in parts[half])
         keywords = sum(len(p.clips) for p in parts[half])
         speakers = sum(p.speakers for p in parts[half])
-        print(f"\n{args.model}, {half} halves of {args.folds} folds: {speakers} speakers never "
-              f"heard, {keywords} keywords, {minutes:.0f} min")
+        print(f"\n{args.model}, {half} halves of {len(folds)} of {args.folds} folds: "
+              f"{speakers} speakers never heard, {keywords} keywords, {minutes:.0f} min")
         print_table([r for r in tables[half] if r.threshold in (*THRESHOLDS_SHOWN, default)],
                     default)
         at_default = next(r for r in tables[half] if abs(r.threshold - default) < 1e-9)

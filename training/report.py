@@ -243,7 +243,7 @@ def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> lis
 
 def open_set_section(entries: dict[str, dict[str, Any]]) -> list[str]:
     """What the models say to what is not a keyword, and on a continuous stream."""
-    lines = []
+    lines = strangers_section(entries)
     rows = [(name, entry["metrics"]["held_back_negatives"]) for name, entry in entries.items()
             if "held_back_negatives" in entry["metrics"]]
     if rows:
@@ -284,6 +284,34 @@ def open_set_section(entries: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"| {threshold:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def strangers_section(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The headline: streams and single clips of speakers the scored model never heard."""
+    rows = [(name, entry["strangers"]) for name, entry in entries.items() if "strangers" in entry]
+    if not rows:
+        return []
+    first = rows[0][1]
+    lines = [f"### Voices the model never heard ({first['folds']} speaker folds)", "",
+             "Built by `benchmarks/kws_strangers.py --record`: each speaker fold's model (the "
+             "recipe trained without a fifth of the training speakers, `python -m "
+             "training.speakers MODEL --keep data/folds`) on a stream of the speakers it never "
+             "heard, built as the course-split stream is (keywords, held-back other words "
+             "alone and in phrases, noise bursts, through the node's capture and the "
+             "collector's decision); the folds' counts added up. The default threshold is "
+             "chosen on the validation half of those speakers, measured on the other half.",
+             "", "| model | default | keywords found | false accepts/h | stream | single clips: "
+             "right word (top class) | other words 'unknown' | noise 'unknown' |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, result in rows:
+        test, single = result["test"], result["singles"]
+        at = test["at_default"]
+        lines.append(f"| {name} | {result['default_threshold']:.2f} | {at['recall']:.1%} | "
+                     f"{at['false_accepts_per_hour']:.1f} | {test['speakers']} speakers, "
+                     f"{test['keywords']} keywords, {test['minutes']:.0f} min | "
+                     f"{single['right_word']:.1%} ({single['top_class_right']:.1%}) | "
+                     f"{single['other_words_unknown']:.1%} | {single['noise_unknown']:.1%} |")
+    return [*lines, ""]
 
 
 def plot_confusion(name: str, entry: dict[str, Any], models_dir: Path) -> Path | None:
