@@ -97,6 +97,7 @@ class ConfirmationBook:
         self._clock = clock
         self._nodes: OrderedDict[str, dict[str, _Stream]] = OrderedDict()
         self.gaps: dict[str, NodeGaps] = {}
+        self._last_stream: tuple[str, str, _Stream] | None = None  # the last one looked up
         self.duplicates = 0
         self._lock = threading.Lock()
         self._journal_path = journal
@@ -185,6 +186,9 @@ class ConfirmationBook:
             return report
 
     def _stream(self, node_id: str, kind: str) -> _Stream:
+        last = self._last_stream
+        if last is not None and last[0] == node_id and last[1] == kind:
+            return last[2]  # record() after check() of the same message: moved already
         streams = self._nodes.get(node_id)
         if streams is None:
             if len(self._nodes) >= self.max_nodes:
@@ -195,6 +199,7 @@ class ConfirmationBook:
         stream = streams.get(kind)
         if stream is None:
             stream = streams[kind] = _Stream()
+        self._last_stream = (node_id, kind, stream)
         return stream
 
     def _take(self, node_id: str, kind: str, seq: int, at: float | None) -> bool:

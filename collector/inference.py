@@ -236,7 +236,8 @@ class Inference:
             self.confirmations.record(node_id, kind, seq, at, values)
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
-        self.commit()
+        if self._pending:
+            self.commit()
         if (self.partition[1] > 1 and matches(CLIMATE_FILTER, topic)
                 and not self.owns(reporting_node_id(topic))):
             return []  # another worker keeps this node's window (and reports its errors)
@@ -251,9 +252,9 @@ class Inference:
             message = decode_sensor_message(topic, payload)
         except PayloadError as error:
             return [self._error(topic, payload, error, now)]
-        taking = self.confirmations.check(message.node_id, message.kind.value, message.seq,
-                                          message.time)
-        out = self._gap_record(message, taking, topic, payload, now)
+        kind = message.kind.value
+        taking = self.confirmations.check(message.node_id, kind, message.seq, message.time)
+        out = self._gap_record(message, taking, topic, payload, now) if taking.skipped else []
         try:
             if isinstance(message, ClimateReading):
                 out += self._forecast(message)
@@ -265,8 +266,7 @@ class Inference:
         # A reading the windows took is journalled with its values (restored after a crash).
         values = (message.temperature, message.humidity) if isinstance(message, ClimateReading) \
             and self.forecasters else None
-        self._pending.append((message.node_id, message.kind.value, message.seq, message.time,
-                              values))
+        self._pending.append((message.node_id, kind, message.seq, message.time, values))
         return out
 
     def restore_journalled(self, after: int) -> int:

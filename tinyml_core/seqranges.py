@@ -27,6 +27,8 @@ class SeqRanges:
             self.add_range(low, high)
 
     def __contains__(self, seq: int) -> bool:
+        if not self._ends or seq > self._ends[-1]:  # the common case: the next number
+            return False
         index = bisect.bisect_right(self._starts, seq) - 1
         return index >= 0 and seq <= self._ends[index]
 
@@ -48,6 +50,9 @@ class SeqRanges:
 
     def add(self, seq: int) -> bool:
         """Add one number; False when it was there already."""
+        if self._ends and seq == self._ends[-1] + 1:  # in order: the last range grows
+            self._ends[-1] = seq
+            return True
         if seq in self:
             return False
         self.add_range(seq, seq)
