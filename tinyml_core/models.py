@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -226,15 +227,60 @@ def _runtime_notice_hidden() -> Iterator[None]:
                 os.write(2, b"".join(passed))
 
 
-class TfliteModel:
-    """One interpreter; ``predict`` takes a float32 batch and returns the float32 output."""
+@dataclass(frozen=True)
+class ClassifierHead:
+    """A classifier's last layer in float: embeddings [N, D] → probabilities [N, labels].
+    The logits are clipped to what the quantized model's own logits can hold, so the
+    shipped head, read out of the model, gives the model's own probabilities (an int8
+    model's largest logit is often only 2-3)."""
 
-    def __init__(self, model_bytes: bytes, name: str = "model", num_threads: int = 1) -> None:
+    weights: np.ndarray  # [labels, D]
+    bias: np.ndarray  # [labels]
+    logit_range: tuple[float, float] = (-np.inf, np.inf)
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        raw = np.asarray(embeddings, np.float32) @ self.weights.T + self.bias
+        clipped: np.ndarray = np.clip(raw, *self.logit_range)
+        return clipped
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        logits = self.logits(embeddings)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        out: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        return out
+
+
+def _dequantized(tensor: dict[str, Any], values: np.ndarray) -> np.ndarray:
+    """A tensor's values in float (per-tensor or per-channel on the first axis)."""
+    if values.dtype == np.float32:
+        return values.astype(np.float32)
+    quantization = tensor["quantization_parameters"]
+    scales = np.asarray(quantization["scales"], np.float32)
+    zero_points = np.asarray(quantization["zero_points"], np.float32)
+    if scales.size > 1:  # per channel, along the first axis (weights, bias)
+        shape = (-1,) + (1,) * (values.ndim - 1)
+        scales, zero_points = scales.reshape(shape), zero_points.reshape(shape)
+    return ((values.astype(np.float32) - zero_points) * scales).astype(np.float32)
+
+
+class TfliteModel:
+    """One interpreter; ``predict`` takes a float32 batch and returns the float32 output.
+
+    With ``embedding=True`` it also reads out the classifier's last layer (``head``) and
+    ``embed`` gives the layer's input (the model's embedding of a window): the interpreter
+    then keeps every intermediate tensor, which costs memory, so only models that need it
+    (an enrolled node's keyword model) are made so."""
+
+    def __init__(self, model_bytes: bytes, name: str = "model", num_threads: int = 1,
+                 embedding: bool = False) -> None:
         self.name = name
+        options = {"experimental_preserve_all_tensors": True} if embedding else {}
         try:
-            with _runtime_notice_hidden():
+            with _runtime_notice_hidden(), warnings.catch_warnings():
+                # LiteRT warns that keeping every tensor is for debugging; here it is the point.
+                warnings.simplefilter("ignore", UserWarning)
                 self._interpreter = interpreter_class()(model_content=model_bytes,
-                                                        num_threads=num_threads)
+                                                        num_threads=num_threads, **options)
                 self._interpreter.allocate_tensors()
         except TinyMLError:
             raise
@@ -246,6 +292,53 @@ class TfliteModel:
         self.output_shape = tuple(int(d) for d in self._output["shape"])
         self._batch = self.input_shape[0]
         self.last_invoke_ms = 0.0
+        self.head: ClassifierHead | None = None
+        self._embedding: dict[str, Any] | None = None
+        if embedding:
+            self._embedding, self.head = self._find_head()
+
+    def _find_head(self) -> tuple[dict[str, Any], ClassifierHead]:
+        """The fully connected layer behind the output (through softmax and dequantize): the
+        op with an activation [1, D], weights [labels, D] and a bias [labels]."""
+        interpreter = self._interpreter
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        producers = {out: op for op in interpreter._get_ops_details() for out in op["outputs"]}
+        labels = self.output_shape[-1]
+        index = self._output["index"]
+        for _ in range(4):  # dequantize, softmax, quantize: one input each
+            op = producers.get(index)
+            if op is None:
+                break
+            inputs = [i for i in op["inputs"] if i >= 0]
+            shapes = {i: tuple(int(d) for d in tensors[i]["shape"]) for i in inputs}
+            if len(inputs) == 1:
+                index = inputs[0]
+                continue
+            weights = [i for i in inputs if len(shapes[i]) == 2 and shapes[i][0] == labels]
+            bias = [i for i in inputs if shapes[i] == (labels,)]
+            activation = [i for i in inputs if i not in weights + bias]
+            if len(weights) == 1 and len(bias) <= 1 and len(activation) == 1:
+                w = _dequantized(tensors[weights[0]], interpreter.get_tensor(weights[0]))
+                b = (_dequantized(tensors[bias[0]], interpreter.get_tensor(bias[0]))
+                     if bias else np.zeros(labels, np.float32))
+                logits = tensors[index]
+                low, high = -np.inf, np.inf
+                if logits["dtype"] in (np.int8, np.uint8):
+                    scale, zero = logits["quantization"]
+                    info = np.iinfo(logits["dtype"])
+                    low, high = (info.min - zero) * scale, (info.max - zero) * scale
+                return tensors[activation[0]], ClassifierHead(w, b, (float(low), float(high)))
+            break
+        raise ModelLoadError(f"{self.name}: no fully connected last layer found (an "
+                             "embedding is read from the input of the classifier's last layer)")
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """The embedding [N, D] of each input (the input of the last layer)."""
+        if self._embedding is None:
+            raise ModelLoadError(f"{self.name}: made without embedding=True")
+        self.predict(batch)
+        values = self._interpreter.get_tensor(self._embedding["index"])
+        return _dequantized(self._embedding, values).reshape(len(batch), -1)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -358,14 +451,24 @@ class Scan(NamedTuple):
 class KeywordSpotter:
     """A keyword model with its front end: a clip at any rate in, label probabilities out."""
 
-    def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel) -> None:
+    def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel,
+                 head: ClassifierHead | None = None) -> None:
         self.contract = _contract(name, entry, KEYWORD_TASK, "keyword spotter",
                                   KeywordContract.from_entry)
         self.front_end = FrontEnd(self.contract.front_end)
         _check_shape(name, "input", model.input_shape, self.contract.front_end.feature_shape)
         _check_shape(name, "output", model.output_shape, (len(self.contract.labels),))
+        if head is not None and (model.head is None
+                                 or head.weights.shape != model.head.weights.shape):
+            raise ModelLoadError(f"{name}: a head of shape {head.weights.shape} does not fit "
+                                 "this model (it needs the model made with embedding=True)")
         self.name, self.entry, self.model = name, entry, model
         self.labels = self.contract.labels
+        self.head = head  # a node's own last layer in place of the model's (enrollment)
+
+    def with_head(self, head: ClassifierHead | None) -> KeywordSpotter:
+        """The same model and front end answering with ``head`` (None: the model's own)."""
+        return KeywordSpotter(self.name, self.entry, self.model, head)
 
     def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """The model's input for one clip: standardised MFCCs."""
@@ -375,7 +478,14 @@ class KeywordSpotter:
 
     def classify_features(self, features: np.ndarray) -> np.ndarray:
         """[N, frames, coefficients] → [N, labels] probabilities."""
-        return self.model.predict(features)
+        if self.head is None:
+            return self.model.predict(features)
+        return self.head.probabilities(self.model.embed(features))
+
+    def embed_features(self, features: np.ndarray) -> np.ndarray:
+        """[N, frames, coefficients] → [N, D]: what the last layer sees (needs a model made
+        with embedding=True)."""
+        return self.model.embed(features)
 
     def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1) -> Scan:
         """Window start offsets, [windows, labels] probabilities and inference time for a clip
@@ -385,6 +495,17 @@ class KeywordSpotter:
         The clip is resampled once and its MFCCs computed once: a window's frames are exactly
         those the front end gives for that second of the resampled clip (a second resampled
         on its own differs at its edges, where the filter would see past the cut)."""
+        offsets, windows = self.windows(samples, sample_rate, hop_s)
+        rows, inference_ms = [], 0.0
+        for window in windows:
+            rows.append(self.classify_features(window[None])[0])
+            inference_ms += self.model.last_invoke_ms
+        return Scan(offsets, np.stack(rows), inference_ms)
+
+    def windows(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The one-second windows :meth:`scan` classifies: their start offsets in s and their
+        features [windows, frames, coefficients]."""
         params = self.contract.front_end
         audio = resample(to_float(samples), sample_rate, params.sample_rate)
         if len(audio) < params.clip_samples:
@@ -395,13 +516,8 @@ class KeywordSpotter:
         starts = list(range(0, last + 1, hop))
         if starts[-1] != last:
             starts.append(last)
-        windows = params.num_frames
-        rows, inference_ms = [], 0.0
-        for start in starts:
-            rows.append(self.model.predict(frames[None, start:start + windows])[0])
-            inference_ms += self.model.last_invoke_ms
         offsets = np.array(starts, dtype=np.float64) * params.frame_step / params.sample_rate
-        return Scan(offsets, np.stack(rows), inference_ms)
+        return offsets, np.stack([frames[start:start + params.num_frames] for start in starts])
 
     def classify(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Probabilities of every label for one clip (int16 or float audio)."""
@@ -416,10 +532,13 @@ def load_forecaster(models_dir: Path | str, name: str, num_threads: int = 1) -> 
     return Forecaster(name, entry, model)
 
 
-def load_keyword_spotter(models_dir: Path | str, name: str,
-                         num_threads: int = 1) -> KeywordSpotter:
+def load_keyword_spotter(models_dir: Path | str, name: str, num_threads: int = 1,
+                         embedding: bool = False) -> KeywordSpotter:
+    """A keyword model with its front end; ``embedding=True`` also makes it able to answer
+    with another last layer (:meth:`KeywordSpotter.with_head`)."""
     entry = _entry(Path(models_dir), name)
-    model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads)
+    model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads,
+                        embedding)
     return KeywordSpotter(name, entry, model)
 
 

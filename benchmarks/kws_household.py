@@ -1,0 +1,245 @@
+"""Households the model never heard, before and after they enroll (issue 26).
+
+    .venv/bin/python benchmarks/kws_household.py [--model kws_b] [--folds-dir data/folds]
+        [--takes 1 2 3] [--fold K ...] [--json FILE]
+
+Each speaker fold's model (``python -m training.speakers kws_b --keep data/folds``) never
+heard that fold's speakers, so they make households of strangers: speakers of one fold who
+said at least four of the words at least twice (mini speech commands, train and test split;
+the validation split is left out, it chose the fold model's epoch), three to a household, and
+one more speaker of the fold as the member who did not enroll. A member enrolls with up to
+``--takes`` takes of each word they said twice or more (the last take of each such word is
+never enrolled: it is the test), and half of their own other words (Speech Commands words
+that are not keywords, by the same speaker, from the negatives) as their ordinary speech.
+
+Two streams per household, built as kws_stream.py builds its own (training/stream.py), with
+the other words of other people (the negatives' held-back words) and the kitchen (noise
+bursts): the enrolled members' test takes with the rest of their own other words, and the
+member who did not enroll's takes. The collector's keyword path answers them at the model's
+default threshold, with the shipped last layer and with the household's own
+(collector/enrollment.py). Prints recall and false accepts an hour per household and in all,
+and how long each enrollment took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from collector.enrollment import AdaptSettings, Anchors, Takes, adapt  # noqa: E402
+from collector.settings import CollectorOptions, scan_settings  # noqa: E402
+from tinyml_core.keywords import threshold_in_force  # noqa: E402
+from tinyml_core.models import KeywordSpotter, load_keyword_spotter  # noqa: E402
+from training.negatives import Negatives, find_negatives, speaker  # noqa: E402
+from training.speakers import fold_dir, fold_of  # noqa: E402
+from training.speech import SpeechData, read_clip, split_paths  # noqa: E402
+from training.stream import (  # noqa: E402
+    RATE,
+    StreamResult,
+    build_stream,
+    capture_events,
+    run_stream,
+    score,
+)
+
+Clip = tuple[int, np.ndarray]
+MEMBERS = 3
+OTHER_WORDS_PER_KEYWORD = 4  # other people's words in a household's stream, per keyword
+
+
+@dataclass
+class Person:
+    speaker: str
+    takes: dict[str, list[Clip]]  # word → takes, in a fixed order (the last is the test)
+    other_words: list[Clip]  # their own non-keywords
+
+    def enrollment(self, per_word: int) -> Takes:
+        words = {word: clips[:min(per_word, len(clips) - 1)]
+                 for word, clips in self.takes.items() if len(clips) >= 2}
+        return Takes(self.speaker, words, self.other_words[:len(self.other_words) // 2])
+
+    def tests(self) -> list[tuple[str, int, np.ndarray]]:
+        return [(word, *clips[-1]) for word, clips in self.takes.items() if len(clips) >= 2]
+
+    def all_takes(self) -> list[tuple[str, int, np.ndarray]]:
+        return [(word, *clip) for word, clips in self.takes.items() for clip in clips]
+
+
+def people(speech: SpeechData, fold: int, folds: int) -> list[Person]:
+    """The fold's speakers who said four or more words twice or more, in a fixed order."""
+    takes: dict[str, dict[str, list[Clip]]] = defaultdict(lambda: defaultdict(list))
+    for part in ("train", "test"):
+        for path, clip in zip(split_paths(speech.root, part), speech.clips[part], strict=True):
+            if fold_of(speaker(path), folds) == fold:
+                takes[speaker(path)][path.parent.name].append(clip)
+    own: dict[str, list[Clip]] = defaultdict(list)
+    for path in sorted((find_negatives() / "words").glob("*/*.wav")):
+        if speaker(path) in takes:
+            own[speaker(path)].append(read_clip(path))
+    chosen = [Person(s, dict(sorted(words.items())), own[s]) for s, words in takes.items()
+              if sum(len(clips) >= 2 for clips in words.values()) >= 4]
+    return sorted(chosen, key=lambda p: zlib.crc32(p.speaker.encode()))
+
+
+def households(members: list[Person]) -> list[tuple[list[Person], Person]]:
+    """Three enrolled members and one who did not enroll, per household."""
+    size = MEMBERS + 1
+    return [(members[i:i + MEMBERS], members[i + MEMBERS])
+            for i in range(0, len(members) - size + 1, size)]
+
+
+def fold_anchors(spotter: KeywordSpotter, speech: SpeechData, negatives: Negatives, fold: int,
+                 folds: int, count: int, seed: int) -> Anchors:
+    """``count`` clips the fold model trained on: 60 % keywords of the training split
+    (never the fold's own speakers), 20 % negatives' words, 20 % noise crops (silence)."""
+    from training.negatives import silence_clips
+
+    rng = np.random.default_rng(seed)
+    paths = split_paths(speech.root, "train")
+    trained = [i for i, path in enumerate(paths) if fold_of(speaker(path), folds) != fold]
+    keywords = rng.choice(trained, int(count * 0.6), replace=False)
+    clips = [speech.clips["train"][i] for i in keywords]
+    targets = [int(speech.targets["train"][i]) for i in keywords]
+    words = rng.choice(len(negatives.words["train"]), int(count * 0.2), replace=False)
+    clips += [negatives.words["train"][i] for i in words]
+    targets += [spotter.labels.index("unknown")] * len(words)
+    noise = silence_clips(negatives.noise_audio("train", RATE), int(count * 0.2), RATE, rng,
+                          (-50.0, -20.0))
+    clips += [(RATE, crop) for crop in noise]
+    targets += [spotter.labels.index("silence")] * len(noise)
+    return Anchors.of_clips(spotter, clips, targets)
+
+
+def answer(stream: Any, payloads: list[bytes], models: Path, model: str,
+           spotter: KeywordSpotter, threshold: float) -> StreamResult:
+    settings = replace(scan_settings(CollectorOptions()), threshold=threshold)
+    return score(stream, run_stream(payloads, models, model, settings, spotter=spotter),
+                 threshold)
+
+
+def added(rows: list[StreamResult]) -> StreamResult:
+    kinds: dict[str, int] = defaultdict(int)
+    for row in rows:
+        for kind, count in row.by_kind.items():
+            kinds[kind] += count
+    return StreamResult(rows[0].threshold, sum(r.keywords for r in rows),
+                        sum(r.found for r in rows), sum(r.false_accepts for r in rows),
+                        sum(r.hours for r in rows), dict(kinds))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Needs mini speech commands, negatives.tar.xz and "
+                                            "the fold models.")
+    parser.add_argument("--model", default="kws_b")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--fold", type=int, action="append", metavar="K",
+                        help="only these folds (repeatable; default: every fold with a model)")
+    parser.add_argument("--folds-dir", type=Path, default=REPO / "data" / "folds")
+    parser.add_argument("--models", type=Path, default=REPO / "models",
+                        help="the shipped models (their default threshold is used)")
+    parser.add_argument("--takes", type=int, nargs="+", default=[1, 2, 3],
+                        help="takes per word to enroll with (default 1 2 3)")
+    parser.add_argument("--threshold", type=float, help="default: the shipped model's")
+    parser.add_argument("--l2", type=float, default=AdaptSettings.l2,
+                        help=f"pull towards the shipped layer (default {AdaptSettings.l2})")
+    parser.add_argument("--steps", type=int, default=AdaptSettings.steps)
+    parser.add_argument("--takes-weight", type=float, default=AdaptSettings.takes_weight)
+    parser.add_argument("--anchors", type=int, default=2000, metavar="N",
+                        help="windows of the fold model's own training data the household's "
+                             "layer keeps answering as before (0: none; default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, metavar="FILE")
+    args = parser.parse_args()
+    folds = [k for k in (args.fold or range(args.folds))
+             if (fold_dir(args.folds_dir, args.model, k, args.folds) / "manifest.json").exists()]
+    if not folds:
+        parser.error(f"no fold models in {args.folds_dir}: train them with `python -m "
+                     f"training.speakers {args.model} --keep {args.folds_dir}`")
+    speech = SpeechData.load(parts=("train", "test"), show_progress=False)
+    negatives = Negatives.load()
+    noise = negatives.noise_audio("test", RATE)
+    shipped = load_keyword_spotter(args.models, args.model)
+    threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
+    print(f"{args.model} at threshold {threshold:.2f}; folds {folds}; enrolling with "
+          f"{args.takes} takes per word")
+    rows: dict[str, list[StreamResult]] = defaultdict(list)
+    timings: dict[int, list[float]] = defaultdict(list)
+    report: list[dict[str, Any]] = []
+    for fold in folds:
+        directory = fold_dir(args.folds_dir, args.model, fold, args.folds)
+        base = load_keyword_spotter(directory, args.model, embedding=True)
+        anchors = fold_anchors(base, speech, negatives, fold, args.folds, args.anchors,
+                               args.seed) if args.anchors else None
+        for number, (members, stranger) in enumerate(households(people(speech, fold,
+                                                                        args.folds))):
+            seed = args.seed * 10_000 + fold * 100 + number
+            tests = [t for m in members for t in m.tests()]
+            own = [c for m in members for c in m.other_words[len(m.other_words) // 2:]]
+            rng = np.random.default_rng(seed)
+            pick = rng.permutation(len(negatives.words["test"]))[
+                :OTHER_WORDS_PER_KEYWORD * len(tests)]
+            others = own + [negatives.words["test"][i] for i in pick]
+            home = build_stream(tests, others, noise, seed=seed, noise_bursts_per_keyword=1.0)
+            guest = build_stream(stranger.all_takes(), [], noise, seed=seed + 1,
+                                 noise_bursts_per_keyword=1.0)
+            home_events, guest_events = capture_events(home), capture_events(guest)
+            line = {"fold": fold, "household": number, "members": [m.speaker for m in members],
+                    "not_enrolled": stranger.speaker, "test_keywords": len(tests),
+                    "minutes": round(home.hours * 60, 1)}
+            for name, spotter in [("base", base)] + [
+                    (f"takes {t}", None) for t in args.takes]:
+                if spotter is None:
+                    per_word = int(name.split()[1])
+                    started = time.perf_counter()
+                    head = adapt(base, [m.enrollment(per_word) for m in members],
+                                 AdaptSettings(l2=args.l2, steps=args.steps,
+                                               takes_weight=args.takes_weight), anchors)
+                    timings[per_word].append(time.perf_counter() - started)
+                    spotter = base.with_head(head)
+                enrolled = answer(home, home_events, directory, args.model, spotter, threshold)
+                other = answer(guest, guest_events, directory, args.model, spotter, threshold)
+                rows[f"{name} enrolled"].append(enrolled)
+                rows[f"{name} not enrolled"].append(other)
+                line[name] = {"enrolled": enrolled.row(), "not_enrolled": other.row()}
+            report.append(line)
+            print(f"fold {fold} household {number}: {len(tests)} test keywords, "
+                  f"{home.hours * 60:.1f} min; " + "; ".join(
+                      f"{name} {line[name]['enrolled']['recall']:.0%} at "
+                      f"{line[name]['enrolled']['false_accepts']} false"
+                      for name in ["base"] + [f"takes {t}" for t in args.takes]), flush=True)
+    print(f"\n{len(report)} households of {MEMBERS} enrolled members and one who did not "
+          "enroll, never heard by their fold's model")
+    print(f"{'':22} {'recall':>8} {'false/h':>8} {'keywords':>9} {'hours':>6}")
+    summary = {}
+    for name, found in rows.items():
+        total = added(found)
+        summary[name] = total.row() | {"keywords": total.keywords, "hours": round(total.hours, 2)}
+        print(f"{name:22} {total.recall:>8.1%} {total.false_per_hour:>8.1f} "
+              f"{total.keywords:>9} {total.hours:>6.2f}  "
+              + ", ".join(f"{k} {v}" for k, v in sorted(total.by_kind.items())))
+    for per_word, seconds in sorted(timings.items()):
+        print(f"enrollment with {per_word} takes per word: {np.mean(seconds):.2f} s per "
+              f"household of {MEMBERS} (max {max(seconds):.2f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"threshold": threshold, "households": report,
+                                         "summary": summary,
+                                         "enroll_seconds": {k: v for k, v in timings.items()}},
+                                        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Teaching a node's keyword model its household's voices, with numpy and the TFLite runtime.
+
+A person's takes (each keyword said a few times, and some of their ordinary speech) are cut
+into the model's one-second windows as the collector scans an event; the model's embedding of
+each window (the input of its last layer) is the example. A new last layer is fitted to them:
+softmax cross-entropy over the takes (each word's windows, and the ordinary speech as
+``unknown``), pulled towards the shipped layer by an L2 penalty so that what the takes do not
+show (other voices, other rooms) keeps the shipped model's answers. Everything before the last
+layer is the shipped model, so the front end and the threshold stay what they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinyml_core.messages import UNKNOWN_LABEL
+from tinyml_core.models import ClassifierHead, KeywordSpotter
+
+Clip = tuple[int, np.ndarray]  # (sample rate, samples)
+
+SHIFTS = (-2, -1, 0, 1, 2)  # windows either side of a take's peak (0.1 s hops): time shifts
+
+
+@dataclass
+class Takes:
+    """What one person recorded: keyword takes by word, and ordinary speech."""
+
+    person: str
+    words: dict[str, list[Clip]] = field(default_factory=dict)
+    speech: list[Clip] = field(default_factory=list)  # not a keyword: their ordinary talk
+
+    @property
+    def count(self) -> int:
+        return sum(len(clips) for clips in self.words.values())
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    l2: float = 0.001  # pull towards the shipped layer (per weight, against the mean loss)
+    takes_weight: float = 1.0  # the takes' share of the loss against the anchors'
+    # As the model was trained (config/recipes.toml): hard targets would make the layer surer
+    # of itself than the shipped one, and the shipped threshold would accept more.
+    label_smoothing: float = 0.1
+    steps: int = 300
+    learning_rate: float = 0.05
+    hop_s: float = 0.1
+
+
+def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
+                  hop_s: float = 0.1) -> np.ndarray:
+    """Embeddings of the windows where the word is: the window the shipped model finds the
+    word in most (or, where it finds no word, the loudest second), and its neighbours."""
+    rate, samples = clip
+    _, windows = spotter.windows(samples, rate, hop_s)
+    base = spotter.with_head(None)
+    probabilities = base.classify_features(windows)
+    peak = int(probabilities[:, spotter.labels.index(word)].argmax())
+    chosen = sorted({min(len(windows) - 1, max(0, peak + shift)) for shift in SHIFTS})
+    return spotter.embed_features(windows[chosen])
+
+
+def speech_examples(spotter: KeywordSpotter, clip: Clip, hop_s: float = 0.1) -> np.ndarray:
+    """Embeddings of every window of ordinary speech."""
+    rate, samples = clip
+    _, windows = spotter.windows(samples, rate, hop_s)
+    return spotter.embed_features(windows)
+
+
+def examples(spotter: KeywordSpotter, households: Iterable[Takes],
+             settings: AdaptSettings = AdaptSettings()) -> tuple[np.ndarray, np.ndarray]:
+    """All takes as (embeddings [N, D], label indices [N])."""
+    unknown = spotter.labels.index(UNKNOWN_LABEL)
+    rows, targets = [], []
+    for takes in households:
+        for word, clips in takes.words.items():
+            target = spotter.labels.index(word)
+            for clip in clips:
+                found = take_examples(spotter, word, clip, settings.hop_s)
+                rows.append(found)
+                targets += [target] * len(found)
+        for clip in takes.speech:
+            found = speech_examples(spotter, clip, settings.hop_s)
+            rows.append(found)
+            targets += [unknown] * len(found)
+    if not rows:
+        raise ValueError("no takes to adapt from")
+    return np.concatenate(rows).astype(np.float32), np.array(targets)
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """A generic sample the shipped model was trained on (embeddings and labels): what the
+    household's layer must go on answering as before."""
+
+    embeddings: np.ndarray
+    targets: np.ndarray
+
+    @classmethod
+    def of_clips(cls, spotter: KeywordSpotter, clips: Sequence[Clip],
+                 targets: Sequence[int]) -> Anchors:
+        features = np.stack([spotter.features(samples, rate) for rate, samples in clips])
+        return cls(spotter.embed_features(features), np.asarray(targets))
+
+
+def _balanced(targets: np.ndarray, labels: int, total: float) -> np.ndarray:
+    """Weights that give each label present the same share of ``total``."""
+    counts = np.bincount(targets, minlength=labels).astype(np.float64)
+    present = counts > 0
+    weights: np.ndarray = (total / np.where(present, counts, 1.0))[targets] / present.sum()
+    return weights
+
+
+def fit_head(base: ClassifierHead, embeddings: np.ndarray, targets: np.ndarray,
+             settings: AdaptSettings = AdaptSettings(),
+             anchors: Anchors | None = None) -> ClassifierHead:
+    """A last layer for these examples, started from and pulled towards ``base`` (Adam on
+    the class-balanced cross-entropy of the takes, ``settings.takes_weight`` times that of
+    the anchors, plus ``l2`` times the squared distance to ``base``)."""
+    labels = len(base.bias)
+    sample_weight = _balanced(targets, labels, 1.0)
+    x = embeddings.astype(np.float64)
+    if anchors is not None:
+        sample_weight = np.concatenate([
+            sample_weight * settings.takes_weight,
+            _balanced(anchors.targets, labels, 1.0)]) / (settings.takes_weight + 1)
+        x = np.concatenate([x, anchors.embeddings.astype(np.float64)])
+        targets = np.concatenate([targets, anchors.targets])
+    one_hot = np.eye(labels)[targets] * (1 - settings.label_smoothing) \
+        + settings.label_smoothing / labels
+    w0, b0 = base.weights.astype(np.float64), base.bias.astype(np.float64)
+    w, b = w0.copy(), b0.copy()
+    moments = [np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)]
+    low, high = base.logit_range
+    for step in range(1, settings.steps + 1):
+        logits = x @ w.T + b
+        # The clip the quantized model applies: no gradient through a clipped logit.
+        inside = (logits > low) & (logits < high)
+        logits = np.clip(logits, low, high)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        grad_logits = (p - one_hot) * sample_weight[:, None] * inside
+        grad_w = grad_logits.T @ x + 2 * settings.l2 * (w - w0)
+        grad_b = grad_logits.sum(axis=0) + 2 * settings.l2 * (b - b0)
+        for index, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
+            m, v = moments[2 * index], moments[2 * index + 1]
+            m *= 0.9
+            m += 0.1 * grad
+            v *= 0.999
+            v += 0.001 * grad * grad
+            param -= settings.learning_rate * (m / (1 - 0.9 ** step)) / (
+                np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+    return ClassifierHead(w.astype(np.float32), b.astype(np.float32), base.logit_range)
+
+
+def adapt(spotter: KeywordSpotter, households: Sequence[Takes],
+          settings: AdaptSettings = AdaptSettings(),
+          anchors: Anchors | None = None) -> ClassifierHead:
+    """The household's last layer for ``spotter`` (made with ``embedding=True``)."""
+    if spotter.model.head is None:
+        raise ValueError(f"{spotter.name}: load it with embedding=True to adapt it")
+    unknown_words = {word for takes in households for word in takes.words} - set(
+        spotter.contract.keywords)
+    if unknown_words:
+        raise ValueError(f"not keywords of {spotter.name}: {', '.join(sorted(unknown_words))}")
+    x, y = examples(spotter, households, settings)
+    return fit_head(spotter.model.head, x, y, settings, anchors)
+
+
+def words_said(households: Iterable[Takes]) -> Mapping[str, int]:
+    counts: dict[str, int] = {}
+    for takes in households:
+        for word, clips in takes.words.items():
+            counts[word] = counts.get(word, 0) + len(clips)
+    return counts
