@@ -47,6 +47,7 @@ from training.speakers import fold_dir, fold_of  # noqa: E402
 from training.speech import SpeechData, read_clip, split_paths  # noqa: E402
 from training.stream import (  # noqa: E402
     RATE,
+    ScansOnce,
     StreamResult,
     build_stream,
     capture_events,
@@ -157,6 +158,12 @@ def main() -> int:
                         help=f"pull towards the shipped layer (default {AdaptSettings.l2})")
     parser.add_argument("--steps", type=int, default=AdaptSettings.steps)
     parser.add_argument("--takes-weight", type=float, default=AdaptSettings.takes_weight)
+    parser.add_argument("--label-smoothing", type=float, default=AdaptSettings.label_smoothing)
+    parser.add_argument("--no-clip", action="store_true",
+                        help="let the household's layer pass the int8 model's logit range")
+    parser.add_argument("--thresholds", type=float, nargs="+",
+                        default=[0.5, 0.6, 0.7, 0.76, 0.8, 0.85, 0.9, 0.95],
+                        help="thresholds to sweep (the default's row is the headline)")
     parser.add_argument("--anchors", type=int, default=2000, metavar="N",
                         help="windows of the fold model's own training data the household's "
                              "layer keeps answering as before (0: none; default 2000)")
@@ -175,7 +182,9 @@ def main() -> int:
     threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
     print(f"{args.model} at threshold {threshold:.2f}; folds {folds}; enrolling with "
           f"{args.takes} takes per word")
-    rows: dict[str, list[StreamResult]] = defaultdict(list)
+    rows: dict[tuple[str, str, float], list[StreamResult]] = defaultdict(list)
+    names = ["base"] + [f"takes {t}" for t in args.takes]
+    sweep = sorted({*args.thresholds, threshold})
     timings: dict[int, list[float]] = defaultdict(list)
     report: list[dict[str, Any]] = []
     for fold in folds:
@@ -199,37 +208,52 @@ def main() -> int:
             line = {"fold": fold, "household": number, "members": [m.speaker for m in members],
                     "not_enrolled": stranger.speaker, "test_keywords": len(tests),
                     "minutes": round(home.hours * 60, 1)}
-            for name, spotter in [("base", base)] + [
-                    (f"takes {t}", None) for t in args.takes]:
-                if spotter is None:
+            for name in names:
+                spotter = base
+                if name != "base":
                     per_word = int(name.split()[1])
                     started = time.perf_counter()
                     head = adapt(base, [m.enrollment(per_word) for m in members],
                                  AdaptSettings(l2=args.l2, steps=args.steps,
-                                               takes_weight=args.takes_weight), anchors)
+                                               takes_weight=args.takes_weight,
+                                               label_smoothing=args.label_smoothing,
+                                               clip_logits=not args.no_clip), anchors)
                     timings[per_word].append(time.perf_counter() - started)
                     spotter = base.with_head(head)
-                enrolled = answer(home, home_events, directory, args.model, spotter, threshold)
-                other = answer(guest, guest_events, directory, args.model, spotter, threshold)
-                rows[f"{name} enrolled"].append(enrolled)
-                rows[f"{name} not enrolled"].append(other)
-                line[name] = {"enrolled": enrolled.row(), "not_enrolled": other.row()}
+                spotter = ScansOnce(spotter)  # each event scanned once for every threshold
+                for who, stream, events in (("enrolled", home, home_events),
+                                            ("not enrolled", guest, guest_events)):
+                    for value in sweep:
+                        rows[(name, who, value)].append(
+                            answer(stream, events, directory, args.model, spotter, value))
+                line[name] = {"enrolled": rows[(name, "enrolled", threshold)][-1].row(),
+                              "not_enrolled": rows[(name, "not enrolled", threshold)][-1].row()}
             report.append(line)
             print(f"fold {fold} household {number}: {len(tests)} test keywords, "
                   f"{home.hours * 60:.1f} min; " + "; ".join(
                       f"{name} {line[name]['enrolled']['recall']:.0%} at "
                       f"{line[name]['enrolled']['false_accepts']} false"
-                      for name in ["base"] + [f"takes {t}" for t in args.takes]), flush=True)
+                      for name in names), flush=True)
     print(f"\n{len(report)} households of {MEMBERS} enrolled members and one who did not "
-          "enroll, never heard by their fold's model")
+          f"enroll, never heard by their fold's model; at the default threshold {threshold:.2f}")
     print(f"{'':22} {'recall':>8} {'false/h':>8} {'keywords':>9} {'hours':>6}")
-    summary = {}
-    for name, found in rows.items():
-        total = added(found)
-        summary[name] = total.row() | {"keywords": total.keywords, "hours": round(total.hours, 2)}
-        print(f"{name:22} {total.recall:>8.1%} {total.false_per_hour:>8.1f} "
-              f"{total.keywords:>9} {total.hours:>6.2f}  "
-              + ", ".join(f"{k} {v}" for k, v in sorted(total.by_kind.items())))
+    summary: dict[str, Any] = {}
+    for name in names:
+        for who in ("enrolled", "not enrolled"):
+            total = added(rows[(name, who, threshold)])
+            summary[f"{name} {who}"] = total.row() | {"keywords": total.keywords,
+                                                      "hours": round(total.hours, 2)}
+            print(f"{name + ' ' + who:22} {total.recall:>8.1%} {total.false_per_hour:>8.1f} "
+                  f"{total.keywords:>9} {total.hours:>6.2f}  "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(total.by_kind.items())))
+    print("\nenrolled members by threshold (recall / false accepts an hour):")
+    print(f"{'threshold':>9} " + " ".join(f"{name:>16}" for name in names))
+    for value in sweep:
+        cells = [added(rows[(name, "enrolled", value)]) for name in names]
+        print(f"{value:>9.2f} " + " ".join(
+            f"{c.recall:>8.1%} {c.false_per_hour:>6.1f}/h" for c in cells))
+    summary["sweep"] = {f"{value:.2f}": {name: added(rows[(name, "enrolled", value)]).row()
+                                         for name in names} for value in sweep}
     for per_word, seconds in sorted(timings.items()):
         print(f"enrollment with {per_word} takes per word: {np.mean(seconds):.2f} s per "
               f"household of {MEMBERS} (max {max(seconds):.2f} s)")

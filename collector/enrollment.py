@@ -22,6 +22,7 @@ from tinyml_core.models import ClassifierHead, KeywordSpotter
 Clip = tuple[int, np.ndarray]  # (sample rate, samples)
 
 SHIFTS = (-2, -1, 0, 1, 2)  # windows either side of a take's peak (0.1 s hops): time shifts
+PAD_S = 0.2  # quiet added either side of a take
 
 
 @dataclass
@@ -44,6 +45,9 @@ class AdaptSettings:
     # As the model was trained (config/recipes.toml): hard targets would make the layer surer
     # of itself than the shipped one, and the shipped threshold would accept more.
     label_smoothing: float = 0.1
+    # The int8 model's own logits cannot pass its output's range (often about 2.6): a float
+    # layer may, and may then be surer than the shipped model ever is.
+    clip_logits: bool = True
     steps: int = 300
     learning_rate: float = 0.05
     hop_s: float = 0.1
@@ -54,7 +58,9 @@ def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
     """Embeddings of the windows where the word is: the window the shipped model finds the
     word in most (or, where it finds no word, the loudest second), and its neighbours."""
     rate, samples = clip
-    _, windows = spotter.windows(samples, rate, hop_s)
+    # Quiet either side, so that a one-second take still gives windows shifted in time.
+    pad = np.zeros(int(PAD_S * rate), dtype=samples.dtype)
+    _, windows = spotter.windows(np.concatenate([pad, samples, pad]), rate, hop_s)
     base = spotter.with_head(None)
     probabilities = base.classify_features(windows)
     peak = int(probabilities[:, spotter.labels.index(word)].argmax())
@@ -133,7 +139,7 @@ def fit_head(base: ClassifierHead, embeddings: np.ndarray, targets: np.ndarray,
     w0, b0 = base.weights.astype(np.float64), base.bias.astype(np.float64)
     w, b = w0.copy(), b0.copy()
     moments = [np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)]
-    low, high = base.logit_range
+    low, high = base.logit_range if settings.clip_logits else (-np.inf, np.inf)
     for step in range(1, settings.steps + 1):
         logits = x @ w.T + b
         # The clip the quantized model applies: no gradient through a clipped logit.
@@ -152,7 +158,7 @@ def fit_head(base: ClassifierHead, embeddings: np.ndarray, targets: np.ndarray,
             v += 0.001 * grad * grad
             param -= settings.learning_rate * (m / (1 - 0.9 ** step)) / (
                 np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
-    return ClassifierHead(w.astype(np.float32), b.astype(np.float32), base.logit_range)
+    return ClassifierHead(w.astype(np.float32), b.astype(np.float32), (low, high))
 
 
 def adapt(spotter: KeywordSpotter, households: Sequence[Takes],

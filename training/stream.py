@@ -210,7 +210,7 @@ class ScansOnce(KeywordSpotter):
     (the decision after the scan is the collector's own, run again per threshold)."""
 
     def __init__(self, spotter: KeywordSpotter) -> None:
-        super().__init__(spotter.name, spotter.entry, spotter.model)
+        super().__init__(spotter.name, spotter.entry, spotter.model, spotter.head)
         self._scans: dict[tuple[bytes, int, float], Scan] = {}
 
     def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1) -> Scan:
