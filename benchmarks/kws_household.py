@@ -42,6 +42,7 @@ from collector.enrollment import AdaptSettings, Anchors, Takes, adapt  # noqa: E
 from collector.settings import CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import threshold_in_force  # noqa: E402
 from tinyml_core.models import KeywordSpotter, load_keyword_spotter  # noqa: E402
+from training.anchors import anchor_sample, fold_keep  # noqa: E402
 from training.negatives import Negatives, find_negatives, speaker  # noqa: E402
 from training.speakers import fold_dir, fold_of  # noqa: E402
 from training.speech import SpeechData, read_clip, split_paths  # noqa: E402
@@ -103,24 +104,11 @@ def households(members: list[Person]) -> list[tuple[list[Person], Person]]:
 
 def fold_anchors(spotter: KeywordSpotter, speech: SpeechData, negatives: Negatives, fold: int,
                  folds: int, count: int, seed: int) -> Anchors:
-    """``count`` clips the fold model trained on: 60 % keywords of the training split
-    (never the fold's own speakers), 20 % negatives' words, 20 % noise crops (silence)."""
-    from training.negatives import silence_clips
-
-    rng = np.random.default_rng(seed)
-    paths = split_paths(speech.root, "train")
-    trained = [i for i, path in enumerate(paths) if fold_of(speaker(path), folds) != fold]
-    keywords = rng.choice(trained, int(count * 0.6), replace=False)
-    clips = [speech.clips["train"][i] for i in keywords]
-    targets = [int(speech.targets["train"][i]) for i in keywords]
-    words = rng.choice(len(negatives.words["train"]), int(count * 0.2), replace=False)
-    clips += [negatives.words["train"][i] for i in words]
-    targets += [spotter.labels.index("unknown")] * len(words)
-    noise = silence_clips(negatives.noise_audio("train", RATE), int(count * 0.2), RATE, rng,
-                          (-50.0, -20.0))
-    clips += [(RATE, crop) for crop in noise]
-    targets += [spotter.labels.index("silence")] * len(noise)
-    return Anchors.of_clips(spotter, clips, targets)
+    """As training.anchors makes them for a shipped model: from what the fold model trained
+    on (never the fold's own speakers)."""
+    embeddings, targets = anchor_sample(spotter, speech, negatives, count, seed,
+                                        fold_keep(speech, fold, folds))
+    return Anchors(embeddings, targets)
 
 
 def answer(stream: Any, payloads: list[bytes], models: Path, model: str,
@@ -164,9 +152,10 @@ def main() -> int:
     parser.add_argument("--thresholds", type=float, nargs="+",
                         default=[0.5, 0.6, 0.7, 0.76, 0.8, 0.85, 0.9, 0.95],
                         help="thresholds to sweep (the default's row is the headline)")
-    parser.add_argument("--anchors", type=int, default=2000, metavar="N",
+    parser.add_argument("--anchors", type=int, default=1000, metavar="N",
                         help="windows of the fold model's own training data the household's "
-                             "layer keeps answering as before (0: none; default 2000)")
+                             "layer keeps answering as before (0: none; default 1000, as "
+                             "training.anchors makes them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="FILE")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,14 +21,17 @@ from tinyml_core.cli import (
     stop_on_signals,
     stop_on_thread_death,
 )
-from tinyml_core.errors import ModelLoadError, MqttError
+from tinyml_core.errors import ConfigError, ModelLoadError, MqttError
+from tinyml_core.models import load_anchors, load_keyword_spotter
 from tinyml_core.mqtt import MqttClient
 from tinyml_core.topics import validate_id
 
+from .enrolled import Enrollments
+from .enrollment import Anchors, read_takes
 from .homeassistant import removal_messages
 from .inference import Inference
 from .recorder import default_filters, open_output, record
-from .settings import CollectorSettings
+from .settings import CollectorSettings, enrollment_path
 from .worker import Worker
 
 DEFAULT_CONFIG = os.environ.get("TINYML_COLLECTOR_CONFIG")
@@ -83,7 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("node_ids", nargs="+", metavar="NODE")
     add_broker_arguments(remove, DEFAULT_CONFIG)
     add_logging_arguments(remove)
-    for command in (show, run, recorder, remove):
+    enroll = commands.add_parser(
+        "enroll", help="teach a node's keyword model its household's voices",
+        description="Fit NODE's own last layer of the keyword model to a person's takes: "
+                    "DIR holds <word>/*.wav (each keyword said a few times; any sample rate) "
+                    "and _unknown_/*.wav (their other speech). Several people add up; a "
+                    "running collector with the same config picks the change up within a "
+                    "few seconds. Only NODE answers with it; numpy and the TFLite runtime "
+                    "only (no TensorFlow).")
+    enroll.add_argument("node_id", metavar="NODE")
+    enroll.add_argument("folder", nargs="?", type=Path, metavar="DIR",
+                        help="the person's takes (<word>/*.wav, _unknown_/*.wav)")
+    enroll.add_argument("--person", help="whose takes (default: the folder's name)")
+    enroll.add_argument("--list", action="store_true", help="who is enrolled on NODE")
+    enroll.add_argument("--remove", metavar="NAME", help="forget NAME's takes on NODE")
+    add_broker_arguments(enroll, DEFAULT_CONFIG)
+    add_logging_arguments(enroll)
+    for command in (show, run, recorder, remove, enroll):
         command.add_argument("--models", help="models folder (overrides [collector] models_dir)")
     return parser
 
@@ -108,6 +128,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return record_command(args, settings)
     if args.command == "ha-remove":
         return ha_remove_command(args, settings)
+    if args.command == "enroll":
+        return enroll_command(args, settings)
     options = settings.collector
     inference = Inference.from_options(options)
     if not inference.forecasters and inference.spotter is None:
@@ -149,6 +171,56 @@ def ha_remove_command(args: argparse.Namespace, settings: CollectorSettings) -> 
         if not all(handle.wait(10) for handle in handles):
             raise MqttError("the broker did not acknowledge every removal within 10 s")
     print(f"removed {len(args.node_ids)} node(s) from Home Assistant ({len(handles)} configs)")
+    return 0
+
+
+def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int:
+    options = settings.collector
+    validate_id(args.node_id)
+    path = enrollment_path(options)
+    if path is None:
+        raise ConfigError("enrollment_path is empty: this collector keeps no enrollments")
+    try:
+        store = Enrollments.load(path)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if args.list:
+        node = store.nodes.get(args.node_id)
+        if node is None:
+            print(f"{args.node_id}: nobody enrolled (it answers with the shipped model)")
+            return 0
+        print(f"{args.node_id}: {len(node.people)} people on {node.base_model} "
+              f"{node.base_sha256[:8]} (model_version …{node.version})")
+        for person in node.people.values():
+            print(f"  {person.describe()}")
+        return 0
+    spotter = load_keyword_spotter(options.models_dir, options.keyword_model, embedding=True)
+    shipped = load_anchors(options.models_dir, options.keyword_model)
+    if shipped is None:
+        raise ConfigError(f"{options.keyword_model} has no anchors (its training data the "
+                          f"node's layer is fitted beside): make them with `python -m "
+                          f"training.anchors {options.keyword_model}`")
+    anchors = Anchors(*shipped)
+    started = time.perf_counter()
+    try:
+        if args.remove:
+            left = store.remove(args.node_id, args.remove, spotter, anchors=anchors)
+            done = (f"removed {args.remove} from {args.node_id}; "
+                    + (f"{len(left.people)} people left" if left is not None
+                       else "it answers with the shipped model again"))
+        else:
+            if args.folder is None:
+                raise ValueError("give the folder of takes (or --list, --remove NAME)")
+            person = args.person or args.folder.resolve().name
+            takes = read_takes(args.folder, person, spotter.contract.keywords)
+            node = store.add(args.node_id, takes, spotter, anchors=anchors)
+            done = (f"enrolled {person} on {args.node_id}: {takes.count} takes of "
+                    f"{len(takes.words)} words, {len(takes.speech)} clips of other speech; "
+                    f"{len(node.people)} people in all (model_version …{node.version})")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    store.save()
+    print(f"{done} ({time.perf_counter() - started:.1f} s; {path})")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -51,6 +52,9 @@ class AdaptSettings:
     steps: int = 300
     learning_rate: float = 0.05
     hop_s: float = 0.1
+
+
+ADAPT = AdaptSettings()  # as collector enroll and a running collector adapt
 
 
 def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
@@ -181,3 +185,53 @@ def words_said(households: Iterable[Takes]) -> Mapping[str, int]:
         for word, clips in takes.words.items():
             counts[word] = counts.get(word, 0) + len(clips)
     return counts
+
+
+UNKNOWN_FOLDER = "_unknown_"  # a person's other speech (Speech Commands' convention)
+MAX_TAKE_S = 10.0
+MIN_TAKE_S = 0.25
+QUIET_DBFS = -70.0  # a take whose loudest 50 ms stays below this is silence (nothing recorded)
+
+
+def check_take(path: Path, rate: int, samples: np.ndarray) -> None:
+    """A take must be a sound of a plausible length; ValueError naming the file otherwise."""
+    seconds = len(samples) / rate if rate > 0 else 0.0
+    if not 8_000 <= rate <= 48_000:
+        raise ValueError(f"{path}: sampled at {rate} Hz; takes need 8-48 kHz")
+    if not MIN_TAKE_S <= seconds <= MAX_TAKE_S:
+        raise ValueError(f"{path}: {seconds:.2f} s long; a take is {MIN_TAKE_S}-{MAX_TAKE_S:g} s")
+    audio = samples.astype(np.float32) / 32768
+    block = max(1, int(0.05 * rate))
+    usable = len(audio) // block * block
+    loudest = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, block)), axis=1)).max() \
+        if usable else 0.0
+    if 20 * np.log10(loudest + 1e-12) < QUIET_DBFS:
+        raise ValueError(f"{path}: silence (loudest {20 * np.log10(loudest + 1e-12):.0f} dBFS)")
+
+
+def read_takes(folder: Path, person: str, keywords: Sequence[str]) -> Takes:
+    """``<word>/*.wav`` takes and ``_unknown_/*.wav`` other speech of one person, at any rate
+    (stereo is mixed down); ValueError with the reason for anything else."""
+    from tinyml_core.recordings import RecordingError, read_wav
+
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    takes = Takes(person)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name != UNKNOWN_FOLDER and sub.name not in keywords:
+            raise ValueError(f"{sub}: not a keyword of the model ({', '.join(keywords)}) nor "
+                             f"{UNKNOWN_FOLDER} (other speech)")
+        for path in sorted(sub.glob("*.wav")):
+            try:
+                rate, samples = read_wav(path)
+            except RecordingError as error:
+                raise ValueError(str(error)) from None
+            check_take(path, rate, samples)
+            if sub.name == UNKNOWN_FOLDER:
+                takes.speech.append((rate, samples))
+            else:
+                takes.words.setdefault(sub.name, []).append((rate, samples))
+    if not takes.words:
+        raise ValueError(f"{folder}: no takes (<word>/*.wav with a word in "
+                         f"{', '.join(keywords)})")
+    return takes

@@ -50,9 +50,11 @@ from tinyml_core.topics import (
 )
 
 from .confirmations import ConfirmationBook, Taking
+from .enrolled import Enrollments, enrolled_spotters
 from .ratelimit import NodeRateLimit
 from .settings import (
     CollectorOptions,
+    enrollment_path,
     journal_path,
     parse_node_models,
     parse_partition,
@@ -138,6 +140,12 @@ class Inference:
         # Taken by handle(), recorded by commit() once the answers were published.
         self._pending: list[tuple[str, str, int, float, tuple[float, float] | None]] = []
         self.readings = 0  # valid readings of the nodes this worker forecasts, repeats included
+        # Enrolled nodes answer with their own last layer (collector/enrolled.py).
+        self._models_dir, self._keyword_model = models_dir, keyword_model
+        self.enrollments: Enrollments | None = None
+        self._enrolled: dict[str, KeywordSpotter] = {}
+        self._enrollment_stamp: tuple[int, int] | None = None
+        self.enrollment_file: Path | None = None  # read again by refresh_enrollments()
         # A node's own forecaster replaces the one it was tuned from, for that node only.
         self._own: dict[str, dict[str, Forecaster]] = {}
         for node_id, name in (node_models or {}).items():
@@ -163,6 +171,46 @@ class Inference:
         # Least recently heard nodes are forgotten first.
         self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
 
+    def use_enrollments(self, path: Path | None) -> None:
+        """Answer the nodes enrolled in ``path`` with their own layers; read it again when it
+        changed since the last call (a person added while running needs no restart). A file
+        that cannot be used leaves every node as it was, with the reason in the log."""
+        if path is None or self.spotter is None:
+            return
+        try:
+            status = path.stat()
+            stamp = (status.st_mtime_ns, status.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._enrollment_stamp and self.enrollments is not None:
+            return
+        self._enrollment_stamp = stamp
+        try:
+            store = Enrollments.load(path)
+        except (OSError, ValueError) as error:
+            log.error("enrollments in %s not used: %s", path, error)
+            return
+        own: dict[str, KeywordSpotter] = {}
+        if store.nodes:
+            try:
+                spotter = load_keyword_spotter(self._models_dir, self.spotter.name,
+                                               embedding=True)
+            except ModelLoadError as error:
+                log.error("enrollments not used: %s", error)
+                return
+            own, refused = enrolled_spotters(store, spotter)
+            for reason in refused.values():
+                log.error("enrollment not used: %s", reason)
+        if own or self._enrolled:
+            log.info("enrolled nodes: %s", ", ".join(
+                f"{node} ({len(store.nodes[node].people)} people)" for node in sorted(own))
+                or "none")
+        self.enrollments, self._enrolled = store, own
+
+    def refresh_enrollments(self) -> None:
+        """Read the enrollment file again if it changed (the worker's loop calls this)."""
+        self.use_enrollments(self.enrollment_file)
+
     @property
     def repaired_steps(self) -> int:
         """Steps filled by a reading that arrived after newer ones (re-sent after a crash)."""
@@ -186,10 +234,13 @@ class Inference:
         gap_kinds = frozenset({SensorKind.CLIMATE.value} if options.share_group
                               else {kind.value for kind in SensorKind})
         book = ConfirmationBook(journal=journal_path(options), gap_kinds=gap_kinds)
-        return cls(options.models_dir, options.forecast_models, options.keyword_model,
-                   scan_settings(options), partition=parse_partition(options.partition),
-                   rate_limit=rate_limit, node_models=parse_node_models(options.node_models),
-                   confirmations=book)
+        inference = cls(options.models_dir, options.forecast_models, options.keyword_model,
+                        scan_settings(options), partition=parse_partition(options.partition),
+                        rate_limit=rate_limit,
+                        node_models=parse_node_models(options.node_models), confirmations=book)
+        inference.enrollment_file = enrollment_path(options)
+        inference.use_enrollments(inference.enrollment_file)
+        return inference
 
     def export_windows(self) -> list[dict[str, Any]]:
         """Every node's windows, least recently heard first (see collector/state.py)."""
@@ -363,11 +414,14 @@ class Inference:
         overlap) is not reported twice."""
         if self.spotter is None:
             return []
+        spotter = self._enrolled.get(clip.node_id, self.spotter)
+        version = model_version(spotter.entry)
+        if spotter is not self.spotter and self.enrollments is not None:
+            version += self.enrollments.nodes[clip.node_id].version
         started = time.perf_counter()
-        detections, scanned = find_keywords(self.spotter, clip.samples, clip.sample_rate,
-                                            self.scan)
+        detections, scanned = find_keywords(spotter, clip.samples, clip.sample_rate, self.scan)
         latency_ms = (time.perf_counter() - started) * 1000
-        labels = self.spotter.labels
+        labels = spotter.labels
         out = []
         for detection in detections:
             at = clip.time + detection.offset_s
@@ -376,7 +430,7 @@ class Inference:
                 self.repeated_keywords += 1
                 continue
             result = KeywordResult(
-                clip.node_id, self.spotter.name, model_version(self.spotter.entry), at,
+                clip.node_id, spotter.name, version, at,
                 latency_ms, min(scanned.inference_ms, latency_ms), detection.label,
                 {name: float(p) for name, p in zip(labels, detection.probabilities, strict=True)})
             out.append(Outgoing(prediction_topic(clip.node_id, PredictionKind.KEYWORD),

@@ -42,6 +42,10 @@ class CollectorOptions:
                               "stop and every state_save_s) and loaded at start ({id}: the "
                               "collector id); beside it, <path>.taken journals which messages "
                               "of each node were taken, as they are; empty: neither is saved")
+    enrollment_path: str = setting("var/{id}-enrolled.json", "the enrolled nodes' people and "
+                                   "keyword layers (`python -m collector enroll`; {id}: the "
+                                   "collector id), read at start and again when it changes; "
+                                   "empty: every node answers with the shipped model")
     state_save_s: float = setting(60.0, "seconds between saves of the windows while readings "
                                   "arrive, so a crash or power cut loses at most this much of "
                                   "them; 0: saved on a clean stop only", min=0.0, max=86_400)
@@ -55,6 +59,10 @@ class CollectorOptions:
     ha_discovery: bool = setting(False, "publish Home Assistant MQTT discovery config")
     stats_interval_s: float = setting(60.0, "seconds between statistics log lines",
                                       min=1.0, max=86_400)
+
+
+def enrollment_path(options: CollectorOptions) -> Path | None:
+    return state_path(options.enrollment_path, options.id)
 
 
 def journal_path(options: CollectorOptions) -> Path | None:

@@ -43,6 +43,7 @@ LATENCY_SAMPLES = 10_000
 CONFIRM_EVERY_S = 0.1  # how often handle() looks for due confirmations
 CONFIRM_IDLE_S = 0.2  # without messages, the worker's own loop does
 MAX_ANNOUNCED = 10_000
+ENROLLMENT_CHECK_S = 2.0  # how often the enrollment file is looked at for changes
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Worker:
         save_every = self.settings.collector.state_save_s
         next_save = time.monotonic() + save_every
         deadline = None if duration_s is None else time.monotonic() + duration_s
+        next_enrollment_check = time.monotonic() + ENROLLMENT_CHECK_S
         while not self.stop_requested.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -141,6 +143,10 @@ class Worker:
             if self.saver is not None and save_every and now >= next_save:
                 self.save_windows()
                 next_save = now + save_every
+            if now >= next_enrollment_check:  # `collector enroll` changed it: no restart
+                with self._windows_lock:  # between two messages
+                    self.inference.refresh_enrollments()
+                next_enrollment_check = now + ENROLLMENT_CHECK_S
             wake = next_stats if deadline is None else min(next_stats, deadline)
             self.stop_requested.wait(min(0.1, max(0.0, wake - now)))
 

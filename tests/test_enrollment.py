@@ -100,3 +100,156 @@ def test_words_that_are_not_keywords_are_refused(spotter: KeywordSpotter) -> Non
     plain = load_keyword_spotter(MODELS, "kws_b")
     with pytest.raises(ValueError, match="embedding=True"):
         adapt(plain, [Takes("ann", {"yes": clips(SPEECH / "yes")})])
+
+
+# --- the enrolled nodes: `collector enroll`, the file, and the collector answering with it ----
+
+MISSED = ("go", "3ffa3457_nohash_0.wav")  # kws_b takes this "go" for "down"
+
+
+def enroll_folder(tmp_path: Path, words: tuple[str, ...] = WORDS) -> Path:
+    import shutil
+
+    folder = tmp_path / "ann"
+    for word in (*words, "_unknown_"):
+        shutil.copytree(SPEECH / word, folder / word)
+    return folder
+
+
+def config_file(tmp_path: Path) -> Path:
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[collector]\nenrollment_path = "{tmp_path / "enrolled.json"}"\n'
+                      f'models_dir = "{MODELS}"\nstate_path = ""\n')
+    return config
+
+
+def run_enroll(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from collector.__main__ import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["enroll", *args])
+    return code, out.getvalue()
+
+
+def keyword_answers(inference: object, node_id: str, paths: list[Path], first: int = 0
+                    ) -> list[tuple[str, str]]:
+    """The collector's (label, model_version) answers to ``paths`` sent as sound events
+    numbered from ``first`` (a number sent again is a re-send, answered once)."""
+    from tinyml_core.messages import AudioClip, KeywordResult
+    from tinyml_core.topics import audio_topic
+
+    answers = []
+    for index, path in enumerate(paths, start=first):
+        rate, samples = read_wav(path)
+        clip = AudioClip.from_samples(node_id, 1_767_225_600.0 + 10 * index, index, rate,
+                                      samples)
+        for out in inference.handle(audio_topic(node_id), clip.encode()):  # type: ignore[attr-defined]
+            result = KeywordResult.decode(out.payload)
+            answers.append((result.label, result.model_version))
+    return answers
+
+
+def test_an_enrolled_node_answers_with_its_own_layer_and_says_so(tmp_path: Path) -> None:
+    from collector.inference import Inference
+    from collector.settings import CollectorOptions
+
+    config = config_file(tmp_path)
+    options = CollectorOptions(models_dir=str(MODELS), state_path="",
+                               enrollment_path=str(tmp_path / "enrolled.json"))
+    rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])
+    shipped = load_keyword_spotter(MODELS, "kws_b")
+    before = shipped.classify(samples, rate)
+    assert shipped.labels[int(before.argmax())] == "down"  # the shipped model's mistake
+
+    code, out = run_enroll("kitchen", str(enroll_folder(tmp_path)), "--config", str(config))
+    assert code == 0, out
+    assert "enrolled ann on kitchen: 16 takes of 8 words, 4 clips of other speech" in out
+
+    after = Inference.from_options(options)
+    own = after._enrolled["kitchen"]
+    probabilities = own.classify(samples, rate)
+    assert own.labels[int(probabilities.argmax())] == "go"  # the person's word now leads
+    assert probabilities[own.labels.index("go")] > before[own.labels.index("go")] + 0.3
+    (_, version), = keyword_answers(after, "kitchen", [SPEECH / MISSED[0] / MISSED[1]])
+    assert "+enrolled-" in version
+    # Another node keeps the shipped model, and its version says so.
+    (_, version), = keyword_answers(after, "hallway", [SPEECH / MISSED[0] / MISSED[1]])
+    assert "+enrolled-" not in version
+
+
+def test_a_running_collector_picks_up_a_new_person_without_a_restart(tmp_path: Path) -> None:
+    from collector.inference import Inference
+    from collector.settings import CollectorOptions
+
+    options = CollectorOptions(models_dir=str(MODELS), state_path="",
+                               enrollment_path=str(tmp_path / "enrolled.json"))
+    inference = Inference.from_options(options)
+    missed = SPEECH / MISSED[0] / MISSED[1]
+    assert "+enrolled-" not in keyword_answers(inference, "kitchen", [missed])[0][1]
+    code, out = run_enroll("kitchen", str(enroll_folder(tmp_path)), "--config",
+                           str(config_file(tmp_path)))
+    assert code == 0, out
+    inference.refresh_enrollments()  # what the worker's loop does every few seconds
+    assert "+enrolled-" in keyword_answers(inference, "kitchen", [missed], first=1)[0][1]
+
+
+def test_list_remove_and_bad_input_change_nothing_they_should_not(tmp_path: Path) -> None:
+    config = ["--config", str(config_file(tmp_path))]
+    store = tmp_path / "enrolled.json"
+    code, out = run_enroll("kitchen", "--list", *config)
+    assert code == 0 and "nobody enrolled" in out
+    assert run_enroll("kitchen", str(enroll_folder(tmp_path, ("yes", "no"))), *config)[0] == 0
+    saved = store.read_bytes()
+
+    bad = tmp_path / "bob"
+    (bad / "marvin").mkdir(parents=True)
+    code, out = run_enroll("kitchen", str(bad), *config)
+    assert code != 0 and "marvin: not a keyword of the model" in out
+    silent = tmp_path / "quiet"
+    (silent / "yes").mkdir(parents=True)
+    from tinyml_core.recordings import write_wav
+
+    write_wav(silent / "yes" / "take.wav", 16000, np.zeros(16000, np.int16))
+    code, out = run_enroll("kitchen", str(silent), *config)
+    assert code != 0 and "silence" in out
+    write_wav(silent / "yes" / "take.wav", 16000, np.full(16000 * 20, 3000, np.int16))
+    code, out = run_enroll("kitchen", str(silent), *config)
+    assert code != 0 and "20.00 s long" in out
+    code, out = run_enroll("kitchen", "--remove", "bob", *config)
+    assert code != 0 and "'bob' is not enrolled on kitchen (ann is)" in out
+    code, out = run_enroll("not a node id", str(enroll_folder(tmp_path / "x")), *config)
+    assert code != 0
+    assert store.read_bytes() == saved  # none of these changed the file
+
+    code, out = run_enroll("kitchen", "--list", *config)
+    assert "ann: 4 takes (no 2, yes 2), 4 clips of other speech" in out
+    code, out = run_enroll("kitchen", "--remove", "ann", *config)
+    assert code == 0 and "answers with the shipped model again" in out
+
+
+def test_a_corrupt_or_foreign_enrollment_file_is_refused_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from collector.inference import Inference
+    from collector.settings import CollectorOptions
+
+    store = tmp_path / "enrolled.json"
+    config = ["--config", str(config_file(tmp_path))]
+    options = CollectorOptions(models_dir=str(MODELS), state_path="",
+                               enrollment_path=str(store))
+    for content, reason in ((b"{not json", "not JSON"),
+                            (b'{"format": "tinyml-windows", "version": 1}',
+                             "not a collector enrollment file"),
+                            (b'{"format": "tinyml-enrolled", "version": 1, "nodes": '
+                             b'{"kitchen": {"head": 3}}}', "node 'kitchen'")):
+        store.write_bytes(content)
+        code, out = run_enroll("kitchen", "--list", *config)
+        assert code != 0 and reason in out
+        inference = Inference.from_options(options)  # the collector runs, with no enrollment
+        assert reason in caplog.text
+        missed = SPEECH / MISSED[0] / MISSED[1]
+        assert "+enrolled-" not in keyword_answers(inference, "kitchen", [missed])[0][1]
+        assert store.read_bytes() == content

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -540,6 +541,55 @@ def load_keyword_spotter(models_dir: Path | str, name: str, num_threads: int = 1
     model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads,
                         embedding)
     return KeywordSpotter(name, entry, model)
+
+
+ANCHORS_SUFFIX = ".anchors.npz"
+MAX_ANCHORS_BYTES = 5_000_000
+
+
+def load_anchors(models_dir: Path | str, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The keyword model's anchors, if its manifest entry names them: embeddings [N, D]
+    (float32) of windows of its own training data and their labels [N] (``python -m
+    training.anchors``), checked against the manifest's sha256 and its model's file. An
+    enrolled node's layer is fitted beside them, so it goes on answering what its takes do
+    not show (noise, other words) as the shipped model does."""
+    directory = Path(models_dir)
+    entry = _entry(directory, name)
+    anchors = entry.get("anchors")
+    if anchors is None:
+        return None
+    file_name = anchors.get("file") if isinstance(anchors, dict) else None
+    if not isinstance(file_name, str) or "/" in file_name \
+            or not file_name.endswith(ANCHORS_SUFFIX):
+        raise ModelLoadError(f"{name}: manifest names no valid anchors file ({file_name!r})")
+    path = directory / file_name
+    try:
+        if path.stat().st_size > MAX_ANCHORS_BYTES:
+            raise ModelLoadError(f"{name}: {path} is larger than {MAX_ANCHORS_BYTES} bytes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{name}: anchors file {path} is missing") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{name}: {path} cannot be read ({exc.strerror})") from None
+    if file_sha256(data) != anchors.get("sha256"):
+        raise ModelLoadError(f"{name}: {path} is not the anchors the manifest names")
+    if anchors.get("model_sha256") != entry.get("sha256"):
+        raise ModelLoadError(f"{name}: {path} was made for another build of the model")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            if "codes" in archive:  # an int8 model's: its levels, and a code per value
+                embeddings = archive["levels"].astype(np.float32)[archive["codes"]]
+            else:
+                embeddings = archive["embeddings"].astype(np.float32)
+            targets = archive["targets"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"{name}: {path} is not an anchors archive ({exc})") from None
+    labels = len(entry["output"]["labels"])
+    if embeddings.ndim != 2 or targets.shape != (len(embeddings),) \
+            or not np.isfinite(embeddings).all() or targets.min(initial=0) < 0 \
+            or targets.max(initial=0) >= labels:
+        raise ModelLoadError(f"{name}: {path} holds anchors of the wrong shape or labels")
+    return embeddings, targets
 
 
 def model_version(entry: dict[str, Any]) -> str:

@@ -1,0 +1,241 @@
+"""The enrolled nodes: each node's people, what their takes showed the model, and the last
+layer fitted to all of them (collector/enrollment.py); kept in a state file
+(``[collector] enrollment_path``) that ``python -m collector enroll`` changes and a running
+collector reads again when it changes.
+
+A person's examples (the model's embeddings of their takes, with their labels) are kept, not
+their audio: enough to fit the node's layer again when someone is added or removed, and tied
+to the model they were made with (a node enrolled on another kws_b is refused with the reason,
+to be enrolled again).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml_core.models import ClassifierHead, KeywordSpotter, model_version
+from tinyml_core.statefile import read_state_file, write_state_file
+from tinyml_core.topics import validate_id
+
+from .enrollment import ADAPT, AdaptSettings, Anchors, Takes, examples, fit_head
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tinyml-enrolled"
+VERSION = 1
+MAX_PEOPLE = 20
+MAX_NAME = 64
+
+
+@dataclass
+class Person:
+    name: str
+    when: str  # ISO 8601, UTC
+    sha256: str  # of the takes' audio, as they were read
+    words: dict[str, int]  # takes per word
+    speech_clips: int
+    embeddings: np.ndarray  # [N, D] float32
+    targets: np.ndarray  # [N] label indices
+
+    def describe(self) -> str:
+        takes = ", ".join(f"{word} {count}" for word, count in sorted(self.words.items()))
+        return (f"{self.name}: {sum(self.words.values())} takes ({takes}), "
+                f"{self.speech_clips} clips of other speech, enrolled {self.when}")
+
+
+@dataclass
+class EnrolledNode:
+    node_id: str
+    base_model: str
+    base_sha256: str
+    people: dict[str, Person] = field(default_factory=dict)
+    head: ClassifierHead | None = None
+
+    @property
+    def version(self) -> str:
+        """What a keyword result names: the base model's version and this enrollment's."""
+        digest = hashlib.sha256(self.base_sha256.encode())
+        for name in sorted(self.people):
+            digest.update(f"{name}:{self.people[name].sha256}".encode())
+        return f"+enrolled-{digest.hexdigest()[:8]}"
+
+
+def takes_sha256(takes: Takes) -> str:
+    digest = hashlib.sha256()
+    for word in sorted(takes.words):
+        for rate, samples in takes.words[word]:
+            digest.update(f"{word}:{rate}:".encode() + np.ascontiguousarray(samples).tobytes())
+    for rate, samples in takes.speech:
+        digest.update(f"_speech:{rate}:".encode() + np.ascontiguousarray(samples).tobytes())
+    return digest.hexdigest()
+
+
+def _array(values: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(values)
+    return {"dtype": data.dtype.str, "shape": list(data.shape),
+            "data": base64.b64encode(data.tobytes()).decode()}
+
+
+def _from_array(document: dict[str, Any], what: str) -> np.ndarray:
+    try:
+        dtype = np.dtype(document["dtype"])
+        if dtype.kind not in "fiu":
+            raise ValueError(f"dtype {dtype}")
+        values = np.frombuffer(base64.b64decode(document["data"], validate=True), dtype=dtype)
+        return values.reshape([int(d) for d in document["shape"]]).copy()
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{what}: not an array ({error})") from None
+
+
+class Enrollments:
+    """The file of enrolled nodes, read and written whole (it is small: ~100 kB a person)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.nodes: dict[str, EnrolledNode] = {}
+
+    @classmethod
+    def load(cls, path: Path) -> Enrollments:
+        """The enrollments in ``path`` (none when it does not exist); ValueError with the
+        reason for a file that is not one, or is damaged."""
+        store = cls(path)
+        try:
+            document = read_state_file(path, FORMAT, VERSION, "collector enrollment file")
+        except FileNotFoundError:
+            return store
+        nodes = document.get("nodes")
+        if not isinstance(nodes, dict):
+            raise ValueError("no \"nodes\" table")
+        for node_id, entry in nodes.items():
+            store.nodes[node_id] = _node_from(node_id, entry)
+        return store
+
+    def save(self) -> None:
+        write_state_file(self.path, {"format": FORMAT, "version": VERSION, "nodes": {
+            node_id: _node_document(node) for node_id, node in sorted(self.nodes.items())}})
+
+    def add(self, node_id: str, takes: Takes, spotter: KeywordSpotter,
+            settings: AdaptSettings = ADAPT, anchors: Anchors | None = None) -> EnrolledNode:
+        """Enroll (or enroll again) one person of ``node_id``; the node's layer is fitted again
+        over everyone enrolled there. Nothing changes when it fails."""
+        validate_id(node_id)
+        if not takes.person or len(takes.person) > MAX_NAME or not takes.person.isprintable():
+            raise ValueError(f"a person's name is 1-{MAX_NAME} printable characters")
+        if spotter.model.head is None:
+            raise ValueError(f"{spotter.name}: load it with embedding=True to enroll")
+        node = self.nodes.get(node_id)
+        sha = str(spotter.entry.get("sha256", ""))
+        if node is not None and (node.base_model != spotter.name or node.base_sha256 != sha):
+            raise ValueError(f"{node_id} was enrolled on {node.base_model} "
+                             f"{node.base_sha256[:8]}, not this {spotter.name} {sha[:8]}: "
+                             f"remove its people and enroll them again")
+        people = dict(node.people) if node is not None else {}
+        if takes.person not in people and len(people) >= MAX_PEOPLE:
+            raise ValueError(f"{node_id} has {MAX_PEOPLE} people enrolled already")
+        x, y = examples(spotter, [takes], settings)
+        people[takes.person] = Person(
+            takes.person, datetime.now(UTC).isoformat(timespec="seconds"), takes_sha256(takes),
+            {word: len(clips) for word, clips in takes.words.items()}, len(takes.speech),
+            x.astype(np.float32), y.astype(np.int16))
+        fitted = EnrolledNode(node_id, spotter.name, sha, people)
+        fitted.head = _fit(spotter.model.head, people, settings, anchors)
+        self.nodes[node_id] = fitted
+        return fitted
+
+    def remove(self, node_id: str, person: str, spotter: KeywordSpotter,
+               settings: AdaptSettings = ADAPT, anchors: Anchors | None = None
+               ) -> EnrolledNode | None:
+        """Forget one person; the node's layer is fitted again over the others (or the node
+        answers with the shipped layer again when none is left)."""
+        node = self.nodes.get(node_id)
+        if node is None or person not in node.people:
+            known = ", ".join(sorted(node.people)) if node is not None else "nobody"
+            raise ValueError(f"{person!r} is not enrolled on {node_id} ({known} is)")
+        people = {name: p for name, p in node.people.items() if name != person}
+        if not people:
+            del self.nodes[node_id]
+            return None
+        if spotter.model.head is None:
+            raise ValueError(f"{spotter.name}: load it with embedding=True")
+        node.people = people
+        node.head = _fit(spotter.model.head, people, settings, anchors)
+        return node
+
+
+def _fit(base: ClassifierHead, people: dict[str, Person], settings: AdaptSettings,
+         anchors: Anchors | None) -> ClassifierHead:
+    x = np.concatenate([p.embeddings for p in people.values()])
+    y = np.concatenate([p.targets for p in people.values()]).astype(np.int64)
+    return fit_head(base, x, y, settings, anchors)
+
+
+def _node_document(node: EnrolledNode) -> dict[str, Any]:
+    assert node.head is not None
+    return {"base_model": node.base_model, "base_sha256": node.base_sha256,
+            "version": node.version,
+            "head": {"weights": _array(node.head.weights), "bias": _array(node.head.bias),
+                     "logit_range": [float(v) for v in node.head.logit_range]},
+            "people": {name: {"when": p.when, "sha256": p.sha256, "words": p.words,
+                              "speech_clips": p.speech_clips,
+                              "embeddings": _array(p.embeddings), "targets": _array(p.targets)}
+                       for name, p in sorted(node.people.items())}}
+
+
+def _node_from(node_id: str, entry: Any) -> EnrolledNode:
+    what = f"node {node_id!r}"
+    try:
+        validate_id(node_id)
+        head = entry["head"]
+        weights = _from_array(head["weights"], f"{what} weights").astype(np.float32)
+        bias = _from_array(head["bias"], f"{what} bias").astype(np.float32)
+        low, high = (float(v) for v in head["logit_range"])
+        if weights.ndim != 2 or bias.shape != (weights.shape[0],) \
+                or not np.isfinite(weights).all() or not np.isfinite(bias).all():
+            raise ValueError(f"{what}: a layer of shape {weights.shape} with bias {bias.shape}")
+        node = EnrolledNode(node_id, str(entry["base_model"]), str(entry["base_sha256"]),
+                            head=ClassifierHead(weights, bias, (low, high)))
+        for name, person in entry["people"].items():
+            node.people[name] = Person(
+                name, str(person["when"]), str(person["sha256"]),
+                {str(k): int(v) for k, v in person["words"].items()},
+                int(person["speech_clips"]),
+                _from_array(person["embeddings"], f"{what} {name}").astype(np.float32),
+                _from_array(person["targets"], f"{what} {name}").astype(np.int16))
+        return node
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{what}: missing or malformed {error}") from None
+    except Exception as error:  # the topic checks raise their own kind
+        if isinstance(error, ValueError):
+            raise
+        raise ValueError(f"{what}: {error}") from None
+
+
+def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter
+                      ) -> tuple[dict[str, KeywordSpotter], dict[str, str]]:
+    """Per enrolled node, ``spotter`` answering with the node's layer (``spotter`` made with
+    embedding=True); and why each node that cannot use it is left with the shipped layer."""
+    own, refused = {}, {}
+    sha = str(spotter.entry.get("sha256", ""))
+    for node_id, node in store.nodes.items():
+        if node.base_model != spotter.name or node.base_sha256 != sha:
+            refused[node_id] = (f"{node_id} was enrolled on {node.base_model} "
+                                f"{node.base_sha256[:8]}, this collector runs {spotter.name} "
+                                f"{sha[:8]}: enroll its people again")
+            continue
+        try:
+            own[node_id] = spotter.with_head(node.head)
+        except Exception as error:  # a layer of another shape: ModelLoadError
+            refused[node_id] = str(error)
+    return own, refused
+
+
+def version_of(spotter: KeywordSpotter, node: EnrolledNode | None) -> str:
+    return model_version(spotter.entry) + (node.version if node is not None else "")
