@@ -145,6 +145,8 @@ def main() -> int:
     parser.add_argument("--l2", type=float, default=AdaptSettings.l2,
                         help=f"pull towards the shipped layer (default {AdaptSettings.l2})")
     parser.add_argument("--steps", type=int, default=AdaptSettings.steps)
+    parser.add_argument("--variants", type=int, default=AdaptSettings.variants,
+                        help="varied copies of each take (speed, level, noise)")
     parser.add_argument("--takes-weight", type=float, default=AdaptSettings.takes_weight)
     parser.add_argument("--label-smoothing", type=float, default=AdaptSettings.label_smoothing)
     parser.add_argument("--no-clip", action="store_true",
@@ -206,7 +208,8 @@ def main() -> int:
                                  AdaptSettings(l2=args.l2, steps=args.steps,
                                                takes_weight=args.takes_weight,
                                                label_smoothing=args.label_smoothing,
-                                               clip_logits=not args.no_clip), anchors)
+                                               clip_logits=not args.no_clip,
+                                               variants=args.variants), anchors)
                     timings[per_word].append(time.perf_counter() - started)
                     spotter = base.with_head(head)
                 spotter = ScansOnce(spotter)  # each event scanned once for every threshold

@@ -187,11 +187,17 @@ def main() -> int:
                         help="choose the default threshold on the validation halves (the most "
                              "keywords at <= --max-false-per-hour)")
     parser.add_argument("--max-false-per-hour", type=float, default=5.0)
+    parser.add_argument("--smoothing", type=int, metavar="N",
+                        help="windows averaged before the threshold (default: the collector's "
+                             "keyword_smoothing, 3): to see whether another is better")
     parser.add_argument("--record", action="store_true",
                         help="store the default (with --choose-default) and the strangers' "
                              "numbers in the manifest; refresh models/REPORT.md")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     args = parser.parse_args()
+    if args.record and args.smoothing not in (None, CollectorOptions().keyword_smoothing):
+        parser.error("--record stores what the collector does: its smoothing is "
+                     f"{CollectorOptions().keyword_smoothing}")
     started = time.perf_counter()
     folds = {}
     for fold in args.fold or range(args.folds):
@@ -207,6 +213,8 @@ def main() -> int:
     negatives = Negatives.load()
     shipped = load_keyword_spotter(args.models, args.model)
     base = scan_settings(CollectorOptions())
+    if args.smoothing is not None:
+        base = replace(base, smoothing=args.smoothing)
     default = threshold_in_force(base, shipped)
     thresholds = sorted({*THRESHOLD_CHOICES, default})
     parts: dict[str, list[FoldPart]] = {half: [] for half in HALVES}
@@ -227,6 +235,7 @@ def main() -> int:
         else:
             default = chosen.threshold
     report: dict[str, Any] = {"model": args.model, "folds": args.folds,
+                              "smoothing": base.smoothing,
                               "folds_scored": sorted(folds), "seed": args.seed,
                               "default_threshold": default}
     for half in HALVES:

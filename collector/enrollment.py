@@ -24,6 +24,7 @@ Clip = tuple[int, np.ndarray]  # (sample rate, samples)
 
 SHIFTS = (-2, -1, 0, 1, 2)  # windows either side of a take's peak (0.1 s hops): time shifts
 PAD_S = 0.2  # quiet added either side of a take
+SPEEDS = (0.9, 0.95, 1.05, 1.1)
 
 
 @dataclass
@@ -52,9 +53,33 @@ class AdaptSettings:
     steps: int = 300
     learning_rate: float = 0.05
     hop_s: float = 0.1
+    # Each take also said a little faster or slower and in a little noise, this many times:
+    # a person's next take differs from the last one in speed, room and level.
+    variants: int = 0
+    seed: int = 0
 
 
 ADAPT = AdaptSettings()  # as collector enroll and a running collector adapt
+
+
+def variants(clip: Clip, count: int, rng: np.random.Generator) -> list[Clip]:
+    """The take, and ``count`` variants: speed 0.9-1.1 (resampled), level -6..+6 dB, pink-ish
+    noise 10-30 dB below it."""
+    from tinyml_core.frontend import resample, to_float
+
+    rate, samples = clip
+    audio = to_float(samples)
+    out = [clip]
+    for _ in range(count):
+        speed = float(rng.choice(SPEEDS))  # ratios the resampler takes in small steps
+        varied = resample(audio, round(rate * speed), rate)
+        level = np.sqrt(np.mean(np.square(varied)) + 1e-12)
+        noise = np.cumsum(rng.normal(0, 1, len(varied))).astype(np.float32)
+        noise -= np.convolve(noise, np.ones(64) / 64, mode="same")  # brown → pinkish
+        noise *= level * 10 ** (-rng.uniform(10, 30) / 20) / (np.std(noise) + 1e-12)
+        varied = (varied + noise) * 10 ** (rng.uniform(-6, 6) / 20)
+        out.append((rate, np.clip(np.round(varied * 32768), -32768, 32767).astype(np.int16)))
+    return out
 
 
 def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
@@ -83,14 +108,16 @@ def examples(spotter: KeywordSpotter, households: Iterable[Takes],
              settings: AdaptSettings = AdaptSettings()) -> tuple[np.ndarray, np.ndarray]:
     """All takes as (embeddings [N, D], label indices [N])."""
     unknown = spotter.labels.index(UNKNOWN_LABEL)
+    rng = np.random.default_rng(settings.seed)
     rows, targets = [], []
     for takes in households:
         for word, clips in takes.words.items():
             target = spotter.labels.index(word)
-            for clip in clips:
-                found = take_examples(spotter, word, clip, settings.hop_s)
-                rows.append(found)
-                targets += [target] * len(found)
+            for take in clips:
+                for clip in variants(take, settings.variants, rng):
+                    found = take_examples(spotter, word, clip, settings.hop_s)
+                    rows.append(found)
+                    targets += [target] * len(found)
         for clip in takes.speech:
             found = speech_examples(spotter, clip, settings.hop_s)
             rows.append(found)
