@@ -55,7 +55,7 @@ class AdaptSettings:
     hop_s: float = 0.1
     # Each take also said a little faster or slower and in a little noise, this many times:
     # a person's next take differs from the last one in speed, room and level.
-    variants: int = 0
+    variants: int = 8
     seed: int = 0
 
 
