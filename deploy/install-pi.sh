@@ -59,6 +59,8 @@ done
 node_id=$(hostname | tr -c 'A-Za-z0-9_.\n-' '-' | cut -c1-64)
 sed -i "s/^id = \"node-1\"/id = \"$node_id\"/" /etc/tinyml/node.toml
 sed -i 's|^spool_path = .*|spool_path = "var/node-spool.sqlite3"|' /etc/tinyml/node.toml
+# Absolute, so that `collector enroll` run from anywhere changes the file the unit reads.
+sed -i "s|^state_path = \"var/|state_path = \"$prefix/var/|; s|^enrollment_path = \"var/|enrollment_path = \"$prefix/var/|" /etc/tinyml/collector.toml
 
 say "Mosquitto drop-in: passwords, ACL, /etc/mosquitto/conf.d/tinyml.conf"
 install -d -m 750 -o root -g mosquitto /etc/mosquitto/tinyml
