@@ -253,3 +253,28 @@ def test_a_corrupt_or_foreign_enrollment_file_is_refused_with_the_reason(
         missed = SPEECH / MISSED[0] / MISSED[1]
         assert "+enrolled-" not in keyword_answers(inference, "kitchen", [missed])[0][1]
         assert store.read_bytes() == content
+
+
+def test_anchors_are_checked_against_the_manifest(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from tinyml_core.models import load_anchors
+
+    for name in ("manifest.json", "kws_b.tflite.zlib", "kws_b.anchors.npz"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    embeddings, targets = load_anchors(tmp_path, "kws_b") or (None, None)
+    assert embeddings is not None and targets is not None
+    assert embeddings.shape == (len(targets), 128) and set(targets) <= set(range(10))
+    data = bytearray((tmp_path / "kws_b.anchors.npz").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "kws_b.anchors.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="refusing a changed anchors"):
+        load_anchors(tmp_path, "kws_b")
+    shutil.copy(MODELS / "kws_b.anchors.npz", tmp_path / "kws_b.anchors.npz")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["models"]["kws_b"]["anchors"]["model_sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="another build of the model"):
+        load_anchors(tmp_path, "kws_b")
+    assert load_anchors(MODELS, "kws_a") is None  # no anchors: enrollment says how to make them

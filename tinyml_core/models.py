@@ -365,26 +365,34 @@ def load_model_bytes(models_dir: Path | str, name: str,
     """The decompressed .tflite of ``name`` after checking its size and sha256."""
     directory = Path(models_dir)
     entry = entry if entry is not None else _entry(directory, name)
-    file_name = entry.get("file")
-    if not isinstance(file_name, str) or "/" in file_name or not file_name.endswith(MODEL_SUFFIX):
-        raise ModelLoadError(f"{name}: manifest names no valid model file ({file_name!r})")
-    path = directory / file_name
-    try:
-        if path.stat().st_size > MAX_MODEL_BYTES:
-            raise ModelLoadError(f"{name}: {path} is larger than {MAX_MODEL_BYTES} bytes")
-        compressed = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelLoadError(f"{name}: model file {path} is missing") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{name}: {path} cannot be read ({exc.strerror})") from None
-    digest = file_sha256(compressed)
-    if digest != entry.get("sha256"):
-        raise ModelLoadError(f"{name}: {path} has sha256 {digest[:12]}…, the manifest says "
-                             f"{str(entry.get('sha256'))[:12]}…; refusing a changed model")
+    path, compressed = _checked_file(directory, name, "model", entry.get("file"), MODEL_SUFFIX,
+                                     MAX_MODEL_BYTES, entry.get("sha256"))
     try:
         return zlib.decompress(compressed)
     except zlib.error as exc:
         raise ModelLoadError(f"{name}: {path} is not zlib data ({exc})") from None
+
+
+def _checked_file(directory: Path, name: str, what: str, file_name: object, suffix: str,
+                  max_bytes: int, sha256: object) -> tuple[Path, bytes]:
+    """The bytes of a file a manifest entry names (a plain name in ``directory`` ending in
+    ``suffix``), refused unless its size and sha256 are what the manifest says."""
+    if not isinstance(file_name, str) or "/" in file_name or not file_name.endswith(suffix):
+        raise ModelLoadError(f"{name}: manifest names no valid {what} file ({file_name!r})")
+    path = directory / file_name
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ModelLoadError(f"{name}: {path} is larger than {max_bytes} bytes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{name}: {what} file {path} is missing") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{name}: {path} cannot be read ({exc.strerror})") from None
+    digest = file_sha256(data)
+    if digest != sha256:
+        raise ModelLoadError(f"{name}: {path} has sha256 {digest[:12]}…, the manifest says "
+                             f"{str(sha256)[:12]}…; refusing a changed {what}")
+    return path, data
 
 
 def _entry(directory: Path, name: str) -> dict[str, Any]:
@@ -558,21 +566,10 @@ def load_anchors(models_dir: Path | str, name: str) -> tuple[np.ndarray, np.ndar
     anchors = entry.get("anchors")
     if anchors is None:
         return None
-    file_name = anchors.get("file") if isinstance(anchors, dict) else None
-    if not isinstance(file_name, str) or "/" in file_name \
-            or not file_name.endswith(ANCHORS_SUFFIX):
-        raise ModelLoadError(f"{name}: manifest names no valid anchors file ({file_name!r})")
-    path = directory / file_name
-    try:
-        if path.stat().st_size > MAX_ANCHORS_BYTES:
-            raise ModelLoadError(f"{name}: {path} is larger than {MAX_ANCHORS_BYTES} bytes")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelLoadError(f"{name}: anchors file {path} is missing") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{name}: {path} cannot be read ({exc.strerror})") from None
-    if file_sha256(data) != anchors.get("sha256"):
-        raise ModelLoadError(f"{name}: {path} is not the anchors the manifest names")
+    if not isinstance(anchors, dict):
+        raise ModelLoadError(f"{name}: manifest's anchors are not a table")
+    path, data = _checked_file(directory, name, "anchors", anchors.get("file"), ANCHORS_SUFFIX,
+                               MAX_ANCHORS_BYTES, anchors.get("sha256"))
     if anchors.get("model_sha256") != entry.get("sha256"):
         raise ModelLoadError(f"{name}: {path} was made for another build of the model")
     try:
