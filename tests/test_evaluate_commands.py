@@ -155,3 +155,33 @@ def test_a_stream_long_enough_to_measure_suggests_a_threshold_for_the_config(
     chosen = float(advice.split()[0])
     assert 0.4 <= chosen <= 0.96 and f"set keyword_threshold = {chosen:.2f}" in advice
     assert "0.0 an hour" in advice  # the one false accept of this stream is below it
+
+
+def test_evaluate_answers_as_an_enrolled_node_does(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from collector.__main__ import main as collector_main
+
+    folder = tmp_path / "ann"
+    for word in ("go", "up", "right", "_unknown_"):  # each with a take kws_b gets wrong
+        shutil.copytree(SPEECH / word, folder / word)
+    config = tmp_path / "collector.toml"
+    store = tmp_path / "enrolled.json"
+    config.write_text(f'[collector]\nenrollment_path = "{store}"\n'
+                      f'models_dir = "{REPO_ROOT / "models"}"\n')
+    assert collector_main(["enroll", "kitchen", str(folder), "--config", str(config)]) == 0
+    capsys.readouterr()
+    shipped = evaluate_json(capsys, "kws_b", "--speech-dir", str(SPEECH))
+    enrolled = evaluate_json(capsys, "kws_b", "--speech-dir", str(SPEECH), "--enrolled",
+                             str(store), "--node", "kitchen")
+    recall_before, recall_after = shipped["recall"], enrolled["recall"]
+    assert isinstance(recall_before, dict) and isinstance(recall_after, dict)
+    # The enrolled words' takes (the model's mistakes among them) are answered better.
+    assert sum(recall_after[w] for w in ("go", "up", "right")) > \
+        sum(recall_before[w] for w in ("go", "up", "right"))
+    from training.evaluate import main
+
+    with pytest.raises(Exception, match="hallway is not enrolled"):
+        main(["kws_b", "--speech-dir", str(SPEECH), "--enrolled", str(store), "--node",
+              "hallway"])

@@ -55,11 +55,13 @@ def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
 
 
 def evaluate_clips(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
-                   targets: np.ndarray, show_progress: bool = False) -> dict[str, Any]:
-    """Accuracy, per-class recall and confusion matrix of the shipped file on ``clips``."""
+                   targets: np.ndarray, show_progress: bool = False,
+                   spotter: KeywordSpotter | None = None) -> dict[str, Any]:
+    """Accuracy, per-class recall and confusion matrix of the shipped file (or ``spotter``,
+    e.g. an enrolled node's) on ``clips``."""
     from tqdm.auto import tqdm
 
-    spotter = load_keyword_spotter(models_dir, name)
+    spotter = spotter or load_keyword_spotter(models_dir, name)
     batch = np.stack([spotter.features(clip, rate) for rate, clip in
                       tqdm(clips, desc=f"evaluate {name}", unit="clip", leave=False,
                            disable=not show_progress)])
@@ -176,7 +178,8 @@ MIN_HOURS_TO_CHOOSE = 0.5  # shorter, a single false accept decides the choice
 def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.ndarray]],
                      targets: np.ndarray, labels: Sequence[str],
                      unknown: Sequence[tuple[int, np.ndarray]],
-                     noise: list[tuple[str, np.ndarray]], seed: int = 0) -> None:
+                     noise: list[tuple[str, np.ndarray]], seed: int = 0,
+                     spotter: KeywordSpotter | None = None) -> None:
     """The folder's clips as one continuous stream through the node's capture and the
     collector's decision (training/stream.py); prints recall and false accepts per hour."""
     from collector.settings import CollectorOptions, scan_settings
@@ -205,10 +208,11 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
           f"other sounds from {UNKNOWN_FOLDER}/ and noise bursts, 1.5-3.5 s apart; "
           f"{len(payloads)} sound events")
     base = scan_settings(options)
-    default = threshold_in_force(base, load_keyword_spotter(models_dir, name))
+    spotter = spotter or load_keyword_spotter(models_dir, name)
+    default = threshold_in_force(base, spotter)
     shown = {0.4, 0.5, 0.6, 0.7, 0.8, 0.9, default}
     rows = threshold_table(stream, payloads, models_dir, name,
-                           sorted(shown | set(THRESHOLD_CHOICES)), base)
+                           sorted(shown | set(THRESHOLD_CHOICES)), base, spotter)
     print_table([row for row in rows if row.threshold in shown], default)
     chosen = choose_threshold(rows, FALSE_ACCEPT_BUDGET)
     print()
@@ -268,12 +272,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "continuous stream (noise from _background_noise_/*.wav if there) "
                              "through the node's capture and the collector's decision: recall "
                              "and false accepts per hour over thresholds")
+    parser.add_argument("--enrolled", type=Path, metavar="FILE",
+                        help="keyword models: answer as an enrolled node does, with its layer "
+                             "from this collector enrollment file (its enrollment_path); "
+                             "needs --node")
+    parser.add_argument("--node", metavar="NODE_ID", help="the enrolled node, with --enrolled")
     parser.add_argument("--confusion-png", type=Path,
                         help="where to save the confusion matrix (default: "
                              "<model>_confusion.png in the current folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_logging_arguments(parser)
     return parser.parse_args(argv)
+
+
+def enrolled_spotter(args: argparse.Namespace) -> KeywordSpotter:
+    """The model answering with ``--node``'s layer from ``--enrolled``."""
+    from collector.enrolled import Enrollments, enrolled_spotters
+
+    if not (args.enrolled and args.node):
+        raise climate.DataError("--enrolled FILE and --node NODE_ID go together")
+    try:
+        store = Enrollments.load(args.enrolled)
+    except (OSError, ValueError) as error:
+        raise climate.DataError(f"{args.enrolled}: {error}") from None
+    if args.node not in store.nodes:
+        raise climate.DataError(f"{args.node} is not enrolled in {args.enrolled} "
+                                f"({', '.join(sorted(store.nodes)) or 'nobody is'})")
+    own, refused = enrolled_spotters(store, load_keyword_spotter(args.models, args.model,
+                                                                 embedding=True))
+    if args.node in refused:
+        raise climate.DataError(refused[args.node])
+    log.info("answering as %s does: %d people enrolled", args.node,
+             len(store.nodes[args.node].people))
+    return own[args.node]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,13 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.speech_dir:
         raise climate.DataError("a keyword model needs --speech-dir DIR")
     labels = entry["output"]["labels"]
+    spotter = enrolled_spotter(args) if args.enrolled or args.node else \
+        load_keyword_spotter(args.models, args.model)
     clips, targets = speech_folder(args.speech_dir, labels)
     result = evaluate_clips(args.models, args.model, clips, targets,
-                            show_progress=not args.json)
+                            show_progress=not args.json, spotter=spotter)
     unknown, noise = other_sounds(args.speech_dir)
     if unknown:
-        result["unknown_as_keyword"] = keyword_rate(load_keyword_spotter(args.models, args.model),
-                                                    unknown)
+        result["unknown_as_keyword"] = keyword_rate(spotter, unknown)
         result["unknown_clips"] = len(unknown)
     if args.json:
         print(json.dumps({key: result[key] for key in ("model", "clips", "accuracy", "recall",
@@ -314,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{UNKNOWN_FOLDER}: {result['unknown_as_keyword']:.1%} of {len(unknown)} clips "
                   "given a keyword label")
     if args.stream:
-        stream_on_folder(args.models, args.model, clips, targets, labels, unknown, noise)
+        stream_on_folder(args.models, args.model, clips, targets, labels, unknown, noise,
+                         spotter=spotter)
     png = args.confusion_png or Path(f"{args.model}_confusion.png")
     from .report import pyplot, save_confusion_png
 

@@ -277,9 +277,12 @@ def _what_was_there(stream: Stream, at: float) -> str:
 
 def threshold_table(stream: Stream, payloads: Sequence[bytes], models_dir: Path | str,
                     model: str, thresholds: Sequence[float],
-                    base: ScanSettings | None = None) -> list[StreamResult]:
+                    base: ScanSettings | None = None,
+                    answering: KeywordSpotter | None = None) -> list[StreamResult]:
+    """The stream scored at each threshold, answered by the model (or ``answering``, e.g. an
+    enrolled node's)."""
     base = base or ScanSettings()
-    spotter = ScansOnce(load_keyword_spotter(models_dir, model))
+    spotter = ScansOnce(answering or load_keyword_spotter(models_dir, model))
     rows = []
     for threshold in thresholds:
         settings = replace(base, threshold=threshold)
