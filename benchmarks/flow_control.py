@@ -49,11 +49,21 @@ GAP_S = 0.8
 
 
 def words_wav(path: Path, events: int) -> None:
-    """``events`` sample words at 8 kHz, each after ``GAP_S`` of a quiet room."""
+    """``events`` sample words at 8 kHz, each after ``GAP_S`` of a quiet room; only the
+    samples the node's capture hears as exactly one sound event (two are too quiet for its
+    gate, a noise is cut in two), so that the WAV holds ``events`` of them."""
     clips = []
     for wav in sorted((REPO / "samples" / "speech").glob("*/*.wav")):
         rate, samples = read_wav(wav)
-        clips.append(resample(samples.astype(np.float32), rate, RATE))
+        audio = resample(samples.astype(np.float32), rate, RATE)
+        alone = path.with_name("one-word.wav")
+        quiet = np.zeros(int(GAP_S * RATE), np.float32)
+        write_wav(alone, RATE, np.concatenate([quiet, audio, quiet, quiet]).round()
+                  .astype(np.int16))
+        if sum(1 for _ in items_from_microphone(alone, "probe", capture(AudioSource()),
+                                                START, 0)) == 1:
+            clips.append(audio)
+        alone.unlink()
     noise = np.random.default_rng(0)
     parts = []
     for index in range(events):

@@ -290,7 +290,8 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
             "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
                        "--record"}
     entry["strangers"] = {
-        "folds": args.folds, "seed": args.seed, "default_threshold": report["default_threshold"],
+        "folds": args.folds, "folds_scored": report["folds_scored"], "seed": args.seed,
+        "smoothing": report["smoothing"], "default_threshold": report["default_threshold"],
         "test": {key: report["test"][key] for key in ("minutes", "keywords", "speakers",
                                                       "at_default", "rows", "per_fold")},
         "validation_at_default": validation, "singles": report["singles"],

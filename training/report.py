@@ -292,7 +292,8 @@ def strangers_section(entries: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     first = rows[0][1]
-    lines = [f"### Voices the model never heard ({first['folds']} speaker folds)", "",
+    scored = len(first.get("folds_scored", range(first["folds"])))
+    lines = [f"### Voices the model never heard ({scored} of {first['folds']} speaker folds)", "",
              "Built by `benchmarks/kws_strangers.py --record`: each speaker fold's model (the "
              "recipe trained without a fifth of the training speakers, `python -m "
              "training.speakers MODEL --keep data/folds`) on a stream of the speakers it never "
