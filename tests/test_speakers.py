@@ -46,3 +46,26 @@ def test_negatives_are_split_by_speaker_and_noise_by_time() -> None:
     assert speaker_part("0132a06d") == speaker_part("0132a06d")  # stable
     spans = [noise_span(1000, part) for part in ("train", "validation", "test")]
     assert [(s.start, s.stop) for s in spans] == [(0, 700), (700, 800), (800, 1000)]
+
+
+def test_the_strangers_halves_split_a_folds_speakers_and_the_anchors_skip_them() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from kws_strangers import held_out
+
+    from training.anchors import fold_keep
+
+    data = fake_split()
+    speakers = [speaker(p) for p in split_paths(data.root, "train")]
+    for fold in range(5):
+        halves = [held_out(data, fold, 5, half) for half in ("validation", "test")]
+        voices = [{speakers[int(clip[0])] for _, clip in clips} for clips, _, _ in halves]
+        assert voices[0] and voices[1] and not voices[0] & voices[1]
+        assert all(fold_of(s, 5) == fold for s in voices[0] | voices[1])
+        assert sum(len(clips) for clips, _, _ in halves) == sum(
+            fold_of(s, 5) == fold for s in speakers)
+        assert [len(v) for v in voices] == [count for _, _, count in halves]
+        # What a fold model's anchors are sampled from: only the speakers it trained on.
+        kept = {speakers[i] for i in fold_keep(data, fold, 5)}
+        assert not kept & (voices[0] | voices[1])
