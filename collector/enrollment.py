@@ -1,12 +1,15 @@
 """Teaching a node's keyword model its household's voices, with numpy and the TFLite runtime.
 
 A person's takes (each keyword said a few times, and some of their ordinary speech) are cut
-into the model's one-second windows as the collector scans an event; the model's embedding of
-each window (the input of its last layer) is the example. A new last layer is fitted to them:
-softmax cross-entropy over the takes (each word's windows, and the ordinary speech as
-``unknown``), pulled towards the shipped layer by an L2 penalty so that what the takes do not
-show (other voices, other rooms) keeps the shipped model's answers. Everything before the last
-layer is the shipped model, so the front end and the threshold stay what they were.
+into the model's one-second windows as the collector scans an event, a few shifted in time,
+each take also varied in speed, level and noise; the model's embedding of each window (the
+input of its last layer) is an example. A new last layer is fitted to them (softmax
+cross-entropy, each word's windows and the ordinary speech as ``unknown``) beside the model's
+anchors (its embeddings of windows of its own training data, training/anchors.py), and pulled
+towards the shipped layer by an L2 penalty, so that what the takes do not show (noise, other
+words, other voices) keeps the shipped model's answers. Everything before the last layer is
+the shipped model: the front end and the threshold stay what they were.
+benchmarks/kws_household.py measures it on households the model never heard.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class AdaptSettings:
     seed: int = 0
 
 
-ADAPT = AdaptSettings()  # as collector enroll and a running collector adapt
+ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
 
 
 def variants(clip: Clip, count: int, rng: np.random.Generator) -> list[Clip]:
@@ -105,7 +108,7 @@ def speech_examples(spotter: KeywordSpotter, clip: Clip, hop_s: float = 0.1) -> 
 
 
 def examples(spotter: KeywordSpotter, households: Iterable[Takes],
-             settings: AdaptSettings = AdaptSettings()) -> tuple[np.ndarray, np.ndarray]:
+             settings: AdaptSettings = ADAPT) -> tuple[np.ndarray, np.ndarray]:
     """All takes as (embeddings [N, D], label indices [N])."""
     unknown = spotter.labels.index(UNKNOWN_LABEL)
     rng = np.random.default_rng(settings.seed)
@@ -142,27 +145,27 @@ class Anchors:
         return cls(spotter.embed_features(features), np.asarray(targets))
 
 
-def _balanced(targets: np.ndarray, labels: int, total: float) -> np.ndarray:
-    """Weights that give each label present the same share of ``total``."""
+def _balanced(targets: np.ndarray, labels: int) -> np.ndarray:
+    """Weights summing to 1 that give each label present the same share."""
     counts = np.bincount(targets, minlength=labels).astype(np.float64)
     present = counts > 0
-    weights: np.ndarray = (total / np.where(present, counts, 1.0))[targets] / present.sum()
+    weights: np.ndarray = (1.0 / np.where(present, counts, 1.0))[targets] / present.sum()
     return weights
 
 
 def fit_head(base: ClassifierHead, embeddings: np.ndarray, targets: np.ndarray,
-             settings: AdaptSettings = AdaptSettings(),
+             settings: AdaptSettings = ADAPT,
              anchors: Anchors | None = None) -> ClassifierHead:
     """A last layer for these examples, started from and pulled towards ``base`` (Adam on
     the class-balanced cross-entropy of the takes, ``settings.takes_weight`` times that of
     the anchors, plus ``l2`` times the squared distance to ``base``)."""
     labels = len(base.bias)
-    sample_weight = _balanced(targets, labels, 1.0)
+    sample_weight = _balanced(targets, labels)
     x = embeddings.astype(np.float64)
     if anchors is not None:
         sample_weight = np.concatenate([
             sample_weight * settings.takes_weight,
-            _balanced(anchors.targets, labels, 1.0)]) / (settings.takes_weight + 1)
+            _balanced(anchors.targets, labels)]) / (settings.takes_weight + 1)
         x = np.concatenate([x, anchors.embeddings.astype(np.float64)])
         targets = np.concatenate([targets, anchors.targets])
     one_hot = np.eye(labels)[targets] * (1 - settings.label_smoothing) \
@@ -193,7 +196,7 @@ def fit_head(base: ClassifierHead, embeddings: np.ndarray, targets: np.ndarray,
 
 
 def adapt(spotter: KeywordSpotter, households: Sequence[Takes],
-          settings: AdaptSettings = AdaptSettings(),
+          settings: AdaptSettings = ADAPT,
           anchors: Anchors | None = None) -> ClassifierHead:
     """The household's last layer for ``spotter`` (made with ``embedding=True``)."""
     if spotter.model.head is None:
