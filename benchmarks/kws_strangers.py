@@ -17,10 +17,11 @@ counts are added up: recall and false accepts an hour over all of them.
 Also, single one-second clips through the same decision: the right word for the test
 halves' keyword clips, and ``unknown`` for the held-back other words and noise crops.
 
-``--choose-default`` picks, on the validation halves, the threshold that finds the most
-keywords at <= 5 false accepts an hour (the rule kws_stream.py used on the course split);
-``--record`` stores it as the model's ``default_threshold`` with this evidence, and the
-strangers' numbers at it, in models/manifest.json, and refreshes models/REPORT.md.
+``--choose-default`` picks, on the validation halves, the threshold and the smoothing (1, 3,
+5 or 7 windows averaged) that find the most keywords at <= 5 false accepts an hour (the rule
+kws_stream.py used on the course split); ``--record`` stores them as the model's
+``default_threshold`` and ``default_smoothing`` with this evidence, and the strangers'
+numbers at them, in models/manifest.json, and refreshes models/REPORT.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from collector.settings import CollectorOptions, scan_settings  # noqa: E402
-from tinyml_core.keywords import ScanSettings, find_keywords, threshold_in_force  # noqa: E402
+from tinyml_core.keywords import (  # noqa: E402
+    ScanSettings,
+    find_keywords,
+    smoothing_in_force,
+    threshold_in_force,
+)
 from tinyml_core.messages import UNKNOWN_LABEL  # noqa: E402
 from tinyml_core.models import (  # noqa: E402
     KeywordSpotter,
@@ -56,6 +62,7 @@ from training.stream import (  # noqa: E402
     OTHER_WORDS_PER_KEYWORD,
     RATE,
     THRESHOLD_CHOICES,
+    ScansOnce,
     StreamResult,
     build_stream,
     capture_events,
@@ -84,7 +91,7 @@ class FoldPart:
     said: list[str]
     minutes: float
     events: int
-    rows: list[StreamResult]
+    rows: dict[int, list[StreamResult]]  # by smoothing, then threshold
 
 
 def held_out(speech: SpeechData, fold: int, folds: int, half: str
@@ -98,7 +105,7 @@ def held_out(speech: SpeechData, fold: int, folds: int, half: str
 
 def fold_part(speech: SpeechData, negatives: Negatives, models: Path, model: str, fold: int,
               folds: int, half: str, thresholds: list[float], base: ScanSettings,
-              seed: int) -> FoldPart:
+              smoothings: list[int], seed: int) -> FoldPart:
     clips, targets, speakers = held_out(speech, fold, folds, half)
     keywords = [(speech.labels[t], rate, clip) for (rate, clip), t in
                 zip(clips, targets, strict=True)]
@@ -107,16 +114,19 @@ def fold_part(speech: SpeechData, negatives: Negatives, models: Path, model: str
                           seed=seed * 1000 + fold * 10 + HALVES.index(half),
                           min_other_words=round(OTHER_WORDS_PER_KEYWORD * len(keywords)))
     payloads = capture_events(stream)
-    rows = threshold_table(stream, payloads, models, model, thresholds, base)
+    spotter = ScansOnce(load_keyword_spotter(models, model))  # scanned once for all settings
+    rows = {windows: threshold_table(stream, payloads, models, model, thresholds,
+                                     replace(base, smoothing=windows), spotter)
+            for windows in smoothings}
     return FoldPart(fold, half, models, speakers, clips, [speech.labels[t] for t in targets],
                     stream.hours * 60, len(payloads), rows)
 
 
-def pooled(parts: list[FoldPart]) -> list[StreamResult]:
+def pooled(parts: list[FoldPart], smoothing: int) -> list[StreamResult]:
     """The folds' streams as one: counts and hours added up, per threshold."""
     out = []
-    for index, first in enumerate(parts[0].rows):
-        rows = [part.rows[index] for part in parts]
+    for index, first in enumerate(parts[0].rows[smoothing]):
+        rows = [part.rows[smoothing][index] for part in parts]
         kinds: Counter[str] = Counter()
         for row in rows:
             kinds.update(row.by_kind)
@@ -188,16 +198,16 @@ def main() -> int:
                              "keywords at <= --max-false-per-hour)")
     parser.add_argument("--max-false-per-hour", type=float, default=5.0)
     parser.add_argument("--smoothing", type=int, metavar="N",
-                        help="windows averaged before the threshold (default: the collector's "
-                             "keyword_smoothing, 3): to see whether another is better")
+                        help="windows averaged before the threshold (default: the model's "
+                             "own; --choose-default without it tries 1, 3, 5 and 7)")
     parser.add_argument("--record", action="store_true",
                         help="store the default (with --choose-default) and the strangers' "
                              "numbers in the manifest; refresh models/REPORT.md")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     args = parser.parse_args()
-    if args.record and args.smoothing not in (None, CollectorOptions().keyword_smoothing):
-        parser.error("--record stores what the collector does: its smoothing is "
-                     f"{CollectorOptions().keyword_smoothing}")
+    if args.record and args.smoothing is not None:
+        parser.error("--record stores what the collector does: the model's own smoothing, or "
+                     "the one --choose-default picks")
     started = time.perf_counter()
     folds = {}
     for fold in args.fold or range(args.folds):
@@ -216,26 +226,41 @@ def main() -> int:
     if args.smoothing is not None:
         base = replace(base, smoothing=args.smoothing)
     default = threshold_in_force(base, shipped)
+    windows = smoothing_in_force(base, shipped)
     thresholds = sorted({*THRESHOLD_CHOICES, default})
+    smoothings = sorted({*SMOOTHING_CHOICES, windows}) if args.choose_default and \
+        args.smoothing is None else [windows]
     parts: dict[str, list[FoldPart]] = {half: [] for half in HALVES}
     for half in HALVES:
         for fold, directory in folds.items():
             part = fold_part(speech, negatives, directory, args.model, fold, args.folds, half,
-                             thresholds, base, args.seed)
+                             thresholds, base, smoothings, args.seed)
             parts[half].append(part)
             print(f"fold {fold} {half} half: {part.speakers} speakers, {len(part.clips)} "
                   f"keywords, {part.minutes:.1f} min, {part.events} sound events "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-    tables = {half: pooled(parts[half]) for half in HALVES}
+    by_smoothing = {n: {half: pooled(parts[half], n) for half in HALVES} for n in smoothings}
     if args.choose_default:
-        chosen = choose_threshold(tables["validation"], args.max_false_per_hour)
-        if chosen is None:
+        best = {}
+        for n in smoothings:
+            chosen = choose_threshold(by_smoothing[n]["validation"], args.max_false_per_hour)
+            if chosen is not None:
+                best[n] = chosen
+                at = next(r for r in by_smoothing[n]["test"] if r.threshold == chosen.threshold)
+                print(f"smoothing {n}: validation {chosen.recall:.1%} at "
+                      f"{chosen.false_per_hour:.1f}/h at {chosen.threshold:.2f}; test "
+                      f"{at.recall:.1%} at {at.false_per_hour:.1f}/h")
+        if not best:
             print(f"no threshold stays within {args.max_false_per_hour:g} false accepts an "
                   "hour on the validation halves: the default is left as it is")
-        else:
-            default = chosen.threshold
+        else:  # the most keywords; on a tie fewer false accepts, then the model's own
+            current = windows
+            windows = max(best, key=lambda n: (best[n].recall, -best[n].false_per_hour,
+                                               n == current))
+            default = best[windows].threshold
+    tables = by_smoothing[windows]
     report: dict[str, Any] = {"model": args.model, "folds": args.folds,
-                              "smoothing": base.smoothing,
+                              "smoothing": windows,
                               "folds_scored": sorted(folds), "seed": args.seed,
                               "default_threshold": default}
     for half in HALVES:
@@ -243,20 +268,24 @@ def main() -> int:
         keywords = sum(len(p.clips) for p in parts[half])
         speakers = sum(p.speakers for p in parts[half])
         print(f"\n{args.model}, {half} halves of {len(folds)} of {args.folds} folds: "
-              f"{speakers} speakers never heard, {keywords} keywords, {minutes:.0f} min")
+              f"{speakers} speakers never heard, {keywords} keywords, {minutes:.0f} min; "
+              f"smoothed over {windows} windows")
         print_table([r for r in tables[half] if r.threshold in (*THRESHOLDS_SHOWN, default)],
                     default)
         at_default = next(r for r in tables[half] if abs(r.threshold - default) < 1e-9)
         report[half] = {"minutes": round(minutes, 1), "keywords": keywords,
                         "speakers": speakers, "at_default": at_default.row(),
                         "rows": [r.row() for r in tables[half]],
-                        "per_fold": [next(r for r in p.rows if abs(r.threshold - default)
-                                          < 1e-9).row() | {"fold": p.fold} for p in parts[half]]}
+                        "per_fold": [next(r for r in p.rows[windows]
+                                          if abs(r.threshold - default) < 1e-9).row()
+                                     | {"fold": p.fold} for p in parts[half]]}
     print("\ntest halves at the default, per fold: " + "; ".join(
         f"{row['fold']}: {row['recall']:.1%} at {row['false_accepts_per_hour']:.1f}/h"
         for row in report["test"]["per_fold"]))
-    single = singles(args.model, parts["test"], negatives, replace(base, threshold=default))
-    print(f"single clips at {default:.2f}: the right word for {single['right_word']:.1%} of "
+    single = singles(args.model, parts["test"], negatives,
+                     replace(base, threshold=default, smoothing=windows))
+    print(f"single clips at {default:.2f} (smoothing {windows}): the right word for "
+          f"{single['right_word']:.1%} of "
           f"{single['keyword_clips']} keyword clips ({single['answered_unknown']:.1%} 'unknown'; "
           f"top class right {single['top_class_right']:.1%}); 'unknown' for "
           f"{single['other_words_unknown']:.1%} of {single['other_word_clips']} other words and "
@@ -271,6 +300,7 @@ def main() -> int:
 
 
 THRESHOLDS_SHOWN = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+SMOOTHING_CHOICES = (1, 3, 5, 7)  # windows averaged, with --choose-default
 
 
 def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
@@ -279,6 +309,11 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
     entry = read_manifest(args.models)[args.model]
     validation = report["validation"]["at_default"]
     if args.choose_default:
+        entry["default_smoothing"] = {
+            "value": report["smoothing"],
+            "chosen_on": "with the threshold, from 1, 3, 5 and 7 windows (see default_threshold)",
+            "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
+                       "--record"}
         entry["default_threshold"] = {
             "value": report["default_threshold"], "recall": validation["recall"],
             "false_accepts_per_hour": validation["false_accepts_per_hour"],

@@ -32,8 +32,9 @@ class CollectorOptions:
                                        "kws_stream.py)", min=0.0, max=1.0)
     scan_hop_s: float = setting(0.1, "seconds between the one-second windows scanned over a "
                                 "longer sound event", min=0.02, max=1.0)
-    keyword_smoothing: int = setting(3, "consecutive windows averaged before the threshold",
-                                     min=1, max=20)
+    keyword_smoothing: int = setting(0, "consecutive windows averaged before the threshold; "
+                                     "0: the model's own, chosen with its threshold (manifest "
+                                     "default_smoothing; 3 without one)", min=0, max=20)
     share_group: str = setting("", "MQTT shared-subscription group for audio clips; empty: "
                                "no sharing")
     partition: str = setting("1/1", "K/N: forecast only the nodes in part K of N (readings are "
@@ -72,8 +73,9 @@ def journal_path(options: CollectorOptions) -> Path | None:
 
 
 def scan_settings(options: CollectorOptions) -> ScanSettings:
-    """How the collector scans sound events (a keyword_threshold of 0: the model's own)."""
-    return ScanSettings(hop_s=options.scan_hop_s, smoothing=options.keyword_smoothing,
+    """How the collector scans sound events (a keyword_threshold or keyword_smoothing of 0:
+    the model's own)."""
+    return ScanSettings(hop_s=options.scan_hop_s, smoothing=options.keyword_smoothing or None,
                         threshold=options.keyword_threshold or None)
 
 

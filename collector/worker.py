@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.errors import MqttError
-from tinyml_core.keywords import threshold_in_force
+from tinyml_core.keywords import smoothing_in_force, threshold_in_force
 from tinyml_core.messages import Confirmation
 from tinyml_core.mqtt import InboundMessage, MqttClient
 from tinyml_core.statefile import ChangeSaver, state_path
@@ -118,10 +118,14 @@ class Worker:
         spotter = self.inference.spotter
         if spotter is None:
             return f"forecasters: {forecasters}; keyword model: none"
-        whose = "the model's own" if self.inference.scan.threshold is None else \
-            "set in the config"
+        scan = self.inference.scan
+        whose = "the model's own" if scan.threshold is None else "set in the config"
+        smoothing = smoothing_in_force(scan, spotter)
+        windows = f"{smoothing} windows" + ("" if (scan.smoothing is None) == (
+            scan.threshold is None) else (" (the model's own)" if scan.smoothing is None
+                                          else " (set in the config)"))
         return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
-                f"{threshold_in_force(self.inference.scan, spotter):g} ({whose})")
+                f"{threshold_in_force(scan, spotter):g} ({whose}), smoothed over {windows}")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""

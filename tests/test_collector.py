@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from collector.inference import Inference
-from collector.settings import CollectorOptions, CollectorSettings, parse_partition
+from collector.settings import CollectorOptions, CollectorSettings, parse_partition, scan_settings
 from collector.windows import REPAIR_STEPS, StepWindow
 from collector.worker import Counters, Worker
 from tests.collector_runner import start_worker, stop_worker
@@ -204,6 +204,31 @@ def test_a_manifest_threshold_that_is_no_probability_refuses_the_model(
         tmp_path: Path, value: object) -> None:
     with pytest.raises(ModelLoadError, match="default_threshold"):
         load_keyword_spotter(models_with_threshold(tmp_path, value), "kws_c")
+
+
+def test_the_models_own_smoothing_is_used_unless_the_config_sets_one(tmp_path: Path) -> None:
+    from tinyml_core.keywords import find_keywords, smoothing_in_force
+
+    entry = read_manifest(MODELS)["kws_c"]
+    shutil.copy(MODELS / entry["file"], tmp_path / entry["file"])
+    write_manifest_entry(tmp_path, "kws_c", entry | {"default_smoothing": {"value": 7}})
+    spotter = load_keyword_spotter(tmp_path, "kws_c")
+    options = CollectorOptions(models_dir=str(tmp_path), forecast_models=(),
+                               keyword_model="kws_c")
+    assert options.keyword_smoothing == 0 and smoothing_in_force(scan_settings(options),
+                                                                 spotter) == 7
+    assert smoothing_in_force(scan_settings(replace(options, keyword_smoothing=2)),
+                              spotter) == 2
+    # The decision really averages 7 windows: a word over 3 windows only is averaged away.
+    rate, samples = read_wav(sorted((SPEECH / "go").glob("*.wav"))[0])
+    audio = np.concatenate([np.zeros(16_000, np.int16), samples, np.zeros(16_000, np.int16)])
+    wide, _ = find_keywords(spotter, audio, rate, ScanSettings(threshold=0.3))
+    narrow, _ = find_keywords(spotter, audio, rate, ScanSettings(threshold=0.3, smoothing=1))
+    assert max(d.score for d in wide) < max(d.score for d in narrow)
+    for bad in (0, 21, 2.5, "3"):
+        write_manifest_entry(tmp_path, "kws_c", entry | {"default_smoothing": {"value": bad}})
+        with pytest.raises(ModelLoadError, match="default_smoothing"):
+            load_keyword_spotter(tmp_path, "kws_c")
 
 
 def event(*parts: tuple[float, str], seconds: float = 3.0, node: str = "pi-1",
@@ -479,7 +504,9 @@ def test_the_collector_says_which_threshold_is_in_force_and_whose_it_is(tmp_path
     settings = CollectorSettings(collector=options)
     # forecast_a is not in the copied folder: refused, so "none" answers readings
     own = Worker(settings, Inference.from_options(options)).models_line()
-    assert own == ("forecasters: none; keyword model: kws_c, threshold 0.83 (the model's own)")
+    assert own == ("forecasters: none; keyword model: kws_c, threshold 0.83 (the model's own), "
+                   "smoothed over 3 windows")
     strict = replace(options, keyword_threshold=0.9)
     line = Worker(CollectorSettings(collector=strict), Inference.from_options(strict)).models_line()
-    assert line.endswith("threshold 0.9 (set in the config)")
+    assert line.endswith("threshold 0.9 (set in the config), smoothed over 3 windows "
+                         "(the model's own)")

@@ -5,8 +5,9 @@ A keyword model sees one second. A longer event is scanned with overlapping wind
 Each keyword's probability is averaged over ``smoothing`` consecutive windows (a word spoken
 once lifts several neighbouring windows, a click lifts one); the strongest peak over
 ``threshold`` is a word, windows within ``refractory_s`` of it belong to the same utterance,
-and the next peak is looked for among the rest. Without a threshold of its own, a scan uses
-the model's (its manifest's ``default_threshold``, chosen on a validation stream). The
+and the next peak is looked for among the rest. Without a threshold or smoothing of its own,
+a scan uses the model's (its manifest's ``default_threshold`` and ``default_smoothing``,
+chosen on validation streams). The
 collector, the stream benchmark and ``training.evaluate`` share this rule, so the numbers
 they print are what users get.
 """
@@ -20,6 +21,8 @@ import numpy as np
 
 from .messages import UNKNOWN_LABEL
 
+DEFAULT_SMOOTHING = 3  # windows averaged, for a model whose manifest chose none
+
 if TYPE_CHECKING:
     from .models import KeywordSpotter, Scan
 
@@ -27,14 +30,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ScanSettings:
     hop_s: float = 0.1  # between window starts
-    smoothing: int = 3  # windows averaged per decision
+    smoothing: int | None = None  # windows averaged per decision; None: the model's own
     threshold: float | None = None  # smoothed probability a word needs; None: the model's
     refractory_s: float = 1.0  # one utterance: no second word within this of the first
 
     def __post_init__(self) -> None:
         if not 0 < self.hop_s <= 1.0:
             raise ValueError(f"hop_s must be within (0, 1] s, not {self.hop_s}")
-        if self.smoothing < 1:
+        if self.smoothing is not None and self.smoothing < 1:
             raise ValueError("smoothing must be at least one window")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError("threshold must be a probability (0-1)")
@@ -73,7 +76,7 @@ def decide(offsets_s: np.ndarray, probabilities: np.ndarray, labels: tuple[str, 
     if settings.threshold is None:
         raise ValueError("decide() needs a threshold (find_keywords uses the model's)")
     columns = np.array([labels.index(word) for word in keywords])
-    scores = smoothed(probabilities, settings.smoothing)[:, columns]
+    scores = smoothed(probabilities, settings.smoothing or DEFAULT_SMOOTHING)[:, columns]
     best_word = scores.argmax(axis=1)
     best_score = scores.max(axis=1)
     open_windows = np.ones(len(scores), dtype=bool)
@@ -92,6 +95,13 @@ def decide(offsets_s: np.ndarray, probabilities: np.ndarray, labels: tuple[str, 
     return sorted(found, key=lambda detection: detection.offset_s)
 
 
+def smoothing_in_force(settings: ScanSettings, spotter: KeywordSpotter) -> int:
+    """The settings' smoothing, or the model's own (its manifest's) when they set none."""
+    if settings.smoothing is None:
+        return spotter.contract.default_smoothing
+    return settings.smoothing
+
+
 def threshold_in_force(settings: ScanSettings, spotter: KeywordSpotter) -> float:
     """The settings' threshold, or the model's own (its manifest's) when they set none."""
     if settings.threshold is None:
@@ -103,7 +113,8 @@ def find_keywords(spotter: KeywordSpotter, samples: np.ndarray, sample_rate: int
                   settings: ScanSettings) -> tuple[list[Detection], Scan]:
     """Scan one event (int16 or float audio at any rate) and decide: the detections, and
     the scan they were decided from."""
-    settings = replace(settings, threshold=threshold_in_force(settings, spotter))
+    settings = replace(settings, threshold=threshold_in_force(settings, spotter),
+                       smoothing=smoothing_in_force(settings, spotter))
     scan = spotter.scan(samples, sample_rate, settings.hop_s)
     return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.contract.keywords,
                   settings), scan

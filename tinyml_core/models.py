@@ -165,6 +165,8 @@ class KeywordContract:
     # Smoothed probability a word needs unless the collector sets one: chosen on a validation
     # stream (benchmarks/kws_stream.py --choose-threshold); 0.7 for a manifest without one.
     default_threshold: float = DEFAULT_KEYWORD_THRESHOLD
+    # Windows averaged before the threshold, chosen with it (benchmarks/kws_strangers.py).
+    default_smoothing: int = 3
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -189,8 +191,13 @@ class KeywordContract:
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
                 or not 0 < threshold <= 1:
             raise ValueError(f"default_threshold {threshold!r} is not a probability in (0, 1]")
+        smoothing = entry.get("default_smoothing", {})
+        windows = smoothing.get("value", 3) if isinstance(smoothing, dict) else None
+        if isinstance(windows, bool) or not isinstance(windows, int) or not 1 <= windows <= 20:
+            raise ValueError(f"default_smoothing {windows!r} is not 1-20 windows")
         return cls(front_end=front_end, mean=mean, std=std, labels=labels,
-                   not_keywords=not_keywords, default_threshold=float(threshold))
+                   not_keywords=not_keywords, default_threshold=float(threshold),
+                   default_smoothing=windows)
 
 
 # ---------------------------------------------------------------- interpreter

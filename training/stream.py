@@ -282,7 +282,8 @@ def threshold_table(stream: Stream, payloads: Sequence[bytes], models_dir: Path 
     """The stream scored at each threshold, answered by the model (or ``answering``, e.g. an
     enrolled node's)."""
     base = base or ScanSettings()
-    spotter = ScansOnce(answering or load_keyword_spotter(models_dir, model))
+    spotter = answering if isinstance(answering, ScansOnce) else \
+        ScansOnce(answering or load_keyword_spotter(models_dir, model))
     rows = []
     for threshold in thresholds:
         settings = replace(base, threshold=threshold)
