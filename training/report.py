@@ -299,15 +299,17 @@ def strangers_section(entries: dict[str, dict[str, Any]]) -> list[str]:
              "training.speakers MODEL --keep data/folds`) on a stream of the speakers it never "
              "heard, built as the course-split stream is (keywords, held-back other words "
              "alone and in phrases, noise bursts, through the node's capture and the "
-             "collector's decision); the folds' counts added up. The default threshold is "
-             "chosen on the validation half of those speakers, measured on the other half.",
+             "collector's decision); the folds' counts added up. The default threshold and "
+             "smoothing are chosen on the validation half of those speakers, measured on the "
+             "other half.",
              "", "| model | default | keywords found | false accepts/h | stream | single clips: "
              "right word (top class) | other words 'unknown' | noise 'unknown' |",
              "|---|---|---|---|---|---|---|---|"]
     for name, result in rows:
         test, single = result["test"], result["singles"]
         at = test["at_default"]
-        lines.append(f"| {name} | {result['default_threshold']:.2f} | {at['recall']:.1%} | "
+        lines.append(f"| {name} | {result['default_threshold']:.2f}, smoothed over "
+                     f"{result.get('smoothing', 3)} windows | {at['recall']:.1%} | "
                      f"{at['false_accepts_per_hour']:.1f} | {test['speakers']} speakers, "
                      f"{test['keywords']} keywords, {test['minutes']:.0f} min | "
                      f"{single['right_word']:.1%} ({single['top_class_right']:.1%}) | "
