@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from collector.enrollment import AdaptSettings, Anchors, Takes, adapt  # noqa: E402
 from collector.settings import CollectorOptions, scan_settings  # noqa: E402
-from tinyml_core.keywords import threshold_in_force  # noqa: E402
+from tinyml_core.keywords import smoothing_in_force, threshold_in_force  # noqa: E402
 from tinyml_core.models import KeywordSpotter, load_keyword_spotter  # noqa: E402
 from training.anchors import anchor_sample, fold_keep  # noqa: E402
 from training.negatives import Negatives, find_negatives, speaker  # noqa: E402
@@ -112,8 +112,9 @@ def fold_anchors(spotter: KeywordSpotter, speech: SpeechData, negatives: Negativ
 
 
 def answer(stream: Any, payloads: list[bytes], models: Path, model: str,
-           spotter: KeywordSpotter, threshold: float) -> StreamResult:
-    settings = replace(scan_settings(CollectorOptions()), threshold=threshold)
+           spotter: KeywordSpotter, threshold: float, smoothing: int) -> StreamResult:
+    settings = replace(scan_settings(CollectorOptions()), threshold=threshold,
+                       smoothing=smoothing)
     return score(stream, run_stream(payloads, models, model, settings, spotter=spotter),
                  threshold)
 
@@ -171,7 +172,10 @@ def main() -> int:
     noise = negatives.noise_audio("test", RATE)
     shipped = load_keyword_spotter(args.models, args.model)
     threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
-    print(f"{args.model} at threshold {threshold:.2f}; folds {folds}; enrolling with "
+    # The shipped model's smoothing: the fold models' manifests choose none.
+    smoothing = smoothing_in_force(scan_settings(CollectorOptions()), shipped)
+    print(f"{args.model} at threshold {threshold:.2f}, smoothed over {smoothing} windows; folds "
+          f"{folds}; enrolling with "
           f"{args.takes} takes per word")
     rows: dict[tuple[str, str, float], list[StreamResult]] = defaultdict(list)
     names = ["base"] + [f"takes {t}" for t in args.takes]
@@ -217,7 +221,8 @@ def main() -> int:
                                             ("not enrolled", guest, guest_events)):
                     for value in sweep:
                         rows[(name, who, value)].append(
-                            answer(stream, events, directory, args.model, spotter, value))
+                            answer(stream, events, directory, args.model, spotter, value,
+                                   smoothing))
                 line[name] = {"enrolled": rows[(name, "enrolled", threshold)][-1].row(),
                               "not_enrolled": rows[(name, "not enrolled", threshold)][-1].row()}
             report.append(line)
