@@ -52,6 +52,7 @@ from training.stream import (  # noqa: E402
     StreamResult,
     build_stream,
     capture_events,
+    combined,
     run_stream,
     score,
 )
@@ -117,16 +118,6 @@ def answer(stream: Any, payloads: list[bytes], models: Path, model: str,
                        smoothing=smoothing)
     return score(stream, run_stream(payloads, models, model, settings, spotter=spotter),
                  threshold)
-
-
-def added(rows: list[StreamResult]) -> StreamResult:
-    kinds: dict[str, int] = defaultdict(int)
-    for row in rows:
-        for kind, count in row.by_kind.items():
-            kinds[kind] += count
-    return StreamResult(rows[0].threshold, sum(r.keywords for r in rows),
-                        sum(r.found for r in rows), sum(r.false_accepts for r in rows),
-                        sum(r.hours for r in rows), dict(kinds))
 
 
 def main() -> int:
@@ -237,7 +228,7 @@ def main() -> int:
     summary: dict[str, Any] = {}
     for name in names:
         for who in ("enrolled", "not enrolled"):
-            total = added(rows[(name, who, threshold)])
+            total = combined(rows[(name, who, threshold)])
             summary[f"{name} {who}"] = total.row() | {"keywords": total.keywords,
                                                       "hours": round(total.hours, 2)}
             print(f"{name + ' ' + who:22} {total.recall:>8.1%} {total.false_per_hour:>8.1f} "
@@ -246,10 +237,10 @@ def main() -> int:
     print("\nenrolled members by threshold (recall / false accepts an hour):")
     print(f"{'threshold':>9} " + " ".join(f"{name:>16}" for name in names))
     for value in sweep:
-        cells = [added(rows[(name, "enrolled", value)]) for name in names]
+        cells = [combined(rows[(name, "enrolled", value)]) for name in names]
         print(f"{value:>9.2f} " + " ".join(
             f"{c.recall:>8.1%} {c.false_per_hour:>6.1f}/h" for c in cells))
-    summary["sweep"] = {f"{value:.2f}": {name: added(rows[(name, "enrolled", value)]).row()
+    summary["sweep"] = {f"{value:.2f}": {name: combined(rows[(name, "enrolled", value)]).row()
                                          for name in names} for value in sweep}
     for per_word, seconds in sorted(timings.items()):
         print(f"enrollment with {per_word} takes per word: {np.mean(seconds):.2f} s per "

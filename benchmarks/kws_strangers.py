@@ -31,7 +31,6 @@ import json
 import sys
 import time
 import zlib
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,7 @@ from training.stream import (  # noqa: E402
     build_stream,
     capture_events,
     choose_threshold,
+    combined,
     print_table,
     threshold_table,
 )
@@ -124,16 +124,8 @@ def fold_part(speech: SpeechData, negatives: Negatives, models: Path, model: str
 
 def pooled(parts: list[FoldPart], smoothing: int) -> list[StreamResult]:
     """The folds' streams as one: counts and hours added up, per threshold."""
-    out = []
-    for index, first in enumerate(parts[0].rows[smoothing]):
-        rows = [part.rows[smoothing][index] for part in parts]
-        kinds: Counter[str] = Counter()
-        for row in rows:
-            kinds.update(row.by_kind)
-        out.append(StreamResult(first.threshold, sum(r.keywords for r in rows),
-                                sum(r.found for r in rows), sum(r.false_accepts for r in rows),
-                                sum(r.hours for r in rows), dict(kinds)))
-    return out
+    return [combined([part.rows[smoothing][index] for part in parts])
+            for index in range(len(parts[0].rows[smoothing]))]
 
 
 def answers(spotter: KeywordSpotter, clips: list[tuple[int, np.ndarray]],

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyml_core.errors import TinyMLError
 from tinyml_core.models import ClassifierHead, KeywordSpotter, model_version
 from tinyml_core.statefile import read_state_file, write_state_file
 from tinyml_core.topics import validate_id
@@ -212,9 +213,7 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
         return node
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{what}: missing or malformed {error}") from None
-    except Exception as error:  # the topic checks raise their own kind
-        if isinstance(error, ValueError):
-            raise
+    except TinyMLError as error:  # validate_id: not a node id
         raise ValueError(f"{what}: {error}") from None
 
 
@@ -238,4 +237,5 @@ def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter
 
 
 def version_of(spotter: KeywordSpotter, node: EnrolledNode | None) -> str:
+    """A keyword result's model_version: the model's, and the node's enrollment if any."""
     return model_version(spotter.entry) + (node.version if node is not None else "")

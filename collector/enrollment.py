@@ -14,7 +14,7 @@ benchmarks/kws_household.py measures it on households the model never heard.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,14 +207,6 @@ def adapt(spotter: KeywordSpotter, households: Sequence[Takes],
         raise ValueError(f"not keywords of {spotter.name}: {', '.join(sorted(unknown_words))}")
     x, y = examples(spotter, households, settings)
     return fit_head(spotter.model.head, x, y, settings, anchors)
-
-
-def words_said(households: Iterable[Takes]) -> Mapping[str, int]:
-    counts: dict[str, int] = {}
-    for takes in households:
-        for word, clips in takes.words.items():
-            counts[word] = counts.get(word, 0) + len(clips)
-    return counts
 
 
 UNKNOWN_FOLDER = "_unknown_"  # a person's other speech (Speech Commands' convention)

@@ -50,7 +50,7 @@ from tinyml_core.topics import (
 )
 
 from .confirmations import ConfirmationBook, Taking
-from .enrolled import Enrollments, enrolled_spotters
+from .enrolled import Enrollments, enrolled_spotters, version_of
 from .ratelimit import NodeRateLimit
 from .settings import (
     CollectorOptions,
@@ -415,9 +415,9 @@ class Inference:
         if self.spotter is None:
             return []
         spotter = self._enrolled.get(clip.node_id, self.spotter)
-        version = model_version(spotter.entry)
-        if spotter is not self.spotter and self.enrollments is not None:
-            version += self.enrollments.nodes[clip.node_id].version
+        enrolled = self.enrollments.nodes.get(clip.node_id) \
+            if spotter is not self.spotter and self.enrollments is not None else None
+        version = version_of(spotter, enrolled)
         started = time.perf_counter()
         detections, scanned = find_keywords(spotter, clip.samples, clip.sample_rate, self.scan)
         latency_ms = (time.perf_counter() - started) * 1000

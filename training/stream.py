@@ -175,6 +175,17 @@ class StreamResult:
                 "false_accepts": self.false_accepts, "false_by_kind": self.by_kind}
 
 
+def combined(rows: Sequence[StreamResult]) -> StreamResult:
+    """Several streams scored at one threshold, as one: counts and hours added up."""
+    kinds: dict[str, int] = {}
+    for row in rows:
+        for kind, count in row.by_kind.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    return StreamResult(rows[0].threshold, sum(r.keywords for r in rows),
+                        sum(r.found for r in rows), sum(r.false_accepts for r in rows),
+                        sum(r.hours for r in rows), kinds)
+
+
 def capture_events(stream: Stream, node_id: str = "stream",
                    gate_dbfs: float | None = None) -> list[bytes]:
     """The stream through the node's capture at its default settings (or another gate), as
