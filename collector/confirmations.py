@@ -74,6 +74,9 @@ class _Stream:
     recent: OrderedDict[int, float] = field(default_factory=OrderedDict)  # seq -> time
     dirty: bool = True  # taken something since the last confirmation
     published_at: float = -math.inf
+    # Checked, not recorded yet (answers not acknowledged by the broker): seq -> time.
+    unrecorded: dict[int, float] = field(default_factory=dict)
+    seen_highest: int | None = None  # the highest number checked
 
 
 @dataclass
@@ -115,14 +118,23 @@ class ConfirmationBook:
     # --- taking -----------------------------------------------------------------------------
     def check(self, node_id: str, kind: str, seq: int, at: float) -> Taking:
         """Whether this message is new, and how many numbers it jumps over (counted here: an
-        error record should follow when :meth:`gap_report` says so)."""
+        error record should follow when :meth:`gap_report` says so). A message checked and
+        not yet recorded (its answers on their way) counts as taken: a copy of it is a
+        re-send, and the next number is no jump."""
         with self._lock:
             stream = self._stream(node_id, kind)
             if kind == SensorKind.AUDIO.value:
-                new = stream.recent.get(seq) != at
+                new = stream.recent.get(seq) != at and stream.unrecorded.get(seq) != at
             else:
-                new = seq not in stream.taken
+                new = seq not in stream.taken and seq not in stream.unrecorded
             highest = stream.taken.highest
+            if stream.seen_highest is not None and (highest is None
+                                                    or stream.seen_highest > highest):
+                highest = stream.seen_highest
+            if new:
+                stream.unrecorded[seq] = at
+                if stream.seen_highest is None or seq > stream.seen_highest:
+                    stream.seen_highest = seq
             skipped = 0
             if new and highest is not None and seq > highest + 1 and kind in self.gap_kinds:
                 skipped = seq - highest - 1
@@ -136,9 +148,10 @@ class ConfirmationBook:
 
     def record(self, node_id: str, kind: str, seq: int, at: float,
                values: tuple[float, float] | None = None) -> None:
-        """The message was handled and its answers published: confirm it from now on (again,
-        for a re-send: the node did not hear the last confirmation). ``values``: a reading's
-        temperature and humidity, journalled so that a restart can put it back in its window."""
+        """The message was handled and the broker acknowledged its answers: confirm it from now
+        on (again, for a re-send: the node did not hear the last confirmation). ``values``: a
+        reading's temperature and humidity, journalled so that a restart can put it back in
+        its window."""
         with self._lock:
             changed = self._take(node_id, kind, seq, at)
             if self._journal_fd is None:
@@ -206,6 +219,7 @@ class ConfirmationBook:
         """Add one message; whether that changed anything."""
         stream = self._stream(node_id, kind)
         changed = stream.taken.add(seq)
+        stream.unrecorded.pop(seq, None)
         stream.dirty = True
         if kind == SensorKind.AUDIO.value and at is not None and stream.recent.get(seq) != at:
             stream.recent[seq] = at
@@ -224,8 +238,8 @@ class ConfirmationBook:
         with self._lock:
             for node_id, streams in self._nodes.items():
                 for kind, stream in streams.items():
-                    if stream.dirty and (everything
-                                         or now - stream.published_at >= self.interval_s):
+                    if stream.dirty and stream.taken.highest is not None and (
+                            everything or now - stream.published_at >= self.interval_s):
                         stream.dirty, stream.published_at = False, now
                         out.append((node_id, kind, SeqRanges(stream.taken)))
         return out

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,9 +137,9 @@ class Inference:
         self.partition = partition
         self.rate_limit = rate_limit
         self.confirmations = confirmations or ConfirmationBook(max_nodes=max_nodes)
-        # Taken by handle(), recorded by commit() once the answers were published.
-        self._pending: list[tuple[str, str, int, float, tuple[float, float] | None]] = []
-        self.readings = 0  # valid readings of the nodes this worker forecasts, repeats included
+        # Taken by handle(), recorded by commit() once the broker acknowledged the answers.
+        self._pending: deque[tuple[str, str, int, float, tuple[float, float] | None]] = deque()
+        self.readings = 0  # readings recorded of the nodes this worker forecasts, repeats too
         # Enrolled nodes answer with their own last layer (collector/enrolled.py).
         self._models_dir, self._keyword_model = models_dir, keyword_model
         self.enrollments: Enrollments | None = None
@@ -170,6 +170,10 @@ class Inference:
             self._by_window.setdefault(key, []).append(forecaster)
         # Least recently heard nodes are forgotten first.
         self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
+        # The same windows holding only the readings recorded (answers acknowledged): what a
+        # state file saves, so that a reading whose forecast was lost in a crash is forecast
+        # again when its node sends it again, not taken for a repeat.
+        self._recorded: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
 
     def use_enrollments(self, path: Path | None) -> None:
         """Answer the nodes enrolled in ``path`` with their own layers; read it again when it
@@ -243,9 +247,10 @@ class Inference:
         return inference
 
     def export_windows(self) -> list[dict[str, Any]]:
-        """Every node's windows, least recently heard first (see collector/state.py)."""
+        """Every node's windows with the readings recorded so far (:meth:`commit`), least
+        recently heard first (see collector/state.py)."""
         return [{"node_id": node_id, **window.to_json()}
-                for node_id, windows in self._windows.items() for window in windows.values()]
+                for node_id, windows in self._recorded.items() for window in windows.values()]
 
     def restore_windows(self, entries: list[Any]) -> tuple[int, list[str]]:
         """Take windows saved by :meth:`export_windows`; returns how many were restored and why
@@ -265,6 +270,7 @@ class Inference:
                                f"{window.step_s:g} s window")
                 continue
             self._node_windows(node_id)[key] = window
+            self._node_windows(node_id, self._recorded)[key] = StepWindow.from_json(entry)
             restored += 1
         return restored, refused
 
@@ -278,17 +284,27 @@ class Inference:
         keywords = tuple(self.spotter.contract.keywords) if self.spotter is not None else ()
         return tuple(f.name for f in self.forecasters), keywords
 
-    def commit(self) -> None:
-        """The answers of the messages handled so far were published: record them as taken
-        (confirmed to their nodes, and known as answered after a restart). Also done at the
-        start of every :meth:`handle`."""
-        pending, self._pending = self._pending, []
-        for node_id, kind, seq, at, values in pending:
+    @property
+    def uncommitted(self) -> int:
+        """Messages handled and not yet recorded (:meth:`commit`): each :meth:`handle` adds at
+        most one."""
+        return len(self._pending)
+
+    def commit(self, count: int | None = None) -> None:
+        """The broker acknowledged the answers of the oldest ``count`` messages handled (all
+        by default): record them as taken (confirmed to their nodes, known as answered after a
+        restart, and in the windows a state file saves). Until then a crash loses nothing: the
+        message is delivered or sent again, and answered again."""
+        count = len(self._pending) if count is None else count
+        for _ in range(count):
+            node_id, kind, seq, at, values = self._pending.popleft()
             self.confirmations.record(node_id, kind, seq, at, values)
+            if values is not None:
+                self._add_reading(self._recorded, node_id, at, values)
+                self.readings += 1
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
-        if self._pending:
-            self.commit()
+        """The messages to publish in answer; :meth:`commit` once the broker has them."""
         if (self.partition[1] > 1 and matches(CLIMATE_FILTER, topic)
                 and not self.owns(reporting_node_id(topic))):
             return []  # another worker keeps this node's window (and reports its errors)
@@ -305,6 +321,9 @@ class Inference:
             return [self._error(topic, payload, error, now)]
         kind = message.kind.value
         taking = self.confirmations.check(message.node_id, kind, message.seq, message.time)
+        # A reading the windows took is journalled with its values (restored after a crash).
+        values = (message.temperature, message.humidity) if isinstance(message, ClimateReading) \
+            and self.forecasters else None
         out = self._gap_record(message, taking, topic, payload, now) if taking.skipped else []
         try:
             if isinstance(message, ClimateReading):
@@ -314,10 +333,8 @@ class Inference:
             # else: a sound event answered before, sent again: confirmed again, not answered
         except PayloadError as error:
             out.append(self._error(topic, payload, error, now))  # its answer: taken all the same
-        # A reading the windows took is journalled with its values (restored after a crash).
-        values = (message.temperature, message.humidity) if isinstance(message, ClimateReading) \
-            and self.forecasters else None
-        self._pending.append((message.node_id, kind, message.seq, message.time, values))
+        finally:  # a model's own failure too: checked once, recorded once
+            self._pending.append((message.node_id, kind, message.seq, message.time, values))
         return out
 
     def restore_journalled(self, after: int) -> int:
@@ -328,10 +345,9 @@ class Inference:
         for entry in self.confirmations.journalled_readings:
             if entry.number <= after or not self.owns(entry.node_id):
                 continue
-            windows = self._node_windows(entry.node_id)
-            for key in self._by_window:
-                window = windows.setdefault(key, StepWindow(*key))
-                window.add(entry.time, entry.temperature, entry.humidity)  # answered already
+            values = (entry.temperature, entry.humidity)
+            for table in (self._windows, self._recorded):  # answered already
+                self._add_reading(table, entry.node_id, entry.time, values)
             self.readings += 1
             restored += 1
         self.confirmations.journalled_readings = []
@@ -364,14 +380,24 @@ class Inference:
         record = ErrorRecord.for_rejected(node_id, now or time.time(), topic, payload, error)
         return Outgoing(errors_topic(node_id), record.encode(), is_error=True)
 
-    def _node_windows(self, node_id: str) -> dict[tuple[float, int], StepWindow]:
-        windows = self._windows.get(node_id)
+    def _node_windows(self, node_id: str, table: OrderedDict[
+            str, dict[tuple[float, int], StepWindow]] | None = None,
+    ) -> dict[tuple[float, int], StepWindow]:
+        table = self._windows if table is None else table
+        windows = table.get(node_id)
         if windows is None:
-            if len(self._windows) >= self.max_nodes:
-                self._windows.popitem(last=False)
-            windows = self._windows[node_id] = {}
-        self._windows.move_to_end(node_id)
+            if len(table) >= self.max_nodes:
+                table.popitem(last=False)
+            windows = table[node_id] = {}
+        table.move_to_end(node_id)
         return windows
+
+    def _add_reading(self, table: OrderedDict[str, dict[tuple[float, int], StepWindow]],
+                     node_id: str, at: float, values: tuple[float, float]) -> None:
+        """Add a reading whose forecasts are out already (recorded, or restored)."""
+        windows = self._node_windows(node_id, table)
+        for key in self._by_window:
+            windows.setdefault(key, StepWindow(*key)).add(at, *values)
 
     def _forecast(self, reading: ClimateReading) -> list[Outgoing]:
         if not self.forecasters:
@@ -387,7 +413,6 @@ class Inference:
                 newest = ready.end_time >= max(window.forecast_ends) * window.step_s
                 out += [self._run_forecaster(f, ready, reading.node_id, newest)
                         for f in forecasters]
-        self.readings += 1
         return out
 
     def _run_forecaster(self, forecaster: Forecaster, window: ReadyWindow,

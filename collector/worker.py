@@ -1,8 +1,11 @@
 """The collector's MQTT loop: subscribe, hand each message to Inference, publish, acknowledge.
 
-A message is acknowledged only after its answers were handed to the client, so with a
-persistent session nothing is lost when the worker dies mid-message: the broker sends it
-again. Messages are handled in the MQTT client's network thread (no hand-over between
+A message is recorded as taken (journal, confirmation to its node, the windows a state file
+saves) and acknowledged to the broker only once the broker acknowledged every answer it got,
+in the order the messages came. A worker killed at any moment has therefore lost nothing: what
+it did not record, the broker delivers again (a persistent session) or the node sends again,
+and it is answered again; at most the answers in flight at the kill are published twice (QoS
+1 is at least once). Messages are handled in the MQTT client's network thread (no hand-over between
 threads: that alone took a third of the CPU per reading); the calling thread waits for a stop
 and writes one log line per ``stats_interval_s``: messages in, predictions out, errors and
 latency percentiles.
@@ -15,14 +18,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from tinyml_core.errors import MqttError
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force
 from tinyml_core.messages import Confirmation
-from tinyml_core.mqtt import InboundMessage, MqttClient
+from tinyml_core.mqtt import InboundMessage, MqttClient, PublishHandle
 from tinyml_core.statefile import ChangeSaver, state_path
 from tinyml_core.topics import (
     SensorKind,
@@ -44,6 +47,15 @@ CONFIRM_EVERY_S = 0.1  # how often handle() looks for due confirmations
 CONFIRM_IDLE_S = 0.2  # without messages, the worker's own loop does
 MAX_ANNOUNCED = 10_000
 ENROLLMENT_CHECK_S = 2.0  # how often the enrollment file is looked at for changes
+SETTLE_WAIT_S = 5.0  # how long a clean stop waits for the broker to acknowledge answers
+
+
+class Unsettled(NamedTuple):
+    """A message handled whose answers the broker has not all acknowledged yet."""
+
+    message: InboundMessage
+    answers: list[PublishHandle]
+    records: int  # what it added to Inference's uncommitted records (0 or 1)
 
 
 @dataclass
@@ -74,12 +86,16 @@ class Worker:
         # Every answer is bounded by the broker's window of unacknowledged deliveries to us,
         # so paho's own publish window (costly per PUBACK) is not needed.
         self.client = MqttClient(settings.broker, options.id, persistent_session=True,
-                                 manual_ack=True, max_inflight=0, handler=self.handle)
+                                 manual_ack=True, max_inflight=0, handler=self.handle,
+                                 on_acknowledged=self._acknowledged)
         self.counters = Counters()
         self.stop_requested = threading.Event()
         self.announced: set[str] = set()  # nodes whose Home Assistant discovery was sent
-        # Held while a message changes the windows and while they are copied for saving.
+        # Held while a message changes the windows or is recorded, and while the windows are
+        # copied for saving. Never held while waiting for the broker: PUBACKs are read in the
+        # network thread, which takes it too.
         self._windows_lock = threading.Lock()
+        self._unsettled: deque[Unsettled] = deque()
         path = state_path(options.state_path, options.id)
         self.saver = None if path is None or not inference.forecasters else ChangeSaver(
             path, "windows", lambda: inference.readings, self._windows_document)
@@ -143,6 +159,8 @@ class Worker:
                 log.info("%s", self.stats_line())
                 next_stats += interval
             if now - self._confirmed_at >= CONFIRM_IDLE_S:  # no traffic: handle() is not called
+                with self._windows_lock:
+                    self._settle()
                 self.publish_confirmations()
             if self.saver is not None and save_every and now >= next_save:
                 self.save_windows()
@@ -191,29 +209,58 @@ class Worker:
         self.counters.received += 1
         if time.monotonic() - self._confirmed_at >= CONFIRM_EVERY_S:
             self.publish_confirmations()
-        # One lock from the windows' change to the journal's record: a state file saved
-        # meanwhile holds a reading exactly when it names its journal index.
         with self._windows_lock:
+            before = self.inference.uncommitted
             try:
                 answers = self.inference.handle(message.topic, message.payload)
             except Exception:  # a model or library bug must not stop the worker
                 log.exception("unexpected failure on %s; message dropped", message.topic)
                 answers = []
+            handles = []
             for answer in answers:
                 if answer.is_error:
                     self.counters.errors += 1
                 else:
                     self.counters.predictions += 1
-                self.client.publish(answer.topic, answer.payload, retain=answer.retain)
-            self.inference.commit()  # after the answers: a crash before this answers again
+                try:
+                    handles.append(self.client.publish(answer.topic, answer.payload,
+                                                       retain=answer.retain))
+                except MqttError as error:  # paho refused it outright: nothing to wait for
+                    log.error("answer on %s not published: %s", answer.topic, error)
+            self._unsettled.append(
+                Unsettled(message, handles, self.inference.uncommitted - before))
+            self._settle()
         if (self.settings.collector.ha_discovery and not any(a.is_error for a in answers)
                 and len(self.announced) < MAX_ANNOUNCED):
             node_id = reporting_node_id(message.topic)
             if node_id not in self.announced:
                 self.announced.add(node_id)
                 self.announce(node_id)
-        self.client.ack(message)
         self.counters.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    def _acknowledged(self, mid: int) -> None:
+        """A PUBACK (network thread): settle what it completes. paho marks the handle
+        acknowledged only after this call, so the mid itself counts as acknowledged here."""
+        if self._unsettled:
+            with self._windows_lock:
+                self._settle(mid)
+
+    def _settle(self, acknowledged_mid: int | None = None) -> None:
+        """Record and acknowledge, oldest first, the messages whose answers the broker has all
+        acknowledged (called with ``_windows_lock`` held)."""
+        unsettled, connection = self._unsettled, self.client.connection
+        while unsettled:
+            message, answers, records = unsettled[0]
+            # An unacknowledged handle's mid is unique among paho's messages in flight.
+            if not all(handle.mid == acknowledged_mid or handle.is_acknowledged()
+                       for handle in answers):
+                return
+            unsettled.popleft()
+            self.inference.commit(records)
+            # A message of an earlier connection is delivered again by the resumed session
+            # (acknowledging its old mid here could take another message off the broker).
+            if message.connection == connection:
+                self.client.ack(message)
 
     def announce(self, node_id: str) -> None:
         for topic, payload in discovery_messages(node_id, self.settings.collector.id,
@@ -232,10 +279,20 @@ class Worker:
         return f"{line}; {sequence}" if sequence else line
 
     def close(self) -> None:
-        """Save the windows (no message is handled any more by then), confirm what they hold,
-        disconnect."""
-        log.info("stopping: %s", self.stats_line())
+        """Wait for the broker's acknowledgements of the answers out (so that a clean stop
+        answers nothing twice), save the windows (no message is handled any more by then),
+        confirm what they hold, disconnect."""
         self.stop_requested.set()
+        deadline = time.monotonic() + SETTLE_WAIT_S
+        while self._unsettled and self.client.is_connected and time.monotonic() < deadline:
+            with self._windows_lock:
+                self._settle()
+            time.sleep(0.005)
+        if self._unsettled:
+            log.warning("stopping with %d messages whose answers the broker has not "
+                        "acknowledged: they are answered again after the restart",
+                        len(self._unsettled))
+        log.info("stopping: %s", self.stats_line())
         if self.saver is not None:
             self.save_windows(final=True)
         if self.client.is_connected:

@@ -35,9 +35,12 @@ def minute_readings(node: str, minutes: range) -> list[ClimateReading]:
 
 
 def forecasts(inference: Inference, stream: list[ClimateReading]) -> list[tuple[str, bytes]]:
+    """Handle each reading and record it, as the worker does once the broker acknowledged its
+    answers."""
     out: list[Outgoing] = []
     for reading in stream:
         out += inference.handle(climate_topic(reading.node_id), reading.encode())
+        inference.commit()
     return [(o.topic, _without_latency(o.payload)) for o in out]
 
 
@@ -291,6 +294,43 @@ def test_the_book_counts_holes_per_node_and_knows_a_sound_event_sent_again() -> 
     shared = ConfirmationBook(gap_kinds=frozenset({"climate"}))  # clips shared in a group
     shared.record("pi-1", "audio", 0, 1.0)
     assert shared.check("pi-1", "audio", 9, 2.0).skipped == 0
+
+
+def test_a_message_checked_but_not_recorded_yet_is_taken_for_gaps_and_copies() -> None:
+    # Between check() and record() the answers wait for the broker's acknowledgement, with
+    # newer messages handled meanwhile: those are no jump, and a copy is a re-send.
+    book = ConfirmationBook()
+    for seq in range(3):
+        assert book.check("pi-1", "climate", seq, 0.0) == Taking(new=True, skipped=0)
+    assert book.check("pi-1", "climate", 1, 0.0).new is False
+    assert book.check("pi-1", "audio", 0, 10.0).new
+    assert book.check("pi-1", "audio", 0, 10.0) == Taking(new=False, skipped=0)
+    assert book.duplicates == 1 and book.due() == []  # nothing confirmed before it is recorded
+    assert book.check("pi-1", "climate", 5, 0.0).skipped == 2  # a real jump still counts
+    for seq in (0, 1, 2, 5):
+        book.record("pi-1", "climate", seq, 0.0)
+    assert [list(taken) for _, kind, taken in book.due() if kind == "climate"] == \
+        [[(0, 2), (5, 5)]]
+
+
+def test_a_reading_not_recorded_when_the_state_was_saved_is_forecast_after_the_restart(
+        tmp_path: Path) -> None:
+    # Its forecast was handed to the broker but never acknowledged when the collector died:
+    # the saved windows must not hold it, or its re-delivery would be taken for a repeat.
+    stream = [ClimateReading("pi-1", T0 + STEP_S * (k + 1), k, 20.0 + 0.1 * k, 50.0)
+              for k in range(12)]
+    before = new_inference()
+    forecasts(before, stream[:10])
+    unrecorded = before.handle(climate_topic("pi-1"), stream[10].encode())
+    assert len(unrecorded) == 2 and before.uncommitted == 1
+    path = tmp_path / "windows.json"
+    write_state_file(path, state_document("collector-1", before))
+    after = new_inference()
+    load_state(path, "collector-1", after)
+    again = forecasts(after, stream[10:])
+    assert [(t, _without_latency(p)) for t, p in ((o.topic, o.payload) for o in unrecorded)] \
+        == again[:2] and len(again) == 4
+    assert after.confirmations.highest("pi-1") == 11
 
 
 def test_the_journal_keeps_what_was_taken_across_a_crash(tmp_path: Path) -> None:

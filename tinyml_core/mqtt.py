@@ -206,6 +206,9 @@ class MqttClient:
     pending messages on each PUBACK, which costs ~100 µs per message at a window of 100.
     ``track_acknowledgements=True`` lets :meth:`PublishHandle.acknowledged_event` say where an
     acknowledgement came among the inbound messages.
+    ``on_acknowledged``, when given, is called in the network thread with the mid of every
+    PUBACK, just before the message's handle says it is acknowledged (paho's order): it must
+    not block either.
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class MqttClient:
         max_inflight: int = 100,
         handler: Callable[[InboundMessage], None] | None = None,
         track_acknowledgements: bool = False,
+        on_acknowledged: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -232,6 +236,7 @@ class MqttClient:
         # tell which came first (the node's confirmations). Keys are mids: at most 65535.
         self._events = 0
         self._ack_events: dict[int, int] | None = {} if track_acknowledgements else None
+        self._on_acknowledged = on_acknowledged
         self._subscriptions: dict[str, int] = {}
         self._pending_subacks: dict[int, tuple[threading.Event, list[Any]]] = {}
         self._lock = threading.Lock()
@@ -270,7 +275,7 @@ class MqttClient:
         self._paho.on_message = self._on_message
         self._paho.on_subscribe = self._on_subscribe
         self._paho.on_socket_open = _no_delay
-        if track_acknowledgements:
+        if track_acknowledgements or on_acknowledged is not None:
             self._paho.on_publish = self._on_publish
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -508,9 +513,14 @@ class MqttClient:
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
-        assert self._ack_events is not None
-        self._ack_events[mid] = self._events
-        self._events += 1
+        if self._ack_events is not None:
+            self._ack_events[mid] = self._events
+            self._events += 1
+        if self._on_acknowledged is not None:
+            try:
+                self._on_acknowledged(mid)
+            except Exception:  # paho would stop its network thread
+                log.exception("acknowledgement handler failed on mid %d", mid)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
                       properties: Any) -> None:
