@@ -26,6 +26,7 @@ from tinyml_core.cli import (
 from tinyml_core.errors import ConfigError
 from tinyml_core.mqtt import MqttClient
 
+from .enroll import DEFAULT_WORDS
 from .settings import NodeSettings
 
 DEFAULT_CONFIG = os.environ.get("TINYML_NODE_CONFIG")
@@ -72,6 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_broker_arguments(replay, DEFAULT_CONFIG)
     add_logging_arguments(replay)
 
+    enroll = commands.add_parser(
+        "enroll", help="record a person's keyword takes at the node's microphone",
+        description="Standing at the node's microphone, a person is asked to say each keyword "
+                    "--takes times, then to read a short text aloud; each take is checked as it "
+                    "is recorded (too quiet, clipped, no sound, more than one, too long) and "
+                    "asked for again with the reason. Accepted takes are written at once to "
+                    "--out (<word>/take-N.wav, _unknown_/speech-N.wav): Ctrl-C keeps them, and "
+                    "a second run adds to them. Then `python -m collector enroll NODE DIR` "
+                    "teaches the node's keyword model that voice.")
+    enroll.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help=f"TOML settings file (default: {DEFAULT_CONFIG or 'none'}); its "
+                             "[audio] section says which microphone and how events are cut")
+    enroll.add_argument("--person", default=None, metavar="NAME",
+                        help="whose voice (default: your login name)")
+    enroll.add_argument("--takes", type=int, default=3, metavar="N",
+                        help="takes per keyword (default: 3)")
+    enroll.add_argument("--words", default=",".join(DEFAULT_WORDS), metavar="W1,W2,...",
+                        help="the keywords to record (default: the shipped models' eight)")
+    enroll.add_argument("--speech-s", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to record ordinary speech; 0: none (default: 30)")
+    enroll.add_argument("--out", type=Path, metavar="DIR",
+                        help="where the takes go (default: takes/<person>)")
+    enroll.add_argument("--microphone", type=Path, metavar="FILE.wav",
+                        help="take the sound from a recording instead of the microphone (to try "
+                             "it out, or with takes recorded elsewhere)")
+    add_logging_arguments(enroll)
+
     spool = commands.add_parser("spool", help="show what waits in the spool and exit",
                                 description="Print the spool's size and what the size cap "
                                             "has dropped so far.")
@@ -84,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "and native rate, for [audio] device_index.")
     add_logging_arguments(devices)
 
-    for command in (show, run, replay, spool):
+    for command in (show, run, replay, spool, enroll):
         command.add_argument("--node-id", help="node id (overrides [node] id)")
     return parser
 
@@ -173,6 +201,51 @@ def flow_control(settings: NodeSettings) -> dict[str, Any]:
             "confirm_window": node.confirm_window}
 
 
+def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
+    import dataclasses
+    import getpass
+
+    from .enroll import enroll
+    from .microphone import Microphone, RecordedStream
+    from .sources import capture, open_microphone
+
+    words = [word.strip() for word in args.words.split(",") if word.strip()]
+    if not words or args.takes < 1:
+        raise ConfigError("--words needs at least one word and --takes at least 1")
+    person = args.person or getpass.getuser()
+    out = args.out or Path("takes") / person
+    cutting = capture(settings.audio)
+    if args.microphone is not None:
+        from tinyml_core.recordings import read_wav
+
+        rate, samples = read_wav(args.microphone)  # RecordingError: a clear message
+        microphone = Microphone(RecordedStream(samples, rate, speed=0), rate, cutting,
+                                block_when_full=True, max_waiting=4)
+        source = str(args.microphone)
+    else:
+        opened = open_microphone(dataclasses.replace(settings.audio, source="microphone"))
+        assert opened is not None
+        microphone, source = opened, "the microphone"
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    print(f"enrolling {person} from {source} into {out}: {args.takes} takes of "
+          f"{', '.join(words)}, then {args.speech_s:g} s of reading (Ctrl-C keeps what is "
+          "accepted)")
+    microphone.start()
+    try:
+        result = enroll(microphone, out, words, args.takes, args.speech_s,
+                        gate_dbfs=settings.audio.gate_dbfs, live=args.microphone is None,
+                        stopped=stop.is_set)
+    finally:
+        microphone.stop()
+    print(result.line())
+    node_id = args.node_id or settings.node.id
+    if result.accepted:
+        print(f"next, where the collector runs: python -m collector enroll {node_id} {out} "
+              f"--person {person}")
+    return 0 if result.complete else 1
+
+
 def spool_command(settings: NodeSettings) -> int:
     from .spool import Spool
 
@@ -206,6 +279,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return run_command(args, settings)
     if args.command == "replay":
         return replay_command(args, settings)
+    if args.command == "enroll":
+        return enroll_command(args, settings)
     return spool_command(settings)
 
 

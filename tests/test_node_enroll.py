@@ -1,0 +1,123 @@
+"""`python -m node enroll`: takes recorded through the node's own capture path, each checked,
+written as `collector enroll` reads them. The microphone is a recording of the bundled clips
+with the faults a person makes in front of one (too quiet, clipped, said twice)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collector.enrollment import read_takes
+from node.__main__ import main
+from node.enroll import DEFAULT_WORDS, TakeRules, enroll, judge
+from node.microphone import Capture, Clip, Microphone, RecordedStream
+from tests.conftest import REPO_ROOT
+from tinyml_core.recordings import read_wav, write_wav
+
+SPEECH = REPO_ROOT / "samples" / "speech"
+RATE = 16_000
+
+
+def sample(word: str, index: int = 0) -> np.ndarray:
+    rate, samples = read_wav(sorted((SPEECH / word).glob("*.wav"))[index])
+    assert rate == RATE
+    return samples
+
+
+def quiet(seconds: float) -> np.ndarray:
+    return np.random.default_rng(0).normal(0, 3, round(seconds * RATE)).astype(np.int16)
+
+
+def scaled(samples: np.ndarray, db: float) -> np.ndarray:
+    return np.clip(samples * 10 ** (db / 20), -32768, 32767).astype(np.int16)
+
+
+def session_recording() -> np.ndarray:
+    """yes, yes too quiet, yes; no said twice, no, no clipped, no; then four other words."""
+    gap = quiet(2.5)
+    # (A soft "yes" of the bundle falls below the gate mid-word: two events, refused as such.)
+    parts = [gap, sample("yes", 1), gap, scaled(sample("yes", 1), -30), gap, sample("yes", 1),
+             gap, sample("no", 0), quiet(0.6), sample("no", 0), gap, sample("no", 0), gap,
+             scaled(sample("no", 0), 20), gap, sample("no", 0), gap]
+    for path in sorted((SPEECH / "_unknown_").glob("*.wav")):
+        parts += [read_wav(path)[1], quiet(0.6)]
+    return np.concatenate([*parts, gap])
+
+
+def recorded_microphone(samples: np.ndarray) -> Microphone:
+    return Microphone(RecordedStream(samples, RATE, speed=0), RATE, Capture(),
+                      clock=lambda: 1_000.0, block_when_full=True, max_waiting=4).start()
+
+
+def test_each_take_is_checked_and_asked_for_again_with_the_reason(tmp_path: Path) -> None:
+    said: list[str] = []
+    microphone = recorded_microphone(session_recording())
+    try:
+        result = enroll(microphone, tmp_path / "ann", ("yes", "no"), 2, 30.0, gate_dbfs=-50.0,
+                        live=False, say=said.append)
+    finally:
+        microphone.stop()
+    text = "\n".join(said)
+    assert result.accepted == {"yes": 2, "no": 2, "_unknown_": 4} and not result.missing, text
+    assert "again: too quiet" in text and "again: heard more than one sound" in text
+    assert "again: clipped" in text
+    assert "North Wind" in text  # the text to read
+    takes = read_takes(tmp_path / "ann", "ann", DEFAULT_WORDS)  # as `collector enroll` reads
+    assert {word: len(clips) for word, clips in takes.words.items()} == {"yes": 2, "no": 2}
+    assert len(takes.speech) == 4
+    # The take is the event as the node cuts it: the word whole, with pre-roll around it.
+    rate, first = read_wav(tmp_path / "ann" / "yes" / "take-1.wav")
+    assert rate == RATE and len(first) >= RATE
+    assert np.abs(first.astype(np.int32)).max() == np.abs(sample("yes", 1).astype(np.int32)).max()
+
+
+def test_stopping_keeps_what_was_accepted_and_a_second_run_adds_to_it(tmp_path: Path) -> None:
+    accepted: list[str] = []
+
+    def say(line: str) -> None:
+        accepted.extend(["x"] if "ok:" in line else [])
+
+    microphone = recorded_microphone(session_recording())
+    try:
+        result = enroll(microphone, tmp_path / "bob", ("yes", "no"), 2, 30.0, gate_dbfs=-50.0,
+                        live=False, say=say, stopped=lambda: len(accepted) >= 1)
+    finally:
+        microphone.stop()
+    assert result.interrupted and result.accepted == {"yes": 1} and result.not_reached == 3
+    assert "3 takes not recorded (interrupted)" in result.line()
+    assert [p.name for p in (tmp_path / "bob" / "yes").iterdir()] == ["take-1.wav"]
+    recording = tmp_path / "more.wav"
+    write_wav(recording, RATE, np.concatenate([quiet(1.0), sample("yes", 1), quiet(2.5)]))
+    code = main(["enroll", "--microphone", str(recording), "--out", str(tmp_path / "bob"),
+                 "--words", "yes", "--takes", "1", "--speech-s", "0"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "bob" / "yes").iterdir()) == \
+        ["take-1.wav", "take-2.wav"]
+
+
+def test_a_recording_that_ends_early_says_what_is_missing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recording = tmp_path / "short.wav"
+    write_wav(recording, RATE, np.concatenate([quiet(1.0), sample("yes", 1), quiet(2.5)]))
+    code = main(["enroll", "--microphone", str(recording), "--out", str(tmp_path / "cy"),
+                 "--words", "yes,no", "--takes", "1", "--speech-s", "0", "--person", "cy",
+                 "--node-id", "kitchen"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "1 keyword takes and 0 pieces of speech kept, 1 takes not recorded (the recording " \
+        "ended)" in out
+    assert f"python -m collector enroll kitchen {tmp_path / 'cy'} --person cy" in out
+    assert main(["enroll", "--microphone", str(tmp_path / "none.wav")]) == 1
+    assert "none.wav: file not found" in capsys.readouterr().err
+
+
+def test_judging_a_take() -> None:
+    rules = TakeRules()
+    word = np.concatenate([quiet(0.3), sample("yes", 1), quiet(0.3)])
+    assert judge(Clip(0.0, RATE, word, -20.0), -50.0, rules) is None
+    long = np.concatenate([word, sample("yes", 1), sample("yes", 1)])
+    assert "too long" in str(judge(Clip(0.0, RATE, long, -20.0), -50.0, rules))
+    assert "too quiet" in str(judge(Clip(0.0, RATE, scaled(word, -25), -45.0), -50.0, rules))
+    assert "clipped" in str(judge(Clip(0.0, RATE, scaled(word, 25), 0.0), -50.0, rules))
