@@ -22,12 +22,11 @@ from tinyml_core.cli import (
     stop_on_thread_death,
 )
 from tinyml_core.errors import ConfigError, ModelLoadError, MqttError
-from tinyml_core.models import load_anchors, load_keyword_spotter
 from tinyml_core.mqtt import MqttClient
 from tinyml_core.topics import validate_id
 
-from .enrolled import Enrollments
-from .enrollment import Anchors, read_takes
+from .enrolled import Enrollments, adaptation_models
+from .enrollment import read_takes
 from .homeassistant import removal_messages
 from .inference import Inference
 from .recorder import default_filters, open_output, record
@@ -194,13 +193,10 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
         for person in node.people.values():
             print(f"  {person.describe()}")
         return 0
-    spotter = load_keyword_spotter(options.models_dir, options.keyword_model, embedding=True)
-    shipped = load_anchors(options.models_dir, options.keyword_model)
-    if shipped is None:
-        raise ConfigError(f"{options.keyword_model} has no anchors (its training data the "
-                          f"node's layer is fitted beside): make them with `python -m "
-                          f"training.anchors {options.keyword_model}`")
-    anchors = Anchors(*shipped)
+    try:
+        spotter, anchors = adaptation_models(options.models_dir, options.keyword_model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     started = time.perf_counter()
     try:
         if args.remove:

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.errors import TinyMLError
-from tinyml_core.models import ClassifierHead, KeywordSpotter, model_version
+from tinyml_core.models import (
+    ClassifierHead,
+    KeywordSpotter,
+    load_anchors,
+    load_keyword_spotter,
+    model_version,
+)
 from tinyml_core.statefile import read_state_file, write_state_file
 from tinyml_core.topics import validate_id
 
@@ -239,3 +245,14 @@ def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter
 def version_of(spotter: KeywordSpotter, node: EnrolledNode | None) -> str:
     """A keyword result's model_version: the model's, and the node's enrollment if any."""
     return model_version(spotter.entry) + (node.version if node is not None else "")
+
+
+def adaptation_models(models_dir: Path | str, name: str) -> tuple[KeywordSpotter, Anchors]:
+    """The keyword model with its embedding, and its anchors: what enrolling needs.
+    ModelLoadError or ValueError with the reason."""
+    spotter = load_keyword_spotter(models_dir, name, embedding=True)
+    shipped = load_anchors(models_dir, name)
+    if shipped is None:
+        raise ValueError(f"{name} has no anchors (its training data the node's layer is "
+                         f"fitted beside): make them with `python -m training.anchors {name}`")
+    return spotter, Anchors(*shipped)

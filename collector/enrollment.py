@@ -215,8 +215,8 @@ MIN_TAKE_S = 0.25
 QUIET_DBFS = -70.0  # a take whose loudest 50 ms stays below this is silence (nothing recorded)
 
 
-def check_take(path: Path, rate: int, samples: np.ndarray) -> None:
-    """A take must be a sound of a plausible length; ValueError naming the file otherwise."""
+def check_take(path: Path | str, rate: int, samples: np.ndarray) -> None:
+    """A take must be a sound of a plausible length; ValueError naming the take otherwise."""
     seconds = len(samples) / rate if rate > 0 else 0.0
     if not 8_000 <= rate <= 48_000:
         raise ValueError(f"{path}: sampled at {rate} Hz; takes need 8-48 kHz")

@@ -22,22 +22,26 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tinyml_core.errors import MqttError
+from tinyml_core.errors import MqttError, PayloadError
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force
-from tinyml_core.messages import Confirmation
+from tinyml_core.messages import Confirmation, EnrollmentTake, ErrorRecord
 from tinyml_core.mqtt import InboundMessage, MqttClient, PublishHandle
 from tinyml_core.statefile import ChangeSaver, state_path
 from tinyml_core.topics import (
     SensorKind,
     confirmed_topic,
+    enroll_filter,
+    errors_topic,
+    matches,
     reporting_node_id,
     sensor_filter,
     shared_filter,
 )
 
+from .enroller import Enroller, TakesInbox
 from .homeassistant import BIRTH_TOPIC, discovery_messages
 from .inference import Inference
-from .settings import CollectorSettings
+from .settings import CollectorSettings, enrollment_path
 from .state import load_state, state_document
 
 log = logging.getLogger("collector")
@@ -100,6 +104,12 @@ class Worker:
         self.saver = None if path is None or not inference.forecasters else ChangeSaver(
             path, "windows", lambda: inference.readings, self._windows_document)
         self._confirmed_at = 0.0  # time.monotonic() of the last look for due confirmations
+        # Takes sent over the broker (`node enroll`), adapted in the enroller's thread.
+        enrolled_file = enrollment_path(options)
+        self.enroller = None if inference.spotter is None or enrolled_file is None else \
+            Enroller(enrolled_file, options.models_dir, inference.spotter.name, options.id,
+                     lambda topic, payload: self.client.publish(topic, payload))
+        self.inbox = TakesInbox()
         self._saved_through = 0  # the journal index of the last reading in the state written
 
     def filters(self) -> list[str]:
@@ -110,6 +120,8 @@ class Worker:
         if self.inference.spotter is not None:
             audio = sensor_filter(SensorKind.AUDIO)
             filters.append(shared_filter(group, audio) if group else audio)
+        if self.enroller is not None:  # never shared: every worker keeps its own layers
+            filters.append(enroll_filter())
         return filters
 
     def start(self) -> None:
@@ -121,6 +133,8 @@ class Worker:
         if self.saver is not None:
             # Before connecting: a resumed session delivers what waited for us at once.
             load_state(self.saver.path, self.settings.collector.id, self.inference)
+        if self.enroller is not None:
+            self.enroller.start()
         self.client.connect()
         for topic_filter in self.filters():
             self.client.subscribe(topic_filter)
@@ -203,7 +217,10 @@ class Worker:
             if message.payload == b"online":  # Home Assistant (re)started: announce again
                 for node_id in sorted(self.announced):
                     self.announce(node_id)
-            self.client.ack(message)
+            self._answered(message, [])
+            return
+        if self.enroller is not None and matches(enroll_filter(), message.topic):
+            self._answered(message, self._enrollment(message))
             return
         started = time.perf_counter()
         self.counters.received += 1
@@ -237,6 +254,36 @@ class Worker:
                 self.announced.add(node_id)
                 self.announce(node_id)
         self.counters.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    def _answered(self, message: InboundMessage, answers: list[PublishHandle]) -> None:
+        """A message that records nothing: acknowledged in its turn."""
+        with self._windows_lock:
+            self._unsettled.append(Unsettled(message, answers, 0))
+            self._settle()
+
+    def _enrollment(self, message: InboundMessage) -> list[PublishHandle]:
+        """One take of an enrollment; the enroller gets the whole once it is complete. A take
+        that is malformed, or names another node than the one whose topic it came on (the ACL
+        lets a node write only its own), gets an error record."""
+        node_id = reporting_node_id(message.topic)
+        try:
+            take = EnrollmentTake.decode(message.payload)
+            if take.node_id != node_id:
+                raise PayloadError(f"a take for node {take.node_id!r} sent on {node_id}'s "
+                                   "topic: a node enrolls only its own people", field="node_id")
+            takes = self.inbox.add(take)
+        except PayloadError as error:
+            self.counters.errors += 1
+            self.inference.rejections.rejected(message.topic, len(message.payload), error)
+            record = ErrorRecord.for_rejected(node_id, time.time(), message.topic,
+                                              message.payload, error)
+            return [self.client.publish(errors_topic(node_id), record.encode())]
+        if takes is not None:
+            assert self.enroller is not None
+            log.info("enrollment of %s on %s complete (%d takes): adapting", takes.person,
+                     node_id, takes.count + len(takes.speech))
+            self.enroller.submit(node_id, take.session, takes)
+        return []
 
     def _acknowledged(self, mid: int) -> None:
         """A PUBACK (network thread): settle what it completes. paho marks the handle
@@ -295,6 +342,8 @@ class Worker:
         log.info("stopping: %s", self.stats_line())
         if self.saver is not None:
             self.save_windows(final=True)
+        if self.enroller is not None:
+            self.enroller.close()
         if self.client.is_connected:
             self.publish_confirmations(everything=True)
         self.client.close()

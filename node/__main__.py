@@ -80,11 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "is recorded (too quiet, clipped, no sound, more than one, too long) and "
                     "asked for again with the reason. Accepted takes are written at once to "
                     "--out (<word>/take-N.wav, _unknown_/speech-N.wav): Ctrl-C keeps them, and "
-                    "a second run adds to them. Then `python -m collector enroll NODE DIR` "
-                    "teaches the node's keyword model that voice.")
-    enroll.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help=f"TOML settings file (default: {DEFAULT_CONFIG or 'none'}); its "
-                             "[audio] section says which microphone and how events are cut")
+                    "a second run adds to them. Then the folder goes to the collector over the "
+                    "broker, which teaches the node's keyword model that voice and answers "
+                    "(or, where the collector runs: `python -m collector enroll NODE DIR`). "
+                    "Stop the node daemon first: it holds the microphone.")
+    add_broker_arguments(enroll, DEFAULT_CONFIG)
     enroll.add_argument("--person", default=None, metavar="NAME",
                         help="whose voice (default: your login name)")
     enroll.add_argument("--takes", type=int, default=3, metavar="N",
@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long to record ordinary speech; 0: none (default: 30)")
     enroll.add_argument("--out", type=Path, metavar="DIR",
                         help="where the takes go (default: takes/<person>)")
+    enroll.add_argument("--no-send", action="store_true",
+                        help="only record: do not send the takes to the collector")
+    enroll.add_argument("--send", type=Path, metavar="DIR",
+                        help="do not record: send the takes in DIR (<word>/*.wav) as one "
+                             "enrollment of --person")
+    enroll.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                        help="how long to wait for the collector's answer (default: 120)")
     enroll.add_argument("--microphone", type=Path, metavar="FILE.wav",
                         help="take the sound from a recording instead of the microphone (to try "
                              "it out, or with takes recorded elsewhere)")
@@ -213,6 +220,9 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     if not words or args.takes < 1:
         raise ConfigError("--words needs at least one word and --takes at least 1")
     person = args.person or getpass.getuser()
+    node_id = args.node_id or settings.node.id
+    if args.send is not None:
+        return send_command(settings, node_id, person, args.send, args.wait)
     out = args.out or Path("takes") / person
     cutting = capture(settings.audio)
     if args.microphone is not None:
@@ -239,11 +249,45 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     finally:
         microphone.stop()
     print(result.line())
-    node_id = args.node_id or settings.node.id
-    if result.accepted:
-        print(f"next, where the collector runs: python -m collector enroll {node_id} {out} "
-              f"--person {person}")
-    return 0 if result.complete else 1
+    if not result.accepted:
+        return 1
+    if args.no_send or stop.is_set():
+        print(f"next: python -m node enroll --send {out} --person {person}, or where the "
+              f"collector runs: python -m collector enroll {node_id} {out} --person {person}")
+        return 0 if result.complete else 1
+    sent = send_command(settings, node_id, person, out, args.wait)
+    return sent or (0 if result.complete else 1)
+
+
+def send_command(settings: NodeSettings, node_id: str, person: str, folder: Path,
+                 wait_s: float) -> int:
+    """Send a folder of takes as one enrollment and print the collector's answer."""
+    from tinyml_core.errors import MqttConnectError
+
+    from .enroll import send_takes
+
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    fallback = (f"the takes stay in {folder}: send them again with `python -m node enroll "
+                f"--send {folder} --person {person}`, or where the collector runs: `python -m "
+                f"collector enroll {node_id} {folder} --person {person}`")
+    try:
+        with MqttClient(settings.broker, f"{node_id}-enroll",
+                        publish_availability=False) as client:
+            result = send_takes(client, node_id, person, folder, wait_s, stopped=stop.is_set)
+    except MqttConnectError as error:
+        print(f"not sent: {error}; {fallback}")
+        return 1
+    if result is None:
+        print(f"no answer from a collector within {wait_s:g} s (is one running, with "
+              f"enrollment_path set and an ACL that lets it read enroll/#?); {fallback}")
+        return 1
+    if not result.enrolled:
+        print(f"{result.collector_id} did not enroll {person}: {result.reason}")
+        return 1
+    print(f"{result.collector_id}: {result.reason}; {result.people} people on {node_id} "
+          f"(model_version {result.model_version}, adapted in {result.seconds:.1f} s)")
+    return 0
 
 
 def spool_command(settings: NodeSettings) -> int:

@@ -7,7 +7,10 @@ sound, more than one sound, too long. A take that fails is asked for again with 
 Then the person reads a short text aloud for about half a minute: their ordinary speech, which
 the adapted model learns to leave ``unknown``. Every accepted take is written at once
 (``<word>/take-N.wav``, ``_unknown_/speech-N.wav``), so Ctrl-C keeps what was accepted, and a
-second run adds to the folder. ``python -m collector enroll NODE DIR`` adapts from it.
+second run adds to the folder. Then the folder is sent to the collector over the broker
+(:func:`send_takes`, one ``enroll/<node_id>`` message a take), which adapts the node's keyword
+layer and answers on ``enrolled/<node_id>``; ``python -m collector enroll NODE DIR`` does the
+same from a folder where the collector runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import queue
 import re
+import secrets
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyml_core.recordings import write_wav
+from tinyml_core.errors import PayloadError
+from tinyml_core.messages import EnrollmentResult, EnrollmentTake
+from tinyml_core.mqtt import MqttClient, PublishWindow
+from tinyml_core.recordings import RecordingError, read_wav, write_wav
+from tinyml_core.topics import enroll_topic, enrolled_topic
 
 from .microphone import FULL_SCALE, Clip, Microphone, level_dbfs
 
@@ -237,3 +245,55 @@ def enroll(microphone: Microphone, out_dir: Path, words: Sequence[str], takes: i
     session.words(words, takes, result)
     session.speech(speech_s, result)
     return result
+
+
+SEND_WINDOW = 8  # takes in flight at once (each up to ~1 MB)
+
+
+def folder_takes(folder: Path) -> list[tuple[str, Path]]:
+    """(word, file) of every take in ``folder`` (``<word>/*.wav``), in order; RecordingError
+    when there is none."""
+    takes = [(sub.name, path) for sub in sorted(p for p in folder.iterdir() if p.is_dir())
+             for path in sorted(sub.glob("*.wav"))] if folder.is_dir() else []
+    if not takes:
+        raise RecordingError(f"{folder}: no takes (<word>/*.wav) to send")
+    return takes
+
+
+def send_takes(client: MqttClient, node_id: str, person: str, folder: Path, wait_s: float,
+               say: Callable[[str], None] = print,
+               stopped: Callable[[], bool] = lambda: False) -> EnrollmentResult | None:
+    """Send every take in ``folder`` as one enrollment of ``person`` and wait up to ``wait_s``
+    for the collector's answer (None when none came)."""
+    takes = folder_takes(folder)
+    session = secrets.token_hex(4)
+    client.subscribe(enrolled_topic(node_id))  # before sending: the answer is not retained
+    window: PublishWindow[int] = PublishWindow(client, SEND_WINDOW)
+    sent = 0
+    for index, (word, path) in enumerate(takes):
+        rate, samples = read_wav(path)
+        try:
+            take = EnrollmentTake.from_samples(node_id, person, session, word, index,
+                                               len(takes), rate, samples, time.time())
+        except PayloadError as error:
+            raise RecordingError(f"{path}: {error}") from None
+        while window.room() == 0 and not stopped():
+            sent += len(window.wait_all(0.05))
+        if stopped():
+            return None
+        window.publish(index, enroll_topic(node_id), take.encode())
+    sent += len(window.wait_all(30.0, stopped))
+    say(f"sent {sent} of {len(takes)} takes of {person} (session {session}); waiting up to "
+        f"{wait_s:g} s for the collector")
+    deadline = time.monotonic() + wait_s
+    while not stopped() and (remaining := deadline - time.monotonic()) > 0:
+        message = client.receive(timeout=min(0.2, remaining))
+        if message is None:
+            continue
+        try:
+            result = EnrollmentResult.decode(message.payload)
+        except PayloadError:
+            continue
+        if result.session == session:
+            return result
+    return None

@@ -25,16 +25,18 @@ def start_worker(mosquitto: LocalMosquitto, client_id: str, share: str = "",
                  forecasts: tuple[str, ...] = ("forecast_a",), partition: str = "1/1",
                  keyword_model: str = "kws_c", config: BrokerConfig | None = None,
                  state_path: str = "", rate_limit_per_s: float = 0.0,
-                 ha_discovery: bool = False) -> tuple[Worker, threading.Thread]:
+                 ha_discovery: bool = False, enrollment_path: str = ""
+                 ) -> tuple[Worker, threading.Thread]:
     """A Worker running in a thread (``keyword_model=""``: readings only); ``config`` for
-    credentials or TLS; no saved windows and no rate limit unless asked for."""
+    credentials or TLS; no saved windows, no enrollments and no rate limit unless asked for."""
     settings = CollectorSettings(
         broker=config or broker_config(mosquitto),
         collector=CollectorOptions(id=client_id, models_dir=str(MODELS), share_group=share,
                                    forecast_models=forecasts, partition=partition,
                                    keyword_model=keyword_model, state_path=state_path,
                                    rate_limit_per_s=rate_limit_per_s,
-                                   ha_discovery=ha_discovery))
+                                   ha_discovery=ha_discovery,
+                                   enrollment_path=enrollment_path))
     running = Worker(settings, Inference.from_options(settings.collector))
     running.start()
     thread = threading.Thread(target=running.run, daemon=True)

@@ -1,6 +1,7 @@
 """`python -m node enroll`: takes recorded through the node's own capture path, each checked,
-written as `collector enroll` reads them. The microphone is a recording of the bundled clips
-with the faults a person makes in front of one (too quiet, clipped, said twice)."""
+written as `collector enroll` reads them, and sent to a running collector over a real
+Mosquitto, which enrolls the person and answers. The microphone is a recording of the bundled
+clips with the faults a person makes in front of one (too quiet, clipped, said twice)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from collector.enrollment import read_takes
 from node.__main__ import main
 from node.enroll import DEFAULT_WORDS, TakeRules, enroll, judge
 from node.microphone import Capture, Clip, Microphone, RecordedStream
-from tests.conftest import REPO_ROOT
+from tests.collector_runner import start_worker, stop_worker
+from tests.conftest import REPO_ROOT, broker_config
+from tests.test_enrollment import MISSED, enroll_folder
+from tests.waiting import wait_for
+from tinyml_core.broker import LocalMosquitto
+from tinyml_core.messages import AudioClip, EnrollmentTake, ErrorRecord, KeywordResult
+from tinyml_core.mqtt import MqttClient
 from tinyml_core.recordings import read_wav, write_wav
+from tinyml_core.topics import audio_topic, enroll_topic
 
 SPEECH = REPO_ROOT / "samples" / "speech"
 RATE = 16_000
@@ -91,7 +99,7 @@ def test_stopping_keeps_what_was_accepted_and_a_second_run_adds_to_it(tmp_path: 
     recording = tmp_path / "more.wav"
     write_wav(recording, RATE, np.concatenate([quiet(1.0), sample("yes", 1), quiet(2.5)]))
     code = main(["enroll", "--microphone", str(recording), "--out", str(tmp_path / "bob"),
-                 "--words", "yes", "--takes", "1", "--speech-s", "0"])
+                 "--words", "yes", "--takes", "1", "--speech-s", "0", "--no-send"])
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "bob" / "yes").iterdir()) == \
         ["take-1.wav", "take-2.wav"]
@@ -103,7 +111,7 @@ def test_a_recording_that_ends_early_says_what_is_missing(
     write_wav(recording, RATE, np.concatenate([quiet(1.0), sample("yes", 1), quiet(2.5)]))
     code = main(["enroll", "--microphone", str(recording), "--out", str(tmp_path / "cy"),
                  "--words", "yes,no", "--takes", "1", "--speech-s", "0", "--person", "cy",
-                 "--node-id", "kitchen"])
+                 "--node-id", "kitchen", "--no-send"])
     out = capsys.readouterr().out
     assert code == 1, out
     assert "1 keyword takes and 0 pieces of speech kept, 1 takes not recorded (the recording " \
@@ -121,3 +129,99 @@ def test_judging_a_take() -> None:
     assert "too long" in str(judge(Clip(0.0, RATE, long, -20.0), -50.0, rules))
     assert "too quiet" in str(judge(Clip(0.0, RATE, scaled(word, -25), -45.0), -50.0, rules))
     assert "clipped" in str(judge(Clip(0.0, RATE, scaled(word, 25), 0.0), -50.0, rules))
+
+
+def send(mosquitto: LocalMosquitto, folder: Path, *args: str) -> int:
+    return main(["enroll", "--send", str(folder), "--node-id", "kitchen", "--broker",
+                 f"{mosquitto.host}:{mosquitto.port}", "--wait", "60", *args])
+
+
+def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
+        mosquitto: LocalMosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    enrolled_file = tmp_path / "enrolled.json"
+    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_b",
+                                  enrollment_path=str(enrolled_file))
+    observer = MqttClient(broker_config(mosquitto), "observer", publish_availability=False)
+    node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
+    try:
+        observer.connect().subscribe("predictions/#")
+        node.connect()
+        rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])  # kws_b hears "down"
+
+        def answer(seq: int) -> KeywordResult:
+            clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
+                                          samples)
+            assert node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
+            message = observer.receive(timeout=10)
+            assert message is not None
+            return KeywordResult.decode(message.payload)
+
+        before = answer(0)
+        assert before.label != "go" and "+enrolled-" not in before.model_version
+        assert send(mosquitto, enroll_folder(tmp_path), "--person", "ann") == 0
+        out = capsys.readouterr().out
+        assert "collector-1: enrolled ann: 16 takes of 8 words, 4 pieces of speech; 1 people " \
+               "on kitchen" in out, out
+        assert enrolled_file.exists()
+        after: list[KeywordResult] = []
+        # The worker reads the file again within ENROLLMENT_CHECK_S.
+        assert wait_for(lambda: "+enrolled-" in (after.append(answer(len(after) + 1))
+                                                 or after[-1].model_version), timeout=15)
+        # Their "go" now leads (below kws_b's threshold for this soft take: `unknown`, not
+        # "down").
+        heard = after[-1].probabilities
+        assert max(heard, key=heard.__getitem__) == "go", heard
+        assert heard["go"] > before.probabilities["go"] + 0.3
+        assert after[-1].label in ("go", "unknown")
+    finally:
+        node.close()
+        observer.close()
+        stop_worker(worker, thread)
+
+
+def test_bad_takes_over_the_broker_get_a_clear_answer_and_change_nothing(
+        mosquitto: LocalMosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    enrolled_file = tmp_path / "enrolled.json"
+    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_b",
+                                  enrollment_path=str(enrolled_file))
+    observer = MqttClient(broker_config(mosquitto), "observer", publish_availability=False)
+    node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
+    try:
+        observer.connect().subscribe("errors/#")
+        node.connect()
+        # A word the model does not know: the whole enrollment is refused with the reason.
+        folder = enroll_folder(tmp_path, ("yes",))
+        (folder / "yes").rename(folder / "banana")
+        assert send(mosquitto, folder, "--person", "ann") == 1
+        assert "did not enroll ann: 'banana' is not a keyword of kws_b" in capsys.readouterr().out
+        # Silence, as a take.
+        silent = tmp_path / "bob"
+        (silent / "yes").mkdir(parents=True)
+        write_wav(silent / "yes" / "take-1.wav", RATE, np.zeros(RATE, dtype=np.int16))
+        assert send(mosquitto, silent, "--person", "bob") == 1
+        assert "silence" in capsys.readouterr().out
+        # Another node's takes on this node's topic, and garbage: error records.
+        take = EnrollmentTake.from_samples("hallway", "eve", "0123abcd", "yes", 0, 1, RATE,
+                                           sample("yes", 1), 1_767_225_600.0)
+        for payload in (take.encode(), b"{not json"):
+            assert node.publish(enroll_topic("kitchen"), payload).wait(5)
+        reasons = []
+        for _ in range(2):
+            message = observer.receive(timeout=10)
+            assert message is not None and message.topic == "errors/kitchen"
+            reasons.append(ErrorRecord.decode(message.payload).reason)
+        assert "a node enrolls only its own people" in reasons[0]
+        assert not enrolled_file.exists()
+    finally:
+        node.close()
+        observer.close()
+        stop_worker(worker, thread)
+
+
+def test_without_a_collector_the_takes_stay_and_the_way_to_send_them_is_said(
+        mosquitto: LocalMosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = enroll_folder(tmp_path, ("yes",))
+    assert send(mosquitto, folder, "--person", "ann", "--wait", "1") == 1
+    out = capsys.readouterr().out
+    assert "no answer from a collector within 1 s" in out
+    assert f"python -m node enroll --send {folder} --person ann" in out

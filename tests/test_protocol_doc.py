@@ -21,7 +21,7 @@ def test_the_doc_has_an_example_for_every_topic_kind() -> None:
     assert topics == {"sensors/<node>/climate", "sensors/<node>/audio",
                       "predictions/<node>/forecast", "predictions/<node>/keyword",
                       "status/<node>", "errors/<node>", "confirmed/<node>/climate",
-                      "diagnostics/<node>"}
+                      "diagnostics/<node>", "enroll/<node>", "enrolled/<node>"}
 
 
 @pytest.mark.parametrize(("kind", "topic", "body"), EXAMPLES, ids=[t for _, t, _ in EXAMPLES])

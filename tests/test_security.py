@@ -98,6 +98,7 @@ def test_a_node_can_publish_only_under_its_own_id(
     collector = clients(as_user(secured, "collector-1"), "collector-1",
                         publish_availability=False)
     collector.subscribe("sensors/#")
+    collector.subscribe("enroll/#")
     dashboard = clients(as_user(secured, "homeassistant"), "homeassistant",
                         publish_availability=False)
     dashboard.subscribe("predictions/#")
@@ -108,13 +109,15 @@ def test_a_node_can_publish_only_under_its_own_id(
         ("sensors/pi-2/audio", b"x"),
         ("predictions/pi-1/forecast", b"{}"),  # a forged prediction
         ("status/collector-1", b"offline"),  # another client's availability
+        ("enroll/pi-2", b"{}"),  # takes for another node's household
         (climate_topic("pi-1"), reading("pi-1", 1)),  # its own: delivered
+        ("enroll/pi-1", b"{}"),
     ]
     for topic, payload in attempts:
         # MQTT 3.1.1 has no way to say "denied": the broker acknowledges and drops.
         assert node.publish(topic, payload).wait(5)
     delivered = [(m.topic, m.payload) for m in drain(collector)]
-    assert delivered == [(climate_topic("pi-1"), reading("pi-1", 1))]
+    assert delivered == [(climate_topic("pi-1"), reading("pi-1", 1)), ("enroll/pi-1", b"{}")]
     seen = [(m.topic, m.payload) for m in drain(dashboard)]
     assert seen == [("status/pi-1", b"online")]
 

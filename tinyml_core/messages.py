@@ -26,6 +26,8 @@ from .errors import PayloadError
 from .topics import (
     CONFIRMED_ROOT,
     DIAGNOSTICS_ROOT,
+    ENROLL_ROOT,
+    ENROLLED_ROOT,
     ERRORS_ROOT,
     PREDICTIONS_ROOT,
     SENSORS_ROOT,
@@ -808,8 +810,138 @@ class NodeDiagnostics:
 
 
 # --- any topic ----------------------------------------------------------------------------------
+# --- enrollment ---------------------------------------------------------------------------------
+MAX_ENROLL_TAKES = 400  # takes in one enrollment (8 words x 3 takes and speech is ~40)
+MAX_PERSON_CHARS = 64
+UNKNOWN_TAKES = "_unknown_"  # a person's ordinary speech (Speech Commands' folder name)
+_SESSION_PATTERN = re.compile(r"[0-9a-f]{8,32}")
+_WORD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
+
+
+def _person(value: object) -> str:
+    text = _text(value, "person")
+    if not 0 < len(text) <= MAX_PERSON_CHARS or not text.isprintable():
+        raise PayloadError(f"person must be 1-{MAX_PERSON_CHARS} printable characters",
+                           field="person")
+    return text
+
+
+@dataclass(frozen=True)
+class EnrollmentTake:
+    """``enroll/<node_id>``: one take of one person (a keyword said once, or a piece of their
+    ordinary speech as ``word`` ``_unknown_``), number ``index`` of the ``count`` takes of one
+    enrollment ``session``. The collector adapts once it has all of them, and answers on
+    ``enrolled/<node_id>`` (:class:`EnrollmentResult`)."""
+
+    node_id: str
+    person: str
+    session: str
+    word: str
+    index: int
+    count: int
+    sample_rate: int
+    pcm: bytes = field(repr=False)
+    time: float
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        _person(self.person)
+        _text(self.session, "session", _SESSION_PATTERN)
+        _text(self.word, "word", _WORD_PATTERN)
+        count = _integer(self.count, "count", 1, MAX_ENROLL_TAKES)
+        _integer(self.index, "index", 0, count - 1)
+        _integer(self.sample_rate, "sample_rate", MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
+        object.__setattr__(self, "time", _timestamp(self.time))
+        if not isinstance(self.pcm, bytes) or not self.pcm or len(self.pcm) % 2:
+            raise PayloadError("must hold whole 16-bit samples", field="pcm")
+        if self.duration > MAX_CLIP_SECONDS:
+            raise PayloadError(f"take lasts {self.duration:.2f} s; at most "
+                               f"{MAX_CLIP_SECONDS:g} s", field="pcm")
+
+    @classmethod
+    def from_samples(cls, node_id: str, person: str, session: str, word: str, index: int,
+                     count: int, sample_rate: int, samples: np.ndarray, time: float) -> Self:
+        array = np.asarray(samples)
+        if array.ndim != 1 or array.dtype != np.int16:
+            raise PayloadError(f"samples must be a 1-D int16 array, not {array.ndim}-D "
+                               f"{array.dtype}", field="pcm")
+        return cls(node_id, person, session, word, index, count, sample_rate,
+                   array.astype("<i2", copy=False).tobytes(), time)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(self.pcm, dtype="<i2")
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / 2 / self.sample_rate
+
+    def encode(self) -> bytes:
+        return _dump_json({"node_id": self.node_id, "person": self.person,
+                           "session": self.session, "word": self.word, "index": self.index,
+                           "count": self.count, "sample_rate": self.sample_rate,
+                           "sample_format": SAMPLE_FORMAT,
+                           "pcm": _encode_base64url(self.pcm), "time": self.time})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(_parse_json(payload, MAX_AUDIO_PAYLOAD_BYTES, "enrollment take"),
+                           "enrollment take", {"node_id", "person", "session", "word", "index",
+                                               "count", "sample_rate", "sample_format", "pcm",
+                                               "time"})
+        if document.pop("sample_format") != SAMPLE_FORMAT:
+            raise PayloadError(f"only {SAMPLE_FORMAT!r} takes", field="sample_format")
+        try:
+            pcm = _decode_base64url(_text(document.pop("pcm"), "pcm"))
+        except PayloadError as error:
+            raise PayloadError(error.reason, field="pcm") from None
+        return cls(pcm=pcm, **document)
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    """``enrolled/<node_id>``: what the collector made of an enrollment ``session``: enrolled
+    (with the node's new ``model_version``) or not, and why."""
+
+    node_id: str
+    collector_id: str
+    person: str
+    session: str
+    enrolled: bool
+    reason: str  # what was done, or why not
+    takes: int  # keyword takes used
+    speech: int  # pieces of ordinary speech used
+    people: int  # enrolled on the node now
+    model_version: str
+    seconds: float  # how long adapting took
+    time: float
+
+    def __post_init__(self) -> None:
+        validate_id(self.node_id)
+        validate_id(self.collector_id, "collector id")
+        _person(self.person)
+        _text(self.session, "session", _SESSION_PATTERN)
+        if not isinstance(self.enrolled, bool):
+            raise PayloadError("enrolled must be true or false", field="enrolled")
+        _text(self.reason, "reason")
+        _text(self.model_version, "model_version")
+        for name in ("takes", "speech", "people"):
+            _integer(getattr(self, name), name, 0, 10 * MAX_ENROLL_TAKES)
+        _number(self.seconds, "seconds", 0.0, 86_400.0)
+        object.__setattr__(self, "time", _timestamp(self.time))
+
+    def encode(self) -> bytes:
+        return _dump_json({name: getattr(self, name) for name in self.__dataclass_fields__})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        document = _object(_parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "enrollment result"),
+                           "enrollment result", set(cls.__dataclass_fields__))
+        return cls(**document)
+
+
 AnyMessage: TypeAlias = (SensorMessage | PredictionMessage | Availability | ErrorRecord
-                         | Confirmation | NodeDiagnostics)
+                         | Confirmation | NodeDiagnostics | EnrollmentTake | EnrollmentResult)
 _PREDICTION_CODECS: dict[str, Callable[[bytes], PredictionMessage]] = {
     PredictionKind.FORECAST.value: Forecast.decode,
     PredictionKind.KEYWORD.value: KeywordResult.decode,
@@ -843,4 +975,9 @@ def decode_message(topic: str, payload: bytes) -> AnyMessage:
         return prediction
     if root == SENSORS_ROOT:
         return decode_sensor_message(topic, payload)
+    if root in (ENROLL_ROOT, ENROLLED_ROOT) and len(parts) == 2:
+        enrollment = (EnrollmentTake if root == ENROLL_ROOT else EnrollmentResult).decode(payload)
+        if enrollment.node_id != validate_id(parts[1]):
+            raise PayloadError(f"payload is for node {enrollment.node_id!r}, topic is {topic!r}")
+        return enrollment
     raise PayloadError(f"topic {topic[:80]!r} is not part of the protocol")

@@ -38,6 +38,8 @@ STATUS_ROOT = "status"
 ERRORS_ROOT = "errors"
 CONFIRMED_ROOT = "confirmed"
 DIAGNOSTICS_ROOT = "diagnostics"
+ENROLL_ROOT = "enroll"  # a node sends a person's takes
+ENROLLED_ROOT = "enrolled"  # the collector says what it made of them
 
 
 def validate_id(value: str, what: str = "node id") -> str:
@@ -87,6 +89,20 @@ def confirmed_filter(node_id: str) -> str:
 def diagnostics_topic(node_id: str) -> str:
     """Where a node publishes how it is doing (retained; Home Assistant's diagnostic entities)."""
     return f"{DIAGNOSTICS_ROOT}/{validate_id(node_id)}"
+
+
+def enroll_topic(node_id: str) -> str:
+    """Where a node sends the takes of a person of its household (docs/protocol.md)."""
+    return f"{ENROLL_ROOT}/{validate_id(node_id)}"
+
+
+def enroll_filter() -> str:
+    return f"{ENROLL_ROOT}/+"
+
+
+def enrolled_topic(node_id: str) -> str:
+    """Where the collector answers a node's enrollment."""
+    return f"{ENROLLED_ROOT}/{validate_id(node_id)}"
 
 
 def sensor_filter(kind: SensorKind | None = None) -> str:

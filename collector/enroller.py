@@ -1,0 +1,179 @@
+"""Enrollments that arrive over the broker: a node's ``node enroll`` sends a person's takes on
+``enroll/<node_id>``, one message a take (docs/protocol.md).
+
+:class:`TakesInbox` gathers them per node and session until all ``count`` have come (a
+take sent twice counts once; a session left incomplete is forgotten after ``EXPIRE_S``; memory
+is bounded by sessions and seconds of audio). :class:`Enroller` adapts in its own thread (a few
+seconds of numpy must not stall the network thread), writes the same enrollment file as
+``python -m collector enroll`` (which the worker reads again when it changes: no restart), and
+answers on ``enrolled/<node_id>``: enrolled, or why not.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinyml_core.errors import ModelLoadError, PayloadError
+from tinyml_core.messages import UNKNOWN_TAKES, EnrollmentResult, EnrollmentTake
+from tinyml_core.topics import enrolled_topic
+
+from .enrolled import Enrollments, adaptation_models, version_of
+from .enrollment import Takes, check_take
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 8  # enrollments gathered at once (oldest forgotten first)
+MAX_SESSION_S = 600.0  # seconds of audio in one
+EXPIRE_S = 300.0  # a session without a new take this long is forgotten
+MAX_QUEUED = 4  # complete enrollments waiting to be adapted
+
+
+@dataclass
+class _Session:
+    person: str
+    count: int
+    takes: dict[int, EnrollmentTake] = field(default_factory=dict)
+    seconds: float = 0.0
+    last: float = 0.0
+
+
+class TakesInbox:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sessions: OrderedDict[tuple[str, str], _Session] = OrderedDict()
+        self._clock = clock
+
+    def add(self, take: EnrollmentTake) -> Takes | None:
+        """The whole enrollment once this take completes it; PayloadError when the take does
+        not fit its session."""
+        now = self._clock()
+        for key in [k for k, s in self._sessions.items() if now - s.last > EXPIRE_S]:
+            log.warning("enrollment %s of %s forgotten: %d of %d takes came",
+                        key[1], key[0], len(self._sessions[key].takes), self._sessions[key].count)
+            del self._sessions[key]
+        key = (take.node_id, take.session)
+        session = self._sessions.get(key)
+        if session is None:
+            if len(self._sessions) >= MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+            session = self._sessions[key] = _Session(take.person, take.count)
+        if (take.person, take.count) != (session.person, session.count):
+            raise PayloadError(f"take {take.index} of session {take.session} says "
+                               f"{take.person!r}, {take.count} takes; the session began with "
+                               f"{session.person!r}, {session.count}", field="session")
+        if take.index not in session.takes:
+            if session.seconds + take.duration > MAX_SESSION_S:
+                del self._sessions[key]
+                raise PayloadError(f"session {take.session} holds more than {MAX_SESSION_S:g} s "
+                                   "of audio: refused whole", field="session")
+            session.takes[take.index] = take
+            session.seconds += take.duration
+        session.last = now
+        if len(session.takes) < session.count:
+            return None
+        del self._sessions[key]
+        takes = Takes(session.person)
+        for index in sorted(session.takes):
+            one = session.takes[index]
+            clip = (one.sample_rate, np.array(one.samples))
+            if one.word == UNKNOWN_TAKES:
+                takes.speech.append(clip)
+            else:
+                takes.words.setdefault(one.word, []).append(clip)
+        return takes
+
+
+@dataclass(frozen=True)
+class _Job:
+    node_id: str
+    session: str
+    takes: Takes
+
+
+class Enroller:
+    """Adapts complete enrollments one after the other in a thread (see module doc)."""
+
+    def __init__(self, path: Path, models_dir: Path | str, model: str, collector_id: str,
+                 publish: Callable[[str, bytes], object]) -> None:
+        self.path, self.models_dir, self.model = path, models_dir, model
+        self.collector_id = collector_id
+        self._publish = publish
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=MAX_QUEUED)
+        self._thread = threading.Thread(target=self._run, name="enroller", daemon=True)
+        self.done = 0  # enrollments answered (either way)
+
+    def start(self) -> Enroller:
+        self._thread.start()
+        return self
+
+    def submit(self, node_id: str, session: str, takes: Takes) -> None:
+        try:
+            self._jobs.put_nowait(_Job(node_id, session, takes))
+        except queue.Full:
+            self._answer(_Job(node_id, session, takes), False,
+                         f"{MAX_QUEUED} enrollments are waiting already: send it again later",
+                         0, "", 0.0)
+
+    def close(self) -> None:
+        """Finish the enrollment in progress (not those waiting) and stop."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        self._jobs.put(None)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            started = time.perf_counter()
+            try:
+                people, version = self._enroll(job)
+            except (ValueError, OSError, ModelLoadError) as error:
+                log.error("enrollment of %s on %s refused: %s", job.takes.person, job.node_id,
+                          error)
+                self._answer(job, False, str(error), 0, "", time.perf_counter() - started)
+                continue
+            seconds = time.perf_counter() - started
+            log.info("enrolled %s on %s over the broker: %d takes, %d pieces of speech, "
+                     "%.1f s", job.takes.person, job.node_id, job.takes.count,
+                     len(job.takes.speech), seconds)
+            self._answer(job, True, f"enrolled {job.takes.person}: {job.takes.count} takes of "
+                         f"{len(job.takes.words)} words, {len(job.takes.speech)} pieces of "
+                         f"speech", people, version, seconds)
+
+    def _enroll(self, job: _Job) -> tuple[int, str]:
+        spotter, anchors = adaptation_models(self.models_dir, self.model)
+        keywords = spotter.contract.keywords
+        for word, clips in job.takes.words.items():
+            if word not in keywords:
+                raise ValueError(f"{word!r} is not a keyword of {spotter.name} "
+                                 f"({', '.join(keywords)}) nor {UNKNOWN_TAKES}")
+            for number, (rate, samples) in enumerate(clips, 1):
+                check_take(f"{word} take {number}", rate, samples)
+        for number, (rate, samples) in enumerate(job.takes.speech, 1):
+            check_take(f"{UNKNOWN_TAKES} take {number}", rate, samples)
+        store = Enrollments.load(self.path)  # again each time: `collector enroll` may write it
+        node = store.add(job.node_id, job.takes, spotter, anchors=anchors)
+        store.save()
+        return len(node.people), version_of(spotter, node)
+
+    def _answer(self, job: _Job, enrolled: bool, reason: str, people: int, version: str,
+                seconds: float) -> None:
+        result = EnrollmentResult(job.node_id, self.collector_id, job.takes.person, job.session,
+                                  enrolled, reason[:500], job.takes.count,
+                                  len(job.takes.speech), people, version, round(seconds, 3),
+                                  time.time())
+        try:
+            self._publish(enrolled_topic(job.node_id), result.encode())
+        except Exception as error:  # the broker may be gone: the node's wait says so
+            log.warning("enrollment result for %s not published: %s", job.node_id, error)
+        self.done += 1
