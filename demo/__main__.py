@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from collector.settings import CollectorOptions, CollectorSettings
 from collector.worker import Worker
 from dashboard.server import Dashboard
 from dashboard.settings import DashboardOptions, DashboardSettings
+from node.enroll import send_takes
 from node.replay import ReplayItem, ReplayResult, load_stream, replay
 from tinyml_core.broker import EmbeddedBroker, LocalMosquitto, start_private_broker
 from tinyml_core.cli import (
@@ -47,7 +49,16 @@ from tinyml_core.messages import (
     decode_message,
 )
 from tinyml_core.mqtt import InboundMessage, MqttClient
-from tinyml_core.topics import ERRORS_ROOT, PREDICTIONS_ROOT, SENSORS_ROOT, STATUS_ROOT
+from tinyml_core.recordings import read_wav
+from tinyml_core.topics import (
+    ERRORS_ROOT,
+    PREDICTIONS_ROOT,
+    SENSORS_ROOT,
+    STATUS_ROOT,
+    PredictionKind,
+    audio_topic,
+    prediction_topic,
+)
 
 log = logging.getLogger("tinyml.demo")
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -172,7 +183,7 @@ def _main(argv: Sequence[str] | None) -> int:
     config = BrokerConfig(host=host, port=port, connect_timeout_s=10)
     try:
         return run_demo(config, args.node_id, items, words, args.speed,
-                        dashboard_listen=args.dashboard, keep=args.keep)
+                        dashboard_listen=args.dashboard, keep=args.keep, samples=args.samples)
     finally:
         if broker is not None:
             broker.stop()
@@ -180,12 +191,15 @@ def _main(argv: Sequence[str] | None) -> int:
                 broker.cleanup()
 
 
-def start_collector(config: BrokerConfig, models: Path) -> tuple[Worker, threading.Thread]:
+def start_collector(config: BrokerConfig, models: Path, enrolled: Path
+                    ) -> tuple[Worker, threading.Thread]:
     settings = CollectorSettings(broker=config,
-                                 # Each demo starts afresh: no windows kept between runs.
+                                 # Each demo starts afresh: no windows or enrollments kept
+                                 # between runs.
                                  collector=CollectorOptions(id="demo-collector",
                                                             models_dir=str(models),
-                                                            state_path=""))
+                                                            state_path="",
+                                                            enrollment_path=str(enrolled)))
     worker = Worker(settings, Inference.from_options(settings.collector))
     worker.start()
     thread = threading.Thread(target=worker.run, name="demo-collector", daemon=True)
@@ -209,14 +223,17 @@ def start_web_dashboard(config: BrokerConfig, listen: str) -> Dashboard:
 
 def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
              words: dict[float, str], speed: float, models: Path = MODELS,
-             dashboard_listen: str = "127.0.0.1:8080", keep: bool = False) -> int:
+             dashboard_listen: str = "127.0.0.1:8080", keep: bool = False,
+             samples: Path = SAMPLES) -> int:
     counts: Counter[str] = Counter()
     web = start_web_dashboard(config, dashboard_listen)
     print(f"dashboard: {web.address} (the web page; --keep keeps it up after the replay)")
     with MqttClient(config, "demo-dashboard", publish_availability=False) as dashboard:
         for root in (SENSORS_ROOT, PREDICTIONS_ROOT, STATUS_ROOT, ERRORS_ROOT):
             dashboard.subscribe(f"{root}/#")
-        collector, collector_thread = start_collector(config, models)
+        scratch = tempfile.TemporaryDirectory(prefix="tinyml-demo-")
+        collector, collector_thread = start_collector(config, models,
+                                                      Path(scratch.name) / "enrolled.json")
         print(f"collector: {collector.models_line()}")
         spotter = collector.inference.spotter
         keywords = spotter.contract.keywords if spotter is not None else ()
@@ -244,6 +261,7 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
             if line:
                 print(line, flush=True)
         elapsed = time.monotonic() - started
+        enrolled = show_enrollment(config, node_id, collector, dashboard, samples)
         if keep:
             print(f"\nreplay done; broker, collector and dashboard ({web.address}) keep running: "
                   "Ctrl-C to stop", flush=True)
@@ -253,6 +271,7 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
         collector.stop()
         collector_thread.join(timeout=5)
         collector.close()
+        scratch.cleanup()
     web.close()
 
     sensors = counts[SENSORS_ROOT]
@@ -269,7 +288,57 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
     if lost or result.acknowledged != len(items):
         print(f"error: {lost} messages lost", file=sys.stderr)
         return 1
-    return 0
+    return 0 if enrolled else 1
+
+
+def show_enrollment(config: BrokerConfig, node_id: str, collector: Worker,
+                    listener: MqttClient, samples: Path) -> bool:
+    """A second speaker says "go" (answered ``unknown``), enrolls with one take of each word
+    over the broker, as `python -m node enroll --send` does, and says it again."""
+    takes, spoken = samples / "enroll" / "sam", samples / "enroll" / "sam-go.wav"
+    if not takes.is_dir() or not spoken.is_file():
+        print(f"\n(no second speaker in {samples / 'enroll'}: enrollment not shown)")
+        return True
+    rate, audio = read_wav(spoken)
+    with MqttClient(config, f"{node_id}-sam", publish_availability=False) as node:
+
+        def say_go() -> KeywordResult | None:
+            seq = (collector.inference.confirmations.highest(node_id, "audio") or 0) + 1
+            clip = AudioClip.from_samples(node_id, time.time(), seq, rate, audio)
+            node.publish(audio_topic(node_id), clip.encode()).wait(5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                inbound = listener.receive(timeout=0.2)
+                if inbound is not None and inbound.topic == prediction_topic(
+                        node_id, PredictionKind.KEYWORD):
+                    return KeywordResult.decode(inbound.payload)
+            return None
+
+        def shown(result: KeywordResult | None) -> str:
+            if result is None:
+                return "no answer"
+            return (f"{result.label!r} (\"go\" {result.probabilities.get('go', 0.0):.2f}, "
+                    f"model_version {result.model_version})")
+
+        print(f"\nteach it a voice: a second speaker, sam, says \"go\" ({spoken.name})")
+        before = say_go()
+        print(f"  before enrolling: {shown(before)}")
+        answer = send_takes(node, node_id, "sam", takes, 60.0, say=lambda line: None)
+        if answer is None or not answer.enrolled:
+            print(f"  enrollment failed: {answer.reason if answer else 'no answer'}",
+                  file=sys.stderr)
+            return False
+        print(f"  python -m node enroll --send {takes.relative_to(samples.parent)} --person sam"
+              f" -> {answer.collector_id}: {answer.reason} ({answer.seconds:.1f} s)")
+        after = None
+        deadline = time.monotonic() + 10  # the collector reads its enrollment file every 2 s
+        while time.monotonic() < deadline:
+            after = say_go()
+            if after is not None and "+enrolled-" in after.model_version:
+                break
+            time.sleep(0.5)
+        print(f"  after enrolling:  {shown(after)}")
+    return after is not None and "+enrolled-" in after.model_version
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,11 @@ def test_demo_with_private_mosquitto(capsys: pytest.CaptureFixture[str]) -> None
     recognised = int(output.split("keywords: ")[1].split(" of 16")[0])
     assert recognised >= 12
     assert "6 of 6 other words and noises answered 'unknown'" in output
+    # A second speaker's "go", answered `unknown`, then right once they enrolled over the broker.
+    assert "before enrolling: 'unknown'" in output
+    assert "demo-collector: enrolled sam: 8 takes of 8 words" in output
+    after = output.split("after enrolling:")[1].splitlines()[0]
+    assert after.startswith("  'go'") and "+enrolled-" in after
 
 
 def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:
