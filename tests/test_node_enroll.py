@@ -5,6 +5,8 @@ clips with the faults a person makes in front of one (too quiet, clipped, said t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +138,18 @@ def send(mosquitto: LocalMosquitto, folder: Path, *args: str) -> int:
                  f"{mosquitto.host}:{mosquitto.port}", "--wait", "60", *args])
 
 
-def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
-        mosquitto: LocalMosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@dataclass
+class Enrolling:
+    """A collector worker taking enrollments, a node "kitchen" and an observer, on a real
+    Mosquitto."""
+
+    enrolled_file: Path
+    observer: MqttClient
+    node: MqttClient
+
+
+@pytest.fixture
+def enrolling(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[Enrolling]:
     enrolled_file = tmp_path / "enrolled.json"
     worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_b",
                                   enrollment_path=str(enrolled_file))
@@ -145,77 +157,75 @@ def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
     node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
     try:
         observer.connect().subscribe("predictions/#")
+        observer.subscribe("errors/#")
         node.connect()
-        rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])  # kws_b hears "down"
-
-        def answer(seq: int) -> KeywordResult:
-            clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
-                                          samples)
-            assert node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
-            message = observer.receive(timeout=10)
-            assert message is not None
-            return KeywordResult.decode(message.payload)
-
-        before = answer(0)
-        assert before.label != "go" and "+enrolled-" not in before.model_version
-        assert send(mosquitto, enroll_folder(tmp_path), "--person", "ann") == 0
-        out = capsys.readouterr().out
-        assert "collector-1: enrolled ann: 16 takes of 8 words, 4 pieces of speech; 1 people " \
-               "on kitchen" in out, out
-        assert enrolled_file.exists()
-        after: list[KeywordResult] = []
-        # The worker reads the file again within ENROLLMENT_CHECK_S.
-        assert wait_for(lambda: "+enrolled-" in (after.append(answer(len(after) + 1))
-                                                 or after[-1].model_version), timeout=15)
-        # Their "go" now leads (below kws_b's threshold for this soft take: `unknown`, not
-        # "down").
-        heard = after[-1].probabilities
-        assert max(heard, key=heard.__getitem__) == "go", heard
-        assert heard["go"] > before.probabilities["go"] + 0.3
-        assert after[-1].label in ("go", "unknown")
+        yield Enrolling(enrolled_file, observer, node)
     finally:
         node.close()
         observer.close()
         stop_worker(worker, thread)
+
+
+def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
+        mosquitto: LocalMosquitto, enrolling: Enrolling, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    observer, node, enrolled_file = enrolling.observer, enrolling.node, enrolling.enrolled_file
+    rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])  # kws_b hears "down"
+
+    def answer(seq: int) -> KeywordResult:
+        clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
+                                      samples)
+        assert node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
+        message = observer.receive(timeout=10)
+        assert message is not None
+        return KeywordResult.decode(message.payload)
+
+    before = answer(0)
+    assert before.label != "go" and "+enrolled-" not in before.model_version
+    assert send(mosquitto, enroll_folder(tmp_path), "--person", "ann") == 0
+    out = capsys.readouterr().out
+    assert "collector-1: enrolled ann: 16 takes of 8 words, 4 pieces of speech; 1 people " \
+           "on kitchen" in out, out
+    assert enrolled_file.exists()
+    after: list[KeywordResult] = []
+    # The worker reads the file again within ENROLLMENT_CHECK_S.
+    assert wait_for(lambda: "+enrolled-" in (after.append(answer(len(after) + 1))
+                                             or after[-1].model_version), timeout=15)
+    # Their "go" now leads (below kws_b's threshold for this soft take: `unknown`, not
+    # "down").
+    heard = after[-1].probabilities
+    assert max(heard, key=heard.__getitem__) == "go", heard
+    assert heard["go"] > before.probabilities["go"] + 0.3
+    assert after[-1].label in ("go", "unknown")
 
 
 def test_bad_takes_over_the_broker_get_a_clear_answer_and_change_nothing(
-        mosquitto: LocalMosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    enrolled_file = tmp_path / "enrolled.json"
-    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_b",
-                                  enrollment_path=str(enrolled_file))
-    observer = MqttClient(broker_config(mosquitto), "observer", publish_availability=False)
-    node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
-    try:
-        observer.connect().subscribe("errors/#")
-        node.connect()
-        # A word the model does not know: the whole enrollment is refused with the reason.
-        folder = enroll_folder(tmp_path, ("yes",))
-        (folder / "yes").rename(folder / "banana")
-        assert send(mosquitto, folder, "--person", "ann") == 1
-        assert "did not enroll ann: 'banana' is not a keyword of kws_b" in capsys.readouterr().out
-        # Silence, as a take.
-        silent = tmp_path / "bob"
-        (silent / "yes").mkdir(parents=True)
-        write_wav(silent / "yes" / "take-1.wav", RATE, np.zeros(RATE, dtype=np.int16))
-        assert send(mosquitto, silent, "--person", "bob") == 1
-        assert "silence" in capsys.readouterr().out
-        # Another node's takes on this node's topic, and garbage: error records.
-        take = EnrollmentTake.from_samples("hallway", "eve", "0123abcd", "yes", 0, 1, RATE,
-                                           sample("yes", 1), 1_767_225_600.0)
-        for payload in (take.encode(), b"{not json"):
-            assert node.publish(enroll_topic("kitchen"), payload).wait(5)
-        reasons = []
-        for _ in range(2):
-            message = observer.receive(timeout=10)
-            assert message is not None and message.topic == "errors/kitchen"
-            reasons.append(ErrorRecord.decode(message.payload).reason)
-        assert "a node enrolls only its own people" in reasons[0]
-        assert not enrolled_file.exists()
-    finally:
-        node.close()
-        observer.close()
-        stop_worker(worker, thread)
+        mosquitto: LocalMosquitto, enrolling: Enrolling, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    observer, node, enrolled_file = enrolling.observer, enrolling.node, enrolling.enrolled_file
+    # A word the model does not know: the whole enrollment is refused with the reason.
+    folder = enroll_folder(tmp_path, ("yes",))
+    (folder / "yes").rename(folder / "banana")
+    assert send(mosquitto, folder, "--person", "ann") == 1
+    assert "did not enroll ann: 'banana' is not a keyword of kws_b" in capsys.readouterr().out
+    # Silence, as a take.
+    silent = tmp_path / "bob"
+    (silent / "yes").mkdir(parents=True)
+    write_wav(silent / "yes" / "take-1.wav", RATE, np.zeros(RATE, dtype=np.int16))
+    assert send(mosquitto, silent, "--person", "bob") == 1
+    assert "silence" in capsys.readouterr().out
+    # Another node's takes on this node's topic, and garbage: error records.
+    take = EnrollmentTake.from_samples("hallway", "eve", "0123abcd", "yes", 0, 1, RATE,
+                                       sample("yes", 1), 1_767_225_600.0)
+    for payload in (take.encode(), b"{not json"):
+        assert node.publish(enroll_topic("kitchen"), payload).wait(5)
+    reasons = []
+    for _ in range(2):
+        message = observer.receive(timeout=10)
+        assert message is not None and message.topic == "errors/kitchen"
+        reasons.append(ErrorRecord.decode(message.payload).reason)
+    assert "a node enrolls only its own people" in reasons[0]
+    assert not enrolled_file.exists()
 
 
 def test_without_a_collector_the_takes_stay_and_the_way_to_send_them_is_said(

@@ -309,8 +309,34 @@ class ClimateReading:
         )
 
 
+class _Samples:
+    """Signed 16-bit little-endian mono samples (``pcm``) at ``sample_rate``, as numpy."""
+
+    pcm: bytes
+    sample_rate: int
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The samples as a read-only int16 numpy array."""
+        return np.frombuffer(self.pcm, dtype="<i2")
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return len(self.pcm) / 2 / self.sample_rate
+
+
+def _pcm(samples: np.ndarray, name: str) -> bytes:
+    """A one-dimensional int16 array as s16le bytes (no silent conversion from float)."""
+    array = np.asarray(samples)
+    if array.ndim != 1 or array.dtype != np.int16:
+        raise PayloadError(f"samples must be a 1-D int16 array, not {array.ndim}-D "
+                           f"{array.dtype}", field=name)
+    return array.astype("<i2", copy=False).tobytes()
+
+
 @dataclass(frozen=True)
-class AudioClip:
+class AudioClip(_Samples):
     """A mono audio clip recorded by a node.
 
     ``pcm`` holds signed 16-bit little-endian samples at ``sample_rate`` Hz; ``time`` is
@@ -348,23 +374,7 @@ class AudioClip:
         cls, node_id: str, time: float, seq: int, sample_rate: int, samples: np.ndarray
     ) -> Self:
         """Build a clip from a one-dimensional int16 array (no silent conversion from float)."""
-        array = np.asarray(samples)
-        if array.ndim != 1 or array.dtype != np.int16:
-            raise PayloadError(
-                f"samples must be a 1-D int16 array, not {array.ndim}-D {array.dtype}",
-                field="audio",
-            )
-        return cls(node_id, time, seq, sample_rate, array.astype("<i2", copy=False).tobytes())
-
-    @property
-    def samples(self) -> np.ndarray:
-        """The samples as a read-only int16 numpy array."""
-        return np.frombuffer(self.pcm, dtype="<i2")
-
-    @property
-    def duration(self) -> float:
-        """Length of the clip in seconds."""
-        return len(self.pcm) / 2 / self.sample_rate
+        return cls(node_id, time, seq, sample_rate, _pcm(samples, "audio"))
 
     def encode(self) -> bytes:
         return _dump_json(
@@ -827,7 +837,7 @@ def _person(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class EnrollmentTake:
+class EnrollmentTake(_Samples):
     """``enroll/<node_id>``: one take of one person (a keyword said once, or a piece of their
     ordinary speech as ``word`` ``_unknown_``), number ``index`` of the ``count`` takes of one
     enrollment ``session``. The collector adapts once it has all of them, and answers on
@@ -861,20 +871,8 @@ class EnrollmentTake:
     @classmethod
     def from_samples(cls, node_id: str, person: str, session: str, word: str, index: int,
                      count: int, sample_rate: int, samples: np.ndarray, time: float) -> Self:
-        array = np.asarray(samples)
-        if array.ndim != 1 or array.dtype != np.int16:
-            raise PayloadError(f"samples must be a 1-D int16 array, not {array.ndim}-D "
-                               f"{array.dtype}", field="pcm")
         return cls(node_id, person, session, word, index, count, sample_rate,
-                   array.astype("<i2", copy=False).tobytes(), time)
-
-    @property
-    def samples(self) -> np.ndarray:
-        return np.frombuffer(self.pcm, dtype="<i2")
-
-    @property
-    def duration(self) -> float:
-        return len(self.pcm) / 2 / self.sample_rate
+                   _pcm(samples, "pcm"), time)
 
     def encode(self) -> bytes:
         return _dump_json({"node_id": self.node_id, "person": self.person,
