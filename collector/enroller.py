@@ -3,7 +3,7 @@
 
 :class:`TakesInbox` gathers them per node and session until all ``count`` have come (a
 take sent twice counts once; a session left incomplete is forgotten after ``EXPIRE_S``; memory
-is bounded by sessions and seconds of audio). :class:`Enroller` adapts in its own thread (a few
+is bounded by sessions and bytes of samples). :class:`Enroller` adapts in its own thread (a few
 seconds of numpy must not stall the network thread), writes the same enrollment file as
 ``python -m collector enroll`` (which the worker reads again when it changes: no restart), and
 answers on ``enrolled/<node_id>``: enrolled, or why not.
@@ -31,8 +31,8 @@ from .enrollment import Takes, check_take
 
 log = logging.getLogger(__name__)
 
-MAX_SESSIONS = 8  # enrollments gathered at once (oldest forgotten first)
-MAX_SESSION_S = 600.0  # seconds of audio in one
+MAX_SESSIONS = 4  # enrollments gathered at once (oldest forgotten first)
+MAX_SESSION_BYTES = 16_000_000  # samples in one (8 minutes at 16 kHz): 64 MB at most in all
 EXPIRE_S = 300.0  # a session without a new take this long is forgotten
 MAX_QUEUED = 4  # complete enrollments waiting to be adapted
 
@@ -42,7 +42,7 @@ class _Session:
     person: str
     count: int
     takes: dict[int, EnrollmentTake] = field(default_factory=dict)
-    seconds: float = 0.0
+    size: int = 0  # bytes of samples
     last: float = 0.0
 
 
@@ -70,12 +70,13 @@ class TakesInbox:
                                f"{take.person!r}, {take.count} takes; the session began with "
                                f"{session.person!r}, {session.count}", field="session")
         if take.index not in session.takes:
-            if session.seconds + take.duration > MAX_SESSION_S:
+            if session.size + len(take.pcm) > MAX_SESSION_BYTES:
                 del self._sessions[key]
-                raise PayloadError(f"session {take.session} holds more than {MAX_SESSION_S:g} s "
-                                   "of audio: refused whole", field="session")
+                raise PayloadError(f"session {take.session} holds more than "
+                                   f"{MAX_SESSION_BYTES / 1e6:g} MB of samples: refused whole",
+                                   field="session")
             session.takes[take.index] = take
-            session.seconds += take.duration
+            session.size += len(take.pcm)
         session.last = now
         if len(session.takes) < session.count:
             return None

@@ -235,3 +235,38 @@ def test_without_a_collector_the_takes_stay_and_the_way_to_send_them_is_said(
     out = capsys.readouterr().out
     assert "no answer from a collector within 1 s" in out
     assert f"python -m node enroll --send {folder} --person ann" in out
+
+
+def test_the_collector_gathers_a_session_whole_and_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import collector.enroller as enroller
+    from collector.enroller import TakesInbox
+    from tinyml_core.errors import PayloadError
+
+    now = [0.0]
+    inbox = TakesInbox(clock=lambda: now[0])
+
+    def take(index: int, word: str = "yes", person: str = "ann", session: str = "0123abcd",
+             count: int = 3) -> EnrollmentTake:
+        return EnrollmentTake.from_samples("kitchen", person, session, word, index, count, RATE,
+                                           sample("yes", 1), 1_767_225_600.0)
+
+    assert inbox.add(take(0)) is None
+    assert inbox.add(take(0)) is None  # sent twice (QoS 1): counted once
+    with pytest.raises(PayloadError, match="the session began with 'ann'"):
+        inbox.add(take(1, person="bob"))
+    assert inbox.add(take(1, "_unknown_")) is None
+    whole = inbox.add(take(2, "no"))
+    assert whole is not None and whole.person == "ann"
+    assert {w: len(c) for w, c in whole.words.items()} == {"yes": 1, "no": 1}
+    assert len(whole.speech) == 1
+    # A session left incomplete is forgotten: its takes do not complete a later one.
+    assert inbox.add(take(0, session="feedbeef", count=2)) is None
+    now[0] += enroller.EXPIRE_S + 1
+    assert inbox.add(take(1, session="feedbeef", count=2)) is None
+    # More samples than a session may hold: refused whole.
+    monkeypatch.setattr(enroller, "MAX_SESSION_BYTES", 3 * RATE * 2)
+    assert inbox.add(take(0, session="aaaa0000", count=9)) is None
+    with pytest.raises(PayloadError, match="refused whole"):
+        for index in range(1, 9):
+            inbox.add(take(index, session="aaaa0000", count=9))
