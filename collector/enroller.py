@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyml_core.errors import ModelLoadError, PayloadError
-from tinyml_core.messages import UNKNOWN_TAKES, EnrollmentResult, EnrollmentTake
+from tinyml_core.messages import UNKNOWN_FOLDER, EnrollmentResult, EnrollmentTake
 from tinyml_core.topics import enrolled_topic
 
 from .enrolled import Enrollments, adaptation_models, version_of
@@ -85,7 +85,7 @@ class TakesInbox:
         for index in sorted(session.takes):
             one = session.takes[index]
             clip = (one.sample_rate, np.array(one.samples))
-            if one.word == UNKNOWN_TAKES:
+            if one.word == UNKNOWN_FOLDER:
                 takes.speech.append(clip)
             else:
                 takes.words.setdefault(one.word, []).append(clip)
@@ -157,11 +157,11 @@ class Enroller:
         for word, clips in job.takes.words.items():
             if word not in keywords:
                 raise ValueError(f"{word!r} is not a keyword of {spotter.name} "
-                                 f"({', '.join(keywords)}) nor {UNKNOWN_TAKES}")
+                                 f"({', '.join(keywords)}) nor {UNKNOWN_FOLDER}")
             for number, (rate, samples) in enumerate(clips, 1):
                 check_take(f"{word} take {number}", rate, samples)
         for number, (rate, samples) in enumerate(job.takes.speech, 1):
-            check_take(f"{UNKNOWN_TAKES} take {number}", rate, samples)
+            check_take(f"{UNKNOWN_FOLDER} take {number}", rate, samples)
         store = Enrollments.load(self.path)  # again each time: `collector enroll` may write it
         node = store.add(job.node_id, job.takes, spotter, anchors=anchors)
         store.save()

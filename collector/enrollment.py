@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyml_core.messages import UNKNOWN_LABEL
+from tinyml_core.messages import UNKNOWN_FOLDER, UNKNOWN_LABEL
 from tinyml_core.models import ClassifierHead, KeywordSpotter
 
 Clip = tuple[int, np.ndarray]  # (sample rate, samples)
@@ -209,7 +209,6 @@ def adapt(spotter: KeywordSpotter, households: Sequence[Takes],
     return fit_head(spotter.model.head, x, y, settings, anchors)
 
 
-UNKNOWN_FOLDER = "_unknown_"  # a person's other speech (Speech Commands' convention)
 MAX_TAKE_S = 10.0
 MIN_TAKE_S = 0.25
 QUIET_DBFS = -70.0  # a take whose loudest 50 ms stays below this is silence (nothing recorded)

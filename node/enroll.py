@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyml_core.errors import PayloadError
-from tinyml_core.messages import EnrollmentResult, EnrollmentTake
+from tinyml_core.messages import UNKNOWN_FOLDER, EnrollmentResult, EnrollmentTake
 from tinyml_core.mqtt import MqttClient, PublishWindow
 from tinyml_core.recordings import RecordingError, read_wav, write_wav
 from tinyml_core.topics import enroll_topic, enrolled_topic
@@ -36,7 +36,6 @@ from tinyml_core.topics import enroll_topic, enrolled_topic
 from .microphone import FULL_SCALE, Clip, Microphone, level_dbfs
 
 DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "go", "stop")
-UNKNOWN_FOLDER = "_unknown_"  # Speech Commands' name for other speech (collector enroll's too)
 # Aesop's "The North Wind and the Sun", the phoneticians' standard passage, with "gave up the
 # attempt" changed to "gave in": ordinary speech must not hold a keyword.
 READING = (

@@ -823,7 +823,8 @@ class NodeDiagnostics:
 # --- enrollment ---------------------------------------------------------------------------------
 MAX_ENROLL_TAKES = 400  # takes in one enrollment (8 words x 3 takes and speech is ~40)
 MAX_PERSON_CHARS = 64
-UNKNOWN_TAKES = "_unknown_"  # a person's ordinary speech (Speech Commands' folder name)
+UNKNOWN_FOLDER = "_unknown_"  # what is none of the keywords: a take's word, a folder name
+# (Speech Commands' convention; a person's ordinary speech, in an enrollment)
 _SESSION_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 _WORD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
 

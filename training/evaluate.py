@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
+from tinyml_core.messages import UNKNOWN_FOLDER
 from tinyml_core.models import (
     KeywordSpotter,
     load_forecaster,
@@ -130,7 +131,6 @@ def evaluate_negatives(models_dir: Path, name: str, negatives: Negatives,
     }
 
 
-UNKNOWN_FOLDER = "_unknown_"  # clips that are none of the words (Speech Commands' convention)
 NOISE_FOLDER = "_background_noise_"  # longer recordings of the room, for --stream
 
 
