@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .messages import UNKNOWN_LABEL
-
-DEFAULT_SMOOTHING = 3  # windows averaged, for a model whose manifest chose none
+from .models import DEFAULT_KEYWORD_SMOOTHING
 
 if TYPE_CHECKING:
     from .models import KeywordSpotter, Scan
@@ -76,7 +75,7 @@ def decide(offsets_s: np.ndarray, probabilities: np.ndarray, labels: tuple[str, 
     if settings.threshold is None:
         raise ValueError("decide() needs a threshold (find_keywords uses the model's)")
     columns = np.array([labels.index(word) for word in keywords])
-    scores = smoothed(probabilities, settings.smoothing or DEFAULT_SMOOTHING)[:, columns]
+    scores = smoothed(probabilities, settings.smoothing or DEFAULT_KEYWORD_SMOOTHING)[:, columns]
     best_word = scores.argmax(axis=1)
     best_score = scores.max(axis=1)
     open_windows = np.ones(len(scores), dtype=bool)

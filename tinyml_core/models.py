@@ -38,6 +38,7 @@ MODEL_SUFFIX = ".tflite.zlib"
 FORECAST_TASK = "forecast"
 KEYWORD_TASK = "keyword"
 DEFAULT_KEYWORD_THRESHOLD = 0.7  # for a keyword model whose manifest entry chose none
+DEFAULT_KEYWORD_SMOOTHING = 3  # windows averaged, likewise
 # A tiny model's manifest never needs more; a larger file is not ours.
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_MODEL_BYTES = 10_000_000
@@ -166,7 +167,7 @@ class KeywordContract:
     # stream (benchmarks/kws_stream.py --choose-threshold); 0.7 for a manifest without one.
     default_threshold: float = DEFAULT_KEYWORD_THRESHOLD
     # Windows averaged before the threshold, chosen with it (benchmarks/kws_strangers.py).
-    default_smoothing: int = 3
+    default_smoothing: int = DEFAULT_KEYWORD_SMOOTHING
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -192,7 +193,8 @@ class KeywordContract:
                 or not 0 < threshold <= 1:
             raise ValueError(f"default_threshold {threshold!r} is not a probability in (0, 1]")
         smoothing = entry.get("default_smoothing", {})
-        windows = smoothing.get("value", 3) if isinstance(smoothing, dict) else None
+        windows = smoothing.get("value", DEFAULT_KEYWORD_SMOOTHING) \
+            if isinstance(smoothing, dict) else None
         if isinstance(windows, bool) or not isinstance(windows, int) or not 1 <= windows <= 20:
             raise ValueError(f"default_smoothing {windows!r} is not 1-20 windows")
         return cls(front_end=front_end, mean=mean, std=std, labels=labels,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.errors import ModelLoadError
-from tinyml_core.models import read_manifest
+from tinyml_core.models import DEFAULT_KEYWORD_SMOOTHING, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,8 @@ def strangers_section(entries: dict[str, dict[str, Any]]) -> list[str]:
         test, single = result["test"], result["singles"]
         at = test["at_default"]
         lines.append(f"| {name} | {result['default_threshold']:.2f}, smoothed over "
-                     f"{result.get('smoothing', 3)} windows | {at['recall']:.1%} | "
+                     f"{result.get('smoothing', DEFAULT_KEYWORD_SMOOTHING)} windows | "
+                     f"{at['recall']:.1%} | "
                      f"{at['false_accepts_per_hour']:.1f} | {test['speakers']} speakers, "
                      f"{test['keywords']} keywords, {test['minutes']:.0f} min | "
                      f"{single['right_word']:.1%} ({single['top_class_right']:.1%}) | "
