@@ -24,10 +24,11 @@ import numpy as np
 
 from tinyml_core.errors import ModelLoadError, PayloadError
 from tinyml_core.messages import UNKNOWN_FOLDER, EnrollmentResult, EnrollmentTake
+from tinyml_core.models import KeywordSpotter
 from tinyml_core.topics import enrolled_topic
 
 from .enrolled import Enrollments, adaptation_models, version_of
-from .enrollment import Takes, check_take
+from .enrollment import Anchors, Takes, check_take
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Enroller:
         self._publish = publish
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=MAX_QUEUED)
         self._thread = threading.Thread(target=self._run, name="enroller", daemon=True)
-        self.done = 0  # enrollments answered (either way)
+        self._models: tuple[KeywordSpotter, Anchors] | None = None  # loaded at the first
 
     def start(self) -> Enroller:
         self._thread.start()
@@ -152,7 +153,9 @@ class Enroller:
                          f"speech", people, version, seconds)
 
     def _enroll(self, job: _Job) -> tuple[int, str]:
-        spotter, anchors = adaptation_models(self.models_dir, self.model)
+        if self._models is None:
+            self._models = adaptation_models(self.models_dir, self.model)
+        spotter, anchors = self._models
         keywords = spotter.contract.keywords
         for word, clips in job.takes.words.items():
             if word not in keywords:
@@ -177,4 +180,3 @@ class Enroller:
             self._publish(enrolled_topic(job.node_id), result.encode())
         except Exception as error:  # the broker may be gone: the node's wait says so
             log.warning("enrollment result for %s not published: %s", job.node_id, error)
-        self.done += 1

@@ -24,7 +24,7 @@ import numpy as np
 
 from tinyml_core.errors import MqttError, PayloadError
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force
-from tinyml_core.messages import Confirmation, EnrollmentTake, ErrorRecord
+from tinyml_core.messages import Confirmation, EnrollmentTake, ErrorRecord, decode_enrollment
 from tinyml_core.mqtt import InboundMessage, MqttClient, PublishHandle
 from tinyml_core.statefile import ChangeSaver, state_path
 from tinyml_core.topics import (
@@ -109,7 +109,7 @@ class Worker:
         self.enroller = None if inference.spotter is None or enrolled_file is None else \
             Enroller(enrolled_file, options.models_dir, inference.spotter.name, options.id,
                      lambda topic, payload: self.client.publish(topic, payload))
-        self.inbox = TakesInbox()
+        self.inbox = None if self.enroller is None else TakesInbox()
         self._saved_through = 0  # the journal index of the last reading in the state written
 
     def filters(self) -> list[str]:
@@ -265,12 +265,12 @@ class Worker:
         """One take of an enrollment; the enroller gets the whole once it is complete. A take
         that is malformed, or names another node than the one whose topic it came on (the ACL
         lets a node write only its own), gets an error record."""
+        assert self.enroller is not None and self.inbox is not None
         node_id = reporting_node_id(message.topic)
         try:
-            take = EnrollmentTake.decode(message.payload)
-            if take.node_id != node_id:
-                raise PayloadError(f"a take for node {take.node_id!r} sent on {node_id}'s "
-                                   "topic: a node enrolls only its own people", field="node_id")
+            take = decode_enrollment(message.topic, message.payload)
+            if not isinstance(take, EnrollmentTake):
+                raise PayloadError("enroll/<node_id> carries takes")
             takes = self.inbox.add(take)
         except PayloadError as error:
             self.counters.errors += 1
@@ -279,7 +279,6 @@ class Worker:
                                               message.payload, error)
             return [self.client.publish(errors_topic(node_id), record.encode())]
         if takes is not None:
-            assert self.enroller is not None
             log.info("enrollment of %s on %s complete (%d takes): adapting", takes.person,
                      node_id, takes.count + len(takes.speech))
             self.enroller.submit(node_id, take.session, takes)

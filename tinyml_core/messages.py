@@ -947,6 +947,24 @@ _PREDICTION_CODECS: dict[str, Callable[[bytes], PredictionMessage]] = {
 }
 
 
+def decode_enrollment(topic: str, payload: bytes) -> EnrollmentTake | EnrollmentResult:
+    """A take on ``enroll/<node_id>`` or a result on ``enrolled/<node_id>``; the payload must
+    name the topic's node (a node enrolls only its own people: the ACL lets it write only its
+    own topic, and this refuses a take that names another)."""
+    root, _, node_id = topic.partition("/")
+    decoded: EnrollmentTake | EnrollmentResult
+    if root == ENROLL_ROOT:
+        decoded = EnrollmentTake.decode(payload)
+    elif root == ENROLLED_ROOT:
+        decoded = EnrollmentResult.decode(payload)
+    else:
+        raise PayloadError(f"topic {topic[:80]!r} is not an enrollment topic")
+    if decoded.node_id != validate_id(node_id):
+        raise PayloadError(f"a take or result for node {decoded.node_id!r} on {node_id}'s "
+                           "topic: a node enrolls only its own people", field="node_id")
+    return decoded
+
+
 def decode_message(topic: str, payload: bytes) -> AnyMessage:
     """Decode a message from any topic of docs/protocol.md (for recorders and dashboards)."""
     parts: Sequence[str] = topic.split("/")
@@ -975,8 +993,5 @@ def decode_message(topic: str, payload: bytes) -> AnyMessage:
     if root == SENSORS_ROOT:
         return decode_sensor_message(topic, payload)
     if root in (ENROLL_ROOT, ENROLLED_ROOT) and len(parts) == 2:
-        enrollment = (EnrollmentTake if root == ENROLL_ROOT else EnrollmentResult).decode(payload)
-        if enrollment.node_id != validate_id(parts[1]):
-            raise PayloadError(f"payload is for node {enrollment.node_id!r}, topic is {topic!r}")
-        return enrollment
+        return decode_enrollment(topic, payload)
     raise PayloadError(f"topic {topic[:80]!r} is not part of the protocol")
