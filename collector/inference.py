@@ -69,6 +69,8 @@ MAX_NODES = 10_000
 # (every rejection still gets its error record and is counted in the stats line).
 REJECTIONS_LOGGED_PER_MINUTE = 20
 CLIMATE_FILTER = sensor_filter(SensorKind.CLIMATE)
+# Per node (least recently heard first), its windows by (step, size).
+NodeWindows = OrderedDict[str, dict[tuple[float, int], StepWindow]]
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,11 @@ class Inference:
             key = (forecaster.contract.step_s, forecaster.contract.window)
             self._by_window.setdefault(key, []).append(forecaster)
         # Least recently heard nodes are forgotten first.
-        self._windows: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
+        self._windows: NodeWindows = OrderedDict()
         # The same windows holding only the readings recorded (answers acknowledged): what a
         # state file saves, so that a reading whose forecast was lost in a crash is forecast
         # again when its node sends it again, not taken for a repeat.
-        self._recorded: OrderedDict[str, dict[tuple[float, int], StepWindow]] = OrderedDict()
+        self._recorded: NodeWindows = OrderedDict()
 
     def use_enrollments(self, path: Path | None) -> None:
         """Answer the nodes enrolled in ``path`` with their own layers; read it again when it
@@ -380,9 +382,8 @@ class Inference:
         record = ErrorRecord.for_rejected(node_id, now or time.time(), topic, payload, error)
         return Outgoing(errors_topic(node_id), record.encode(), is_error=True)
 
-    def _node_windows(self, node_id: str, table: OrderedDict[
-            str, dict[tuple[float, int], StepWindow]] | None = None,
-    ) -> dict[tuple[float, int], StepWindow]:
+    def _node_windows(self, node_id: str, table: NodeWindows | None = None
+                      ) -> dict[tuple[float, int], StepWindow]:
         table = self._windows if table is None else table
         windows = table.get(node_id)
         if windows is None:
@@ -392,8 +393,8 @@ class Inference:
         table.move_to_end(node_id)
         return windows
 
-    def _add_reading(self, table: OrderedDict[str, dict[tuple[float, int], StepWindow]],
-                     node_id: str, at: float, values: tuple[float, float]) -> None:
+    def _add_reading(self, table: NodeWindows, node_id: str, at: float,
+                     values: tuple[float, float]) -> None:
         """Add a reading whose forecasts are out already (recorded, or restored)."""
         windows = self._node_windows(node_id, table)
         for key in self._by_window:
