@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyml_core.frontend import block_levels_dbfs, resample, to_float
 from tinyml_core.messages import UNKNOWN_FOLDER, UNKNOWN_LABEL
 from tinyml_core.models import ClassifierHead, KeywordSpotter
 
@@ -68,8 +69,6 @@ ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_househol
 def variants(clip: Clip, count: int, rng: np.random.Generator) -> list[Clip]:
     """The take, and ``count`` variants: speed 0.9-1.1 (resampled), level -6..+6 dB, pink-ish
     noise 10-30 dB below it."""
-    from tinyml_core.frontend import resample, to_float
-
     rate, samples = clip
     audio = to_float(samples)
     out = [clip]
@@ -221,13 +220,9 @@ def check_take(path: Path | str, rate: int, samples: np.ndarray) -> None:
         raise ValueError(f"{path}: sampled at {rate} Hz; takes need 8-48 kHz")
     if not MIN_TAKE_S <= seconds <= MAX_TAKE_S:
         raise ValueError(f"{path}: {seconds:.2f} s long; a take is {MIN_TAKE_S}-{MAX_TAKE_S:g} s")
-    audio = samples.astype(np.float32) / 32768
-    block = max(1, int(0.05 * rate))
-    usable = len(audio) // block * block
-    loudest = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, block)), axis=1)).max() \
-        if usable else 0.0
-    if 20 * np.log10(loudest + 1e-12) < QUIET_DBFS:
-        raise ValueError(f"{path}: silence (loudest {20 * np.log10(loudest + 1e-12):.0f} dBFS)")
+    loudest = float(block_levels_dbfs(samples, rate).max())
+    if loudest < QUIET_DBFS:
+        raise ValueError(f"{path}: silence (loudest {loudest:.0f} dBFS)")
 
 
 def read_takes(folder: Path, person: str, keywords: Sequence[str]) -> Takes:

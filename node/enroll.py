@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyml_core.errors import PayloadError
+from tinyml_core.frontend import block_levels_dbfs
 from tinyml_core.messages import UNKNOWN_FOLDER, EnrollmentResult, EnrollmentTake
 from tinyml_core.mqtt import MqttClient, PublishWindow
 from tinyml_core.recordings import RecordingError, read_wav, write_wav
@@ -64,17 +65,16 @@ class TakeRules:
 def judge(clip: Clip, gate_dbfs: float, rules: TakeRules) -> str | None:
     """Why this take cannot be used, or None."""
     samples = clip.samples
-    block = max(1, round(LEVEL_BLOCK_S * clip.sample_rate))
-    levels = [level_dbfs(samples[i:i + block]) for i in range(0, len(samples), block)]
-    loudest = max(levels, default=-math.inf)
+    levels = block_levels_dbfs(samples, clip.sample_rate, LEVEL_BLOCK_S)
+    loudest = float(levels.max())
     if loudest < rules.quiet_dbfs:
         return (f"too quiet (loudest {loudest:.0f} dBFS, needs {rules.quiet_dbfs:.0f}): speak "
                 "up or come closer")
     clipped = float(np.mean(np.abs(samples.astype(np.int32)) >= FULL_SCALE - 1))
     if clipped > rules.clipped_fraction:
         return f"clipped ({clipped:.1%} of the samples at full scale): speak softer or step back"
-    loud = [i for i, level in enumerate(levels) if level > gate_dbfs]
-    span = (loud[-1] - loud[0] + 1) * block / clip.sample_rate if loud else 0.0
+    loud = np.flatnonzero(levels > gate_dbfs)
+    span = (loud[-1] - loud[0] + 1) * LEVEL_BLOCK_S if len(loud) else 0.0
     if span > rules.max_word_s:
         return f"too long ({span:.1f} s of sound): say just the word, once"
     return None

@@ -145,6 +145,20 @@ def to_float(samples: np.ndarray) -> np.ndarray:
     raise PayloadError(f"audio samples must be int16 or float, not {array.dtype}")
 
 
+def block_levels_dbfs(samples: np.ndarray, sample_rate: int, block_s: float = 0.05
+                      ) -> np.ndarray:
+    """The RMS level of each whole ``block_s`` of the audio, in dBFS (-240 for digital
+    silence): how loud a take is, and for how long."""
+    audio = to_float(samples).astype(np.float64)
+    block = max(1, round(block_s * sample_rate))
+    usable = len(audio) // block * block
+    if not usable:
+        return np.full(1, -240.0)
+    rms = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, block)), axis=1))
+    levels: np.ndarray = 20 * np.log10(rms + 1e-12)
+    return levels
+
+
 def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     """Zero-pad at the end or crop to exactly ``length`` samples."""
     if len(audio) >= length:
