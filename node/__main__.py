@@ -26,7 +26,6 @@ from tinyml_core.cli import (
 from tinyml_core.errors import ConfigError
 from tinyml_core.mqtt import MqttClient
 
-from .enroll import DEFAULT_WORDS
 from .settings import NodeSettings
 
 DEFAULT_CONFIG = os.environ.get("TINYML_NODE_CONFIG")
@@ -89,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="whose voice (default: your login name)")
     enroll.add_argument("--takes", type=int, default=3, metavar="N",
                         help="takes per keyword (default: 3)")
-    enroll.add_argument("--words", default=",".join(DEFAULT_WORDS), metavar="W1,W2,...",
+    enroll.add_argument("--words", metavar="W1,W2,...",
                         help="the keywords to record (default: the shipped models' eight)")
     enroll.add_argument("--speech-s", type=float, default=30.0, metavar="SECONDS",
                         help="how long to record ordinary speech; 0: none (default: 30)")
@@ -212,11 +211,12 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     import dataclasses
     import getpass
 
-    from .enroll import enroll
+    from .enroll import DEFAULT_WORDS, enroll
     from .microphone import Microphone, RecordedStream
     from .sources import capture, open_microphone
 
-    words = [word.strip() for word in args.words.split(",") if word.strip()]
+    words = [word.strip() for word in (args.words or ",".join(DEFAULT_WORDS)).split(",")
+             if word.strip()]
     if not words or args.takes < 1:
         raise ConfigError("--words needs at least one word and --takes at least 1")
     person = args.person or getpass.getuser()
