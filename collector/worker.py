@@ -149,13 +149,16 @@ class Worker:
         if spotter is None:
             return f"forecasters: {forecasters}; keyword model: none"
         scan = self.inference.scan
-        whose = "the model's own" if scan.threshold is None else "set in the config"
-        smoothing = smoothing_in_force(scan, spotter)
-        windows = f"{smoothing} windows" + ("" if (scan.smoothing is None) == (
-            scan.threshold is None) else (" (the model's own)" if scan.smoothing is None
-                                          else " (set in the config)"))
+
+        def whose(setting: object) -> str:
+            return "the model's own" if setting is None else "set in the config"
+
+        windows = f"{smoothing_in_force(scan, spotter)} windows"
+        if whose(scan.smoothing) != whose(scan.threshold):  # else said once, for both
+            windows += f" ({whose(scan.smoothing)})"
         return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
-                f"{threshold_in_force(scan, spotter):g} ({whose}), smoothed over {windows}")
+                f"{threshold_in_force(scan, spotter):g} ({whose(scan.threshold)}), smoothed "
+                f"over {windows}")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""
