@@ -34,7 +34,7 @@ from tinyml_core.mqtt import MqttClient, PublishWindow
 from tinyml_core.recordings import RecordingError, read_wav, write_wav
 from tinyml_core.topics import enroll_topic, enrolled_topic
 
-from .microphone import FULL_SCALE, Clip, Microphone, level_dbfs
+from .microphone import FULL_SCALE, Clip, Microphone
 
 DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "go", "stop")
 # Aesop's "The North Wind and the Sun", the phoneticians' standard passage, with "gave up the
@@ -150,20 +150,21 @@ class Enrollment:
             except queue.Empty:
                 return
 
-    def take(self) -> tuple[Clip | None, str]:
-        """One take: the clip, or None with the reason."""
+    def take(self) -> Clip | str | None:
+        """One take: the clip, why it cannot be used, or None once stopped (or at the end of
+        a recording)."""
         self._drain()
         clip = self._next_event(self.rules.listen_s if self.live else math.inf)
         if clip is None:
-            return None, ("stopped" if self.stopped() or self._finished()
-                          else f"heard nothing in {self.rules.listen_s:g} s")
+            if self.stopped() or self._finished():
+                return None
+            return f"heard nothing in {self.rules.listen_s:g} s"
         # Another sound soon after: the person said it twice, or something else was heard.
         later = self._next_event(self.rules.apart_s + self.microphone.capture.hangover_s)
         if later is not None and later.start_time < _end(clip) + self.rules.apart_s:
-            return None, "heard more than one sound: say the word once, then wait"
+            return "heard more than one sound: say the word once, then wait"
         self._held = later
-        reason = judge(clip, self.gate_dbfs, self.rules)
-        return (None, reason) if reason else (clip, "")
+        return judge(clip, self.gate_dbfs, self.rules) or clip
 
     # --- writing ----------------------------------------------------------------------------
     def _write(self, folder: str, stem: str, clip: Clip) -> Path:
@@ -177,32 +178,36 @@ class Enrollment:
 
     # --- the session ------------------------------------------------------------------------
     def words(self, words: Sequence[str], takes: int, result: EnrollResult) -> None:
-        total, done = len(words) * takes, 0
-        for word in words:
-            for number in range(1, takes + 1):
-                for attempt in range(1, self.rules.tries + 1):
-                    if self.stopped() or self._finished():
-                        result.interrupted = result.interrupted or self.stopped()
-                        result.not_reached = total - done
-                        return
-                    self.say(f"[{done + 1:>2}/{total}] say \"{word}\" (take {number} of {takes})"
-                             + (f", try {attempt}" if attempt > 1 else ""))
-                    clip, reason = self.take()
-                    if clip is not None:
-                        path = self._write(word, "take", clip)
-                        self.say(f"        ok: {len(clip.samples) / clip.sample_rate:.1f} s at "
-                                 f"{clip.level_dbfs:.0f} dBFS -> {path}")
-                        result.accepted[word] = result.accepted.get(word, 0) + 1
-                        break
-                    if reason == "stopped":
-                        result.interrupted = self.stopped()
-                        result.not_reached = total - done
-                        return
-                    self.say(f"        again: {reason}")
-                else:
-                    result.missing[word] = result.missing.get(word, 0) + 1
-                    self.say(f"        left out after {self.rules.tries} tries")
-                done += 1
+        total = len(words) * takes
+        asked = [(word, number) for word in words for number in range(1, takes + 1)]
+        for done, (word, number) in enumerate(asked):
+            accepted = self._ask(f"[{done + 1:>2}/{total}] say \"{word}\" (take {number} of "
+                                 f"{takes})", word)
+            if accepted is None:  # stopped, or the recording ended
+                result.interrupted = self.stopped()
+                result.not_reached = total - done
+                return
+            tally = result.accepted if accepted else result.missing
+            tally[word] = tally.get(word, 0) + 1
+
+    def _ask(self, prompt: str, word: str) -> bool | None:
+        """Ask for one take until it is usable (True), ``tries`` times (False), or stopped."""
+        for attempt in range(1, self.rules.tries + 1):
+            if self.stopped() or self._finished():
+                return None
+            self.say(prompt + (f", try {attempt}" if attempt > 1 else ""))
+            outcome = self.take()
+            if outcome is None:
+                return None
+            if isinstance(outcome, str):
+                self.say(f"        again: {outcome}")
+                continue
+            path = self._write(word, "take", outcome)
+            self.say(f"        ok: {len(outcome.samples) / outcome.sample_rate:.1f} s at "
+                     f"{outcome.level_dbfs:.0f} dBFS -> {path}")
+            return True
+        self.say(f"        left out after {self.rules.tries} tries")
+        return False
 
     def speech(self, seconds: float, result: EnrollResult) -> None:
         """Everything said for ``seconds`` (stream time) after the first sound: other speech."""
@@ -218,7 +223,7 @@ class Enrollment:
         deadline = first.start_time + seconds
         clip: Clip | None = first
         while clip is not None and clip.start_time < deadline and not self.stopped():
-            if level_dbfs(clip.samples) > self.gate_dbfs:
+            if clip.level_dbfs > self.gate_dbfs:
                 self._write(UNKNOWN_FOLDER, "speech", clip)
                 result.accepted[UNKNOWN_FOLDER] = result.accepted.get(UNKNOWN_FOLDER, 0) + 1
                 self.say(f"        {result.accepted[UNKNOWN_FOLDER]} pieces, "
