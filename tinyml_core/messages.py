@@ -325,6 +325,21 @@ class _Samples:
         """Length in seconds."""
         return len(self.pcm) / 2 / self.sample_rate
 
+    def _check_samples(self, what: str, name: str) -> None:
+        """The rate in range, and whole samples, some, at most MAX_CLIP_SECONDS of them."""
+        rate = _integer(self.sample_rate, "sample_rate", MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
+        object.__setattr__(self, "sample_rate", rate)
+        if not isinstance(self.pcm, bytes):
+            raise PayloadError("must be bytes of s16le samples", field=name)
+        if not self.pcm:
+            raise PayloadError(f"{what} holds no samples", field=name)
+        if len(self.pcm) % 2:
+            raise PayloadError(f"{len(self.pcm)} bytes is not a whole number of 16-bit samples",
+                               field=name)
+        if self.duration > MAX_CLIP_SECONDS:
+            raise PayloadError(f"{what} lasts {self.duration:.2f} s; at most "
+                               f"{MAX_CLIP_SECONDS:g} s", field=name)
+
 
 def _pcm(samples: np.ndarray, name: str) -> bytes:
     """A one-dimensional int16 array as s16le bytes (no silent conversion from float)."""
@@ -356,18 +371,7 @@ class AudioClip(_Samples):
         validate_id(self.node_id)
         object.__setattr__(self, "time", _timestamp(self.time))
         object.__setattr__(self, "seq", _integer(self.seq, "seq", 0, MAX_SEQ))
-        rate = _integer(self.sample_rate, "sample_rate", MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
-        object.__setattr__(self, "sample_rate", rate)
-        if not isinstance(self.pcm, bytes):
-            raise PayloadError("must be bytes of s16le samples", field="audio")
-        if not self.pcm:
-            raise PayloadError("clip holds no samples", field="audio")
-        if len(self.pcm) % 2:
-            raise PayloadError(f"{len(self.pcm)} bytes is not a whole number of 16-bit samples",
-                               field="audio")
-        if self.duration > MAX_CLIP_SECONDS:
-            raise PayloadError(f"clip lasts {self.duration:.2f} s; at most {MAX_CLIP_SECONDS:g} s",
-                               field="audio")
+        self._check_samples("clip", "audio")
 
     @classmethod
     def from_samples(
@@ -819,7 +823,6 @@ class NodeDiagnostics:
         return cls(**document)
 
 
-# --- any topic ----------------------------------------------------------------------------------
 # --- enrollment ---------------------------------------------------------------------------------
 MAX_ENROLL_TAKES = 400  # takes in one enrollment (8 words x 3 takes and speech is ~40)
 MAX_PERSON_CHARS = 64
@@ -861,13 +864,8 @@ class EnrollmentTake(_Samples):
         _text(self.word, "word", _WORD_PATTERN)
         count = _integer(self.count, "count", 1, MAX_ENROLL_TAKES)
         _integer(self.index, "index", 0, count - 1)
-        _integer(self.sample_rate, "sample_rate", MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
         object.__setattr__(self, "time", _timestamp(self.time))
-        if not isinstance(self.pcm, bytes) or not self.pcm or len(self.pcm) % 2:
-            raise PayloadError("must hold whole 16-bit samples", field="pcm")
-        if self.duration > MAX_CLIP_SECONDS:
-            raise PayloadError(f"take lasts {self.duration:.2f} s; at most "
-                               f"{MAX_CLIP_SECONDS:g} s", field="pcm")
+        self._check_samples("take", "pcm")
 
     @classmethod
     def from_samples(cls, node_id: str, person: str, session: str, word: str, index: int,
@@ -939,6 +937,7 @@ class EnrollmentResult:
         return cls(**document)
 
 
+# --- any topic ----------------------------------------------------------------------------------
 AnyMessage: TypeAlias = (SensorMessage | PredictionMessage | Availability | ErrorRecord
                          | Confirmation | NodeDiagnostics | EnrollmentTake | EnrollmentResult)
 _PREDICTION_CODECS: dict[str, Callable[[bytes], PredictionMessage]] = {
