@@ -35,6 +35,7 @@ from node.enroll import send_takes  # noqa: E402
 from tests.collector_runner import start_worker, stop_worker  # noqa: E402
 from tests.conftest import broker_config  # noqa: E402
 from tinyml_core.broker import LocalMosquitto  # noqa: E402
+from tinyml_core.messages import UNKNOWN_FOLDER  # noqa: E402
 from tinyml_core.mqtt import MqttClient  # noqa: E402
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "go", "stop")
@@ -49,18 +50,17 @@ def speaker(path: Path) -> str:
 def household_folders(out: Path, people: int, takes: int) -> tuple[list[Path], str]:
     """One folder of takes per person, and where they came from."""
     words_root = REPO / "data" / "mini_speech_commands"
-    other_root = REPO / "data" / "negatives" / "words"
-    if not words_root.is_dir():
-        words_root = other_root = REPO / "samples" / "speech"
-        source = "the bundled samples (no data/: every person says the same clips)"
-    else:
+    if words_root.is_dir():
+        others = sorted((REPO / "data" / "negatives" / "words").glob("*/*.wav"))
         source = "data/mini_speech_commands and data/negatives"
+    else:
+        words_root = REPO / "samples" / "speech"
+        others = sorted((words_root / UNKNOWN_FOLDER).glob("*.wav"))
+        source = "the bundled samples (no data/: every person says the same clips)"
     by_speaker: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     for word in WORDS:
         for path in sorted((words_root / word).glob("*.wav")):
             by_speaker[speaker(path)][word].append(path)
-    others = sorted(p for p in other_root.glob("*/*.wav")) if other_root.name == "words" else \
-        sorted((words_root / "_unknown_").glob("*.wav"))
     chosen = sorted(by_speaker, key=lambda s: -sum(len(v) for v in by_speaker[s].values()))
     chosen = chosen[:people] if len(chosen) >= people else [chosen[0]] * people
     pool = {word: [p for s in by_speaker for p in by_speaker[s][word]] for word in WORDS}
@@ -73,10 +73,10 @@ def household_folders(out: Path, people: int, takes: int) -> tuple[list[Path], s
             (folder / word).mkdir(parents=True)
             for index, path in enumerate((own + filler)[:takes]):
                 shutil.copy(path, folder / word / f"take-{index + 1}.wav")
-        (folder / "_unknown_").mkdir()
+        (folder / UNKNOWN_FOLDER).mkdir()
         mine = [p for p in others if speaker(p) == name] or others[number::people]
         for index, path in enumerate(mine[:SPEECH_TAKES]):
-            shutil.copy(path, folder / "_unknown_" / f"speech-{index + 1}.wav")
+            shutil.copy(path, folder / UNKNOWN_FOLDER / f"speech-{index + 1}.wav")
         folders.append(folder)
     return folders, source
 

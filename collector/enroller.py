@@ -148,9 +148,11 @@ class Enroller:
             log.info("enrolled %s on %s over the broker: %d takes, %d pieces of speech, "
                      "%.1f s", job.takes.person, job.node_id, job.takes.count,
                      len(job.takes.speech), seconds)
+            speech = len(job.takes.speech)
             self._answer(job, True, f"enrolled {job.takes.person}: {job.takes.count} takes of "
-                         f"{len(job.takes.words)} words, {len(job.takes.speech)} pieces of "
-                         f"speech", people, version, seconds)
+                         f"{len(job.takes.words)} words, {speech} "
+                         f"{'piece' if speech == 1 else 'pieces'} of speech", people, version,
+                         seconds)
 
     def _enroll(self, job: _Job) -> tuple[int, str]:
         if self._models is None:

@@ -228,12 +228,12 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
     counts: Counter[str] = Counter()
     web = start_web_dashboard(config, dashboard_listen)
     print(f"dashboard: {web.address} (the web page; --keep keeps it up after the replay)")
-    with MqttClient(config, "demo-dashboard", publish_availability=False) as dashboard:
+    with MqttClient(config, "demo-dashboard", publish_availability=False) as dashboard, \
+            tempfile.TemporaryDirectory(prefix="tinyml-demo-") as scratch:
         for root in (SENSORS_ROOT, PREDICTIONS_ROOT, STATUS_ROOT, ERRORS_ROOT):
             dashboard.subscribe(f"{root}/#")
-        scratch = tempfile.TemporaryDirectory(prefix="tinyml-demo-")
         collector, collector_thread = start_collector(config, models,
-                                                      Path(scratch.name) / "enrolled.json")
+                                                      Path(scratch) / "enrolled.json")
         print(f"collector: {collector.models_line()}")
         spotter = collector.inference.spotter
         keywords = spotter.contract.keywords if spotter is not None else ()
@@ -271,7 +271,6 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
         collector.stop()
         collector_thread.join(timeout=5)
         collector.close()
-        scratch.cleanup()
     web.close()
 
     sensors = counts[SENSORS_ROOT]
