@@ -145,14 +145,12 @@ class Enroller:
                 self._answer(job, False, str(error), 0, "", time.perf_counter() - started)
                 continue
             seconds = time.perf_counter() - started
-            log.info("enrolled %s on %s over the broker: %d takes, %d pieces of speech, "
-                     "%.1f s", job.takes.person, job.node_id, job.takes.count,
-                     len(job.takes.speech), seconds)
             speech = len(job.takes.speech)
-            self._answer(job, True, f"enrolled {job.takes.person}: {job.takes.count} takes of "
-                         f"{len(job.takes.words)} words, {speech} "
-                         f"{'piece' if speech == 1 else 'pieces'} of speech", people, version,
-                         seconds)
+            done = (f"enrolled {job.takes.person}: {job.takes.count} takes of "
+                    f"{len(job.takes.words)} words, {speech} "
+                    f"{'piece' if speech == 1 else 'pieces'} of speech")
+            log.info("%s on %s over the broker (%.1f s)", done, job.node_id, seconds)
+            self._answer(job, True, done, people, version, seconds)
 
     def _enroll(self, job: _Job) -> tuple[int, str]:
         if self._models is None:

@@ -285,7 +285,8 @@ def send_command(settings: NodeSettings, node_id: str, person: str, folder: Path
     if not result.enrolled:
         print(f"{result.collector_id} did not enroll {person}: {result.reason}")
         return 1
-    print(f"{result.collector_id}: {result.reason}; {result.people} people on {node_id} "
+    people = f"{result.people} {'person' if result.people == 1 else 'people'}"
+    print(f"{result.collector_id}: {result.reason}; {people} enrolled on {node_id} "
           f"(model_version {result.model_version}, adapted in {result.seconds:.1f} s)")
     return 0
 

@@ -184,8 +184,8 @@ def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
     assert before.label != "go" and "+enrolled-" not in before.model_version
     assert send(mosquitto, enroll_folder(tmp_path), "--person", "ann") == 0
     out = capsys.readouterr().out
-    assert "collector-1: enrolled ann: 16 takes of 8 words, 4 pieces of speech; 1 people " \
-           "on kitchen" in out, out
+    assert "collector-1: enrolled ann: 16 takes of 8 words, 4 pieces of speech; 1 person " \
+           "enrolled on kitchen" in out, out
     assert enrolled_file.exists()
     after: list[KeywordResult] = []
     # The worker reads the file again within ENROLLMENT_CHECK_S.
