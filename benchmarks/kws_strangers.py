@@ -1,7 +1,7 @@
 """Keyword spotting for voices the model never heard: the speaker folds' streams.
 
     .venv/bin/python benchmarks/kws_strangers.py [--model kws_b] [--folds-dir data/folds]
-        [--choose-default [--record]] [--json FILE]
+        [--choose-default [--record]] [--rooms SEED] [--json FILE]
 
 The course split's test speakers also spoke in training, so every number measured on it (and
 on the stream kws_stream.py builds from it) is a number for familiar voices. Here each speaker
@@ -16,6 +16,10 @@ counts are added up: recall and false accepts an hour over all of them.
 
 Also, single one-second clips through the same decision: the right word for the test
 halves' keyword clips, and ``unknown`` for the held-back other words and noise crops.
+
+``--rooms SEED`` hears every stream and clip in rooms nobody trained on (training/rooms.py):
+each spoken item from its own talker position in one of 40 simulated rooms, with its echo,
+and the whole stream through one random cheap microphone.
 
 ``--choose-default`` picks, on the validation halves, the threshold and the smoothing (1, 3,
 5 or 7 windows averaged) that find the most keywords at <= 5 false accepts an hour (the rule
@@ -55,6 +59,7 @@ from tinyml_core.models import (  # noqa: E402
     write_manifest_entry,
 )
 from training.negatives import Negatives, silence_clips, speaker  # noqa: E402
+from training.rooms import clips_in_rooms, stream_in_rooms  # noqa: E402
 from training.speakers import fold_dir, fold_of  # noqa: E402
 from training.speech import SpeechData, split_paths  # noqa: E402
 from training.stream import (  # noqa: E402
@@ -105,7 +110,7 @@ def held_out(speech: SpeechData, fold: int, folds: int, half: str
 
 def fold_part(speech: SpeechData, negatives: Negatives, models: Path, model: str, fold: int,
               folds: int, half: str, thresholds: list[float], base: ScanSettings,
-              smoothings: list[int], seed: int) -> FoldPart:
+              smoothings: list[int], seed: int, rooms_seed: int | None = None) -> FoldPart:
     clips, targets, speakers = held_out(speech, fold, folds, half)
     keywords = [(speech.labels[t], rate, clip) for (rate, clip), t in
                 zip(clips, targets, strict=True)]
@@ -113,11 +118,15 @@ def fold_part(speech: SpeechData, negatives: Negatives, models: Path, model: str
     stream = build_stream(keywords, negatives.words[half], negatives.noise_audio(half, RATE),
                           seed=seed * 1000 + fold * 10 + HALVES.index(half),
                           min_other_words=round(OTHER_WORDS_PER_KEYWORD * len(keywords)))
+    if rooms_seed is not None:
+        stream = stream_in_rooms(stream, rooms_seed + fold * 10 + HALVES.index(half))
     payloads = capture_events(stream)
     spotter = ScansOnce(load_keyword_spotter(models, model))  # scanned once for all settings
     rows = {windows: threshold_table(stream, payloads, models, model, thresholds,
                                      replace(base, smoothing=windows), spotter)
             for windows in smoothings}
+    if rooms_seed is not None:  # the single clips in rooms too
+        clips = clips_in_rooms(clips, rooms_seed + 5 + fold * 10 + HALVES.index(half))
     return FoldPart(fold, half, models, speakers, clips, [speech.labels[t] for t in targets],
                     stream.hours * 60, len(payloads), rows)
 
@@ -139,9 +148,12 @@ def answers(spotter: KeywordSpotter, clips: list[tuple[int, np.ndarray]],
 
 
 def singles(model: str, parts: list[FoldPart], negatives: Negatives,
-            settings: ScanSettings) -> dict[str, Any]:
+            settings: ScanSettings, rooms_seed: int | None = None) -> dict[str, Any]:
     """Single clips at ``settings``: each fold's test-half keywords by its own model, and the
-    held-back other words and noise crops by every fold's model (their rates averaged)."""
+    held-back other words (in rooms with ``rooms_seed``) and noise crops by every fold's
+    model (their rates averaged)."""
+    other_words = negatives.words["test"] if rooms_seed is None else \
+        clips_in_rooms(negatives.words["test"], rooms_seed + 7)
     right = top = total = 0
     unknown_keywords = 0
     other_unknown, noise_unknown = [], []
@@ -160,7 +172,7 @@ def singles(model: str, parts: list[FoldPart], negatives: Negatives,
         best = fold_spotter.classify_features(batch).argmax(axis=1)
         top += sum(fold_spotter.labels[b] == s for b, s in zip(best, said, strict=True))
         total += len(said)
-        other = answers(fold_spotter, negatives.words["test"], settings)
+        other = answers(fold_spotter, other_words, settings)
         other_unknown.append(float(np.mean([g == UNKNOWN_LABEL for g in other])))
         heard = answers(fold_spotter, noise_clips, settings)
         noise_unknown.append(float(np.mean([g == UNKNOWN_LABEL for g in heard])))
@@ -195,8 +207,14 @@ def main() -> int:
     parser.add_argument("--record", action="store_true",
                         help="store the default (with --choose-default) and the strangers' "
                              "numbers in the manifest; refresh models/REPORT.md")
+    parser.add_argument("--rooms", type=int, metavar="SEED",
+                        help="hear every stream and clip through simulated rooms and a "
+                             "microphone drawn with this seed (training/rooms.py; training "
+                             "draws its rooms with the recipe's seed, so use another)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     args = parser.parse_args()
+    if args.record and args.rooms is not None:
+        parser.error("--record keeps the numbers of the streams as recorded: without --rooms")
     if args.record and args.smoothing is not None:
         parser.error("--record stores what the collector does: the model's own smoothing, or "
                      "the one --choose-default picks")
@@ -226,7 +244,7 @@ def main() -> int:
     for half in HALVES:
         for fold, directory in folds.items():
             part = fold_part(speech, negatives, directory, args.model, fold, args.folds, half,
-                             thresholds, base, smoothings, args.seed)
+                             thresholds, base, smoothings, args.seed, args.rooms)
             parts[half].append(part)
             print(f"fold {fold} {half} half: {part.speakers} speakers, {len(part.clips)} "
                   f"keywords, {part.minutes:.1f} min, {part.events} sound events "
@@ -251,7 +269,7 @@ def main() -> int:
                                                n == current))
             default = best[windows].threshold
     tables = by_smoothing[windows]
-    report: dict[str, Any] = {"model": args.model, "folds": args.folds,
+    report: dict[str, Any] = {"model": args.model, "folds": args.folds, "rooms": args.rooms,
                               "smoothing": windows,
                               "folds_scored": sorted(folds), "seed": args.seed,
                               "default_threshold": default}
@@ -261,7 +279,8 @@ def main() -> int:
         speakers = sum(p.speakers for p in parts[half])
         print(f"\n{args.model}, {half} halves of {len(folds)} of {args.folds} folds: "
               f"{speakers} speakers never heard, {keywords} keywords, {minutes:.0f} min; "
-              f"smoothed over {windows} windows")
+              f"smoothed over {windows} windows"
+              + (f"; in simulated rooms (seed {args.rooms})" if args.rooms is not None else ""))
         print_table([r for r in tables[half] if r.threshold in (*THRESHOLDS_SHOWN, default)],
                     default)
         at_default = next(r for r in tables[half] if abs(r.threshold - default) < 1e-9)
@@ -275,7 +294,7 @@ def main() -> int:
         f"{row['fold']}: {row['recall']:.1%} at {row['false_accepts_per_hour']:.1f}/h"
         for row in report["test"]["per_fold"]))
     single = singles(args.model, parts["test"], negatives,
-                     replace(base, threshold=default, smoothing=windows))
+                     replace(base, threshold=default, smoothing=windows), args.rooms)
     print(f"single clips at {default:.2f} (smoothing {windows}): the right word for "
           f"{single['right_word']:.1%} of "
           f"{single['keyword_clips']} keyword clips ({single['answered_unknown']:.1%} 'unknown'; "

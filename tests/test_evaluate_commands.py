@@ -7,6 +7,7 @@ without it).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,17 @@ def test_human_output_has_recall_and_a_confusion_matrix(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "confusion (rows: true" in result.stdout
     assert "Traceback" not in result.stderr
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_picture_is_left_in_the_working_folder_unless_asked_for(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "training.evaluate", "kws_c",
+                             "--speech-dir", str(SPEECH)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("args", "message"), [

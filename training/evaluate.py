@@ -278,8 +278,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "needs --node")
     parser.add_argument("--node", metavar="NODE_ID", help="the enrolled node, with --enrolled")
     parser.add_argument("--confusion-png", type=Path,
-                        help="where to save the confusion matrix (default: "
-                             "<model>_confusion.png in the current folder)")
+                        metavar="FILE",
+                        help="also save the confusion matrix as a picture (PNG) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_logging_arguments(parser)
     return parser.parse_args(argv)
@@ -348,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stream:
         stream_on_folder(args.models, args.model, clips, targets, labels, unknown, noise,
                          spotter=spotter)
-    png = args.confusion_png or Path(f"{args.model}_confusion.png")
+    if args.confusion_png is None:
+        return 0
     from .report import pyplot, save_confusion_png
 
     plt = pyplot()
@@ -358,8 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     save_confusion_png(np.array(result["confusion"]), labels,
                        f"{args.model}: {result['accuracy']:.2%} on {result['clips']} clips",
-                       png, plt)
-    log.info("confusion matrix saved to %s", png)
+                       args.confusion_png, plt)
+    log.info("confusion matrix saved to %s", args.confusion_png)
     return 0
 
 

@@ -26,6 +26,7 @@ from .evaluate import evaluate_clips, evaluate_negatives
 from .negatives import SILENCE, UNKNOWN, Negatives, at_level, noise_crops, rms, silence_clips
 from .progress import EpochProgress
 from .recipes import Recipe
+from .rooms import RoomAugment
 from .speech import SpeechData
 from .tf import keras, seed_everything
 
@@ -43,10 +44,11 @@ def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
 
 
 def augment(audio: np.ndarray, settings: dict[str, Any], rng: np.random.Generator,
-            sample_rate: int, background: list[tuple[str, np.ndarray]] | None = None
-            ) -> np.ndarray:
-    """Per clip: speed (and so pitch) change, time shift (zero fill), a random gain,
-    background noise at a random signal-to-noise ratio, white noise at a random level."""
+            sample_rate: int, background: list[tuple[str, np.ndarray]] | None = None,
+            rooms: RoomAugment | None = None) -> np.ndarray:
+    """Per clip: speed (and so pitch) change, time shift (zero fill), a simulated room
+    (``rooms``), a random gain, background noise at a random signal-to-noise ratio, white
+    noise at a random level, then a microphone's response and a peak level (``rooms``)."""
     out = audio.copy()
     speed = settings.get("speed")
     if speed:
@@ -61,6 +63,8 @@ def augment(audio: np.ndarray, settings: dict[str, Any], rng: np.random.Generato
                 out[index, :shift] = 0
             elif shift < 0:
                 out[index, shift:] = 0
+    if rooms is not None:
+        out = rooms.said_in_rooms(out, rng)
     gain_db = float(settings.get("gain_db", 0.0))
     if gain_db:
         out *= (10 ** (rng.uniform(-gain_db, gain_db, (len(out), 1)) / 20)).astype(np.float32)
@@ -76,6 +80,8 @@ def augment(audio: np.ndarray, settings: dict[str, Any], rng: np.random.Generato
         chance = float(settings.get("noise_probability", 0.8))
         levels = rng.uniform(0, noise, (len(out), 1)) * (rng.random((len(out), 1)) < chance)
         out += (rng.standard_normal(out.shape) * levels).astype(np.float32)
+    if rooms is not None:
+        out = rooms.heard(out, rng)
     return out
 
 
@@ -109,13 +115,14 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
         self.open_set = open_set
         self.batch_size = int(recipe.train.get("batch_size", 100))
         self.rng = np.random.default_rng(recipe.seed)
+        self.rooms = RoomAugment(recipe.augment, front_end.params.sample_rate, recipe.seed)
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
         background = self.open_set.train_noise if self.open_set else None
         order = self.rng.permutation(len(self.audio))
         audio = augment(self.audio[order], self.recipe.augment, self.rng,
-                        self.front_end.params.sample_rate, background)
+                        self.front_end.params.sample_rate, background, self.rooms)
         targets = self.targets[order]
         if self.open_set is not None and self.open_set.silence_per_epoch:
             # Fresh "no word" clips every epoch, shuffled in among the others.

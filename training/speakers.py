@@ -53,8 +53,25 @@ def fold_dir(keep: Path, name: str, fold: int, folds: int) -> Path:
     return keep / name / f"fold{fold}of{folds}"
 
 
+def augment_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a TOML value (``room_probability=0.5``, ``peak_dbfs=[-40, 0]``)."""
+    import tomllib
+
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: not KEY=VALUE")
+    try:
+        return key.strip(), tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not TOML ({error})") from None
+
+
 def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | None,
-             show_progress: bool, keep: Path | None = None) -> dict[str, Any]:
+             show_progress: bool, keep: Path | None = None,
+             augment: dict[str, Any] | None = None, seed: int | None = None
+             ) -> dict[str, Any]:
+    from dataclasses import replace
+
     from .build import with_epochs
     from .evaluate import evaluate_clips
     from .kws import build
@@ -62,6 +79,9 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
     from .recipes import recipe
 
     chosen = with_epochs(recipe(name), epochs)
+    # Trying augmentation or another seed on the folds before it goes into a recipe.
+    chosen = replace(chosen, augment=chosen.augment | (augment or {}),
+                     seed=chosen.seed if seed is None else seed)
     negatives = Negatives.load() if chosen.open_set else None
     split = fold_data(data, fold, folds)
     with tempfile.TemporaryDirectory() as scratch:
@@ -72,7 +92,8 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
             from tinyml_core.models import write_manifest_entry
             write_manifest_entry(out, name, entry | {"speaker_fold": {
                 "fold": fold, "folds": folds, "held_out": "speakers with fold_of(speaker, "
-                "folds) == fold (training.speakers.fold_of)"}})
+                "folds) == fold (training.speakers.fold_of)", "seed": chosen.seed,
+                "augment": chosen.augment}})
     return {"fold": fold, "train_clips": len(split.clips["train"]),
             "new_speaker_clips": len(split.clips["test"]),
             "new_speakers": entry["metrics"]["accuracy"], "test_split": on_test["accuracy"]}
@@ -96,9 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each fold's model in DIR/<model>/fold<K>of<N>/ (for the "
                              "strangers' stream benchmark, benchmarks/kws_strangers.py)")
+    parser.add_argument("--augment", type=augment_setting, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="change one setting of the recipe's augment table for these "
+                             "folds (a TOML value; repeatable), e.g. room_probability=0.5")
+    parser.add_argument("--seed", type=int, help="train with this seed, not the recipe's")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
+    if args.record and (args.augment or args.seed is not None):
+        parser.error("--record keeps the shipped recipe's folds: without --augment or --seed")
     setup_logging(args)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
@@ -111,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("fold %d of %d: training %s without its speakers", fold + 1, args.folds,
                  args.model)
         row = run_fold(args.model, data, fold, args.folds, args.epochs, not args.no_progress,
-                       args.keep)
+                       args.keep, dict(args.augment), args.seed)
         rows.append(row)
         print(f"fold {fold}: new speakers {row['new_speakers']:.2%} on "
               f"{row['new_speaker_clips']} clips, test split {row['test_split']:.2%} "
