@@ -141,6 +141,16 @@ def main() -> int:
                         help="varied copies of each take (speed, level, noise)")
     parser.add_argument("--takes-weight", type=float, default=AdaptSettings.takes_weight)
     parser.add_argument("--label-smoothing", type=float, default=AdaptSettings.label_smoothing)
+    parser.add_argument("--lift", type=float, default=AdaptSettings.prototype_lift,
+                        help="the most a take's likeness raises its word's logit (default "
+                             f"{AdaptSettings.prototype_lift:g}; with --penalty 0 and 0 here, the "
+                             "fitted layer alone)")
+    parser.add_argument("--floor", type=float, default=AdaptSettings.prototype_floor,
+                        help="the likeness (cosine similarity) below which a take lifts "
+                             f"nothing (default {AdaptSettings.prototype_floor:g})")
+    parser.add_argument("--penalty", type=float, default=AdaptSettings.keyword_penalty,
+                        help="how much every keyword's logit is lowered on an enrolled node "
+                             f"(default {AdaptSettings.keyword_penalty:g})")
     parser.add_argument("--no-clip", action="store_true",
                         help="let the household's layer pass the int8 model's logit range")
     parser.add_argument("--thresholds", type=float, nargs="+",
@@ -204,7 +214,10 @@ def main() -> int:
                                                takes_weight=args.takes_weight,
                                                label_smoothing=args.label_smoothing,
                                                clip_logits=not args.no_clip,
-                                               variants=args.variants), anchors)
+                                               variants=args.variants,
+                                               prototype_lift=args.lift,
+                                               prototype_floor=args.floor,
+                                               keyword_penalty=args.penalty), anchors)
                     timings[per_word].append(time.perf_counter() - started)
                     spotter = base.with_head(head)
                 spotter = ScansOnce(spotter)  # each event scanned once for every threshold

@@ -25,6 +25,7 @@ from tinyml_core.errors import TinyMLError
 from tinyml_core.models import (
     ClassifierHead,
     KeywordSpotter,
+    Prototypes,
     load_anchors,
     load_keyword_spotter,
     model_version,
@@ -32,7 +33,7 @@ from tinyml_core.models import (
 from tinyml_core.statefile import read_state_file, write_state_file
 from tinyml_core.topics import validate_id
 
-from .enrollment import ADAPT, AdaptSettings, Anchors, Takes, examples, fit_head
+from .enrollment import ADAPT, AdaptSettings, Anchors, Takes, examples, household_head
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class Enrollments:
             {word: len(clips) for word, clips in takes.words.items()}, len(takes.speech),
             x.astype(np.float32), y.astype(np.int16))
         fitted = EnrolledNode(node_id, spotter.name, sha, people)
-        fitted.head = _fit(spotter.model.head, people, settings, anchors)
+        fitted.head = _fit(spotter, people, settings, anchors)
         self.nodes[node_id] = fitted
         return fitted
 
@@ -173,23 +174,34 @@ class Enrollments:
         if spotter.model.head is None:
             raise ValueError(f"{spotter.name}: load it with embedding=True")
         node.people = people
-        node.head = _fit(spotter.model.head, people, settings, anchors)
+        node.head = _fit(spotter, people, settings, anchors)
         return node
 
 
-def _fit(base: ClassifierHead, people: dict[str, Person], settings: AdaptSettings,
+def _examples(people: dict[str, Person]) -> tuple[np.ndarray, np.ndarray]:
+    """Everyone's examples, in the order of their names (the prototypes' order)."""
+    ordered = [people[name] for name in sorted(people)]
+    return (np.concatenate([p.embeddings for p in ordered]),
+            np.concatenate([p.targets for p in ordered]).astype(np.int64))
+
+
+def _fit(spotter: KeywordSpotter, people: dict[str, Person], settings: AdaptSettings,
          anchors: Anchors | None) -> ClassifierHead:
-    x = np.concatenate([p.embeddings for p in people.values()])
-    y = np.concatenate([p.targets for p in people.values()]).astype(np.int64)
-    return fit_head(base, x, y, settings, anchors)
+    return household_head(spotter, *_examples(people), settings, anchors)
 
 
 def _node_document(node: EnrolledNode) -> dict[str, Any]:
     assert node.head is not None
+    head: dict[str, Any] = {"weights": _array(node.head.weights), "bias": _array(node.head.bias),
+                            "logit_range": [float(v) for v in node.head.logit_range]}
+    prototypes = node.head.prototypes
+    if prototypes is not None:  # the vectors are the people's examples: not kept twice
+        head["prototypes"] = {"center": _array(prototypes.center),
+                              "keywords": [int(k) for k in prototypes.keywords],
+                              "lift": prototypes.lift, "floor": prototypes.floor,
+                              "keyword_penalty": prototypes.keyword_penalty}
     return {"base_model": node.base_model, "base_sha256": node.base_sha256,
-            "version": node.version,
-            "head": {"weights": _array(node.head.weights), "bias": _array(node.head.bias),
-                     "logit_range": [float(v) for v in node.head.logit_range]},
+            "version": node.version, "head": head,
             "people": {name: {"when": p.when, "sha256": p.sha256, "words": p.words,
                               "speech_clips": p.speech_clips,
                               "embeddings": _array(p.embeddings), "targets": _array(p.targets)}
@@ -207,19 +219,47 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
         if weights.ndim != 2 or bias.shape != (weights.shape[0],) \
                 or not np.isfinite(weights).all() or not np.isfinite(bias).all():
             raise ValueError(f"{what}: a layer of shape {weights.shape} with bias {bias.shape}")
-        node = EnrolledNode(node_id, str(entry["base_model"]), str(entry["base_sha256"]),
-                            head=ClassifierHead(weights, bias, (low, high)))
+        node = EnrolledNode(node_id, str(entry["base_model"]), str(entry["base_sha256"]))
         for name, person in entry["people"].items():
+            embeddings = _from_array(person["embeddings"], f"{what} {name}").astype(np.float32)
+            targets = _from_array(person["targets"], f"{what} {name}").astype(np.int16)
+            if embeddings.ndim != 2 or embeddings.shape[1] != weights.shape[1] \
+                    or targets.shape != (len(embeddings),) \
+                    or not np.isfinite(embeddings).all() \
+                    or not ((targets >= 0) & (targets < len(bias))).all():
+                raise ValueError(f"{what} {name}: examples of shape {embeddings.shape} with "
+                                 f"labels {targets.shape} do not fit its layer")
             node.people[name] = Person(
                 name, str(person["when"]), str(person["sha256"]),
                 {str(k): int(v) for k, v in person["words"].items()},
-                int(person["speech_clips"]),
-                _from_array(person["embeddings"], f"{what} {name}").astype(np.float32),
-                _from_array(person["targets"], f"{what} {name}").astype(np.int16))
+                int(person["speech_clips"]), embeddings, targets)
+        node.head = ClassifierHead(weights, bias, (low, high),
+                                   _prototypes(head.get("prototypes"), node.people, len(bias),
+                                               what))
         return node
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{what}: missing or malformed {error}") from None
     except TinyMLError as error:  # validate_id: not a node id
+        raise ValueError(f"{what}: {error}") from None
+
+
+def _prototypes(document: Any, people: dict[str, Person], labels: int, what: str
+                ) -> Prototypes | None:
+    """The node's prototypes again: their settings from the file, their vectors from the
+    people's examples."""
+    if document is None:  # enrolled before prototypes were kept: the fitted layer alone
+        return None
+    center = _from_array(document["center"], f"{what} prototype center").astype(np.float32)
+    if not people or center.shape != (people[next(iter(people))].embeddings.shape[1],):
+        raise ValueError(f"{what}: prototypes without people, or of another size")
+    keywords = [int(k) for k in document["keywords"]]
+    if not all(0 <= k < labels for k in keywords):
+        raise ValueError(f"{what}: prototype keywords {keywords} outside its {labels} labels")
+    try:
+        return Prototypes.of(*_examples(people), keywords, center,
+                             float(document["lift"]), float(document["floor"]),
+                             float(document["keyword_penalty"]))
+    except ValueError as error:
         raise ValueError(f"{what}: {error}") from None
 
 

@@ -102,6 +102,49 @@ def test_words_that_are_not_keywords_are_refused(spotter: KeywordSpotter) -> Non
         adapt(plain, [Takes("ann", {"yes": clips(SPEECH / "yes")})])
 
 
+def test_a_window_like_a_take_is_lifted_towards_its_word_and_others_held_back() -> None:
+    from tinyml_core.models import Prototypes
+
+    rng = np.random.default_rng(0)
+    takes = rng.normal(size=(4, 16)).astype(np.float32)
+    center = np.zeros(16, np.float32)
+    # Labels 0-2 are keywords, 3 is "unknown": its examples are no prototypes.
+    prototypes = Prototypes.of(takes, np.array([0, 0, 1, 3]), [0, 1, 2], center,
+                               lift=6.0, floor=0.5, keyword_penalty=2.0)
+    assert len(prototypes.vectors) == 3
+    offsets = prototypes.offsets(np.vstack([takes[0], -takes[0], takes[3]]), labels=4)
+    assert offsets[0, 0] == pytest.approx(6.0 - 2.0)  # a take itself: the whole lift
+    assert offsets[1, 0] == pytest.approx(-2.0)  # its opposite: only the penalty
+    assert np.allclose(offsets[:, 2], -2.0)  # a keyword nobody enrolled: the penalty
+    assert np.allclose(offsets[:, 3], 0.0)  # "unknown" is never penalised nor lifted
+    halfway = takes[1] / np.linalg.norm(takes[1])
+    other = rng.normal(size=16)
+    other -= other @ halfway * halfway
+    # Cosine 0.75 with take 1, halfway from the floor to 1: half the lift.
+    mixed = 0.75 * halfway + np.sqrt(1 - 0.75 ** 2) * other / np.linalg.norm(other)
+    near = prototypes.offsets(mixed[None].astype(np.float32), labels=4)[0, 0]
+    assert near >= 3.0 - 2.0 - 1e-5
+    with pytest.raises(ValueError, match="floor"):
+        Prototypes.of(takes, np.zeros(4, int), [0], center, 1.0, 1.0, 0.0)
+
+
+def test_an_adapted_layer_without_prototypes_is_the_fitted_layer(
+        spotter: KeywordSpotter) -> None:
+    from dataclasses import replace
+
+    takes = Takes("ann", {"yes": clips(SPEECH / "yes")})
+    head = adapt(spotter, [takes])
+    assert head.prototypes is not None and len(head.prototypes.vectors) > 0
+    fitted = replace(head, prototypes=None)
+    features = np.stack([spotter.features(s, r) for r, s in clips(SPEECH / "no")])
+    embeddings = spotter.embed_features(features)
+    keywords = [spotter.labels.index(word) for word in WORDS]
+    # Nothing like a "yes" take: every keyword loses exactly the penalty.
+    shift = head.logits(embeddings) - fitted.logits(embeddings)
+    lifted = shift[:, keywords] > -head.prototypes.keyword_penalty + 1e-4
+    assert not lifted[:, [i for i, w in enumerate(WORDS) if w != "yes"]].any()
+
+
 # --- the enrolled nodes: `collector enroll`, the file, and the collector answering with it ----
 
 MISSED = ("go", "3ffa3457_nohash_0.wav")  # kws_b takes this "go" for "down"
@@ -179,6 +222,31 @@ def test_an_enrolled_node_answers_with_its_own_layer_and_says_so(tmp_path: Path)
     # Another node keeps the shipped model, and its version says so.
     (_, version), = keyword_answers(after, "hallway", [SPEECH / MISSED[0] / MISSED[1]])
     assert "+enrolled-" not in version
+
+
+def test_the_enrollment_file_gives_back_the_same_answers(tmp_path: Path) -> None:
+    from collector.enrolled import Enrollments, adaptation_models
+
+    spotter, anchors = adaptation_models(MODELS, "kws_b")
+    store = Enrollments(tmp_path / "enrolled.json")
+    takes = Takes("ann", {word: clips(SPEECH / word) for word in ("go", "no")},
+                  clips(SPEECH / "_unknown_"))
+    node = store.add("kitchen", takes, spotter, anchors=anchors)
+    store.save()
+    again = Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"]
+    assert node.head is not None and again.head is not None
+    assert again.head.prototypes is not None and node.head.prototypes is not None
+    assert np.array_equal(again.head.prototypes.vectors, node.head.prototypes.vectors)
+    rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])
+    assert np.allclose(spotter.with_head(again.head).scan(samples, rate).probabilities,
+                       spotter.with_head(node.head).scan(samples, rate).probabilities)
+    import json
+
+    document = json.loads((tmp_path / "enrolled.json").read_text())
+    document["nodes"]["kitchen"]["head"]["prototypes"]["keywords"] = [99]
+    (tmp_path / "damaged.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="outside its 10 labels"):
+        Enrollments.load(tmp_path / "damaged.json")
 
 
 def test_a_running_collector_picks_up_a_new_person_without_a_restart(tmp_path: Path) -> None:

@@ -238,19 +238,71 @@ def _runtime_notice_hidden() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Prototypes:
+    """Words as a household said them: the embeddings of their enrolled takes, each with its
+    label. A window whose embedding is close to one of a word's takes (cosine similarity,
+    both centred on ``center``, the model's mean embedding) gets that word's logit raised by
+    up to ``lift``: nothing at ``floor`` or below, ``lift`` at 1. Every keyword's logit is
+    lowered by ``keyword_penalty`` first, so that a word nobody enrolled needs more of the
+    model's own confidence than before, and one said as the household says it less."""
+
+    center: np.ndarray  # [D]
+    vectors: np.ndarray  # [P, D], centred and of unit length
+    labels: np.ndarray  # [P] label indices
+    keywords: np.ndarray  # [K] label indices the penalty applies to
+    lift: float
+    floor: float
+    keyword_penalty: float
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, labels: np.ndarray, keywords: Sequence[int],
+           center: np.ndarray, lift: float, floor: float, keyword_penalty: float
+           ) -> Prototypes:
+        """From takes' embeddings [P, D] and their labels (only keyword labels are kept)."""
+        if not 0 <= floor < 1:
+            raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
+        keep = np.isin(labels, keywords)
+        return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
+                   np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
+                   float(lift), float(floor), float(keyword_penalty))
+
+    def offsets(self, embeddings: np.ndarray, labels: int) -> np.ndarray:
+        """What to add to the logits [N, labels] of these embeddings [N, D]."""
+        out = np.zeros((len(embeddings), labels), np.float32)
+        out[:, self.keywords] -= self.keyword_penalty
+        if not len(self.vectors):
+            return out
+        similarity = _unit(embeddings, self.center) @ self.vectors.T  # [N, P]
+        for label in np.unique(self.labels):
+            closest = similarity[:, self.labels == label].max(axis=1)
+            out[:, label] += self.lift * np.maximum(0.0, closest - self.floor) / (1 - self.floor)
+        return out
+
+
+def _unit(embeddings: np.ndarray, center: np.ndarray) -> np.ndarray:
+    centred = np.asarray(embeddings, np.float32) - center
+    unit: np.ndarray = centred / (np.linalg.norm(centred, axis=1, keepdims=True) + 1e-9)
+    return unit.astype(np.float32)
+
+
+@dataclass(frozen=True)
 class ClassifierHead:
     """A classifier's last layer in float: embeddings [N, D] → probabilities [N, labels].
     The logits are clipped to what the quantized model's own logits can hold, so the
     shipped head, read out of the model, gives the model's own probabilities (an int8
-    model's largest logit is often only 2-3)."""
+    model's largest logit is often only 2-3). An enrolled node's head may add what its
+    household's takes say (``prototypes``) after the clip."""
 
     weights: np.ndarray  # [labels, D]
     bias: np.ndarray  # [labels]
     logit_range: tuple[float, float] = (-np.inf, np.inf)
+    prototypes: Prototypes | None = None
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         raw = np.asarray(embeddings, np.float32) @ self.weights.T + self.bias
         clipped: np.ndarray = np.clip(raw, *self.logit_range)
+        if self.prototypes is not None:
+            clipped += self.prototypes.offsets(embeddings, len(self.bias))
         return clipped
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
