@@ -261,7 +261,8 @@ class Prototypes:
         """From takes' embeddings [P, D] and their labels (only keyword labels are kept)."""
         if not 0 <= floor < 1:
             raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
-        keep = np.isin(labels, keywords)
+        keep = np.flatnonzero(np.isin(labels, keywords))
+        keep = keep[np.argsort(labels[keep], kind="stable")]  # each word's takes together
         return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
                    np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
                    float(lift), float(floor), float(keyword_penalty))
@@ -273,9 +274,11 @@ class Prototypes:
         if not len(self.vectors):
             return out
         similarity = _unit(embeddings, self.center) @ self.vectors.T  # [N, P]
-        for label in np.unique(self.labels):
-            closest = similarity[:, self.labels == label].max(axis=1)
-            out[:, label] += self.lift * np.maximum(0.0, closest - self.floor) / (1 - self.floor)
+        # The vectors are sorted by label: the closest take of each word in one pass.
+        starts = np.flatnonzero(np.r_[True, self.labels[1:] != self.labels[:-1]])
+        closest = np.maximum.reduceat(similarity, starts, axis=1)  # [N, words enrolled]
+        out[:, self.labels[starts]] += \
+            self.lift * np.maximum(0.0, closest - self.floor) / (1 - self.floor)
         return out
 
 
