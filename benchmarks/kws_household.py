@@ -143,14 +143,19 @@ def main() -> int:
     parser.add_argument("--label-smoothing", type=float, default=AdaptSettings.label_smoothing)
     parser.add_argument("--lift", type=float, default=AdaptSettings.prototype_lift,
                         help="the most a take's likeness raises its word's logit (default "
-                             f"{AdaptSettings.prototype_lift:g}; with --penalty 0 and 0 here, the "
-                             "fitted layer alone)")
+                             f"{AdaptSettings.prototype_lift:g}; 0 with --penalty 0 and "
+                             "--anchor-lift 0: the fitted layer alone)")
     parser.add_argument("--floor", type=float, default=AdaptSettings.prototype_floor,
                         help="the likeness (cosine similarity) below which a take lifts "
                              f"nothing (default {AdaptSettings.prototype_floor:g})")
     parser.add_argument("--penalty", type=float, default=AdaptSettings.keyword_penalty,
                         help="how much every keyword's logit is lowered on an enrolled node "
                              f"(default {AdaptSettings.keyword_penalty:g})")
+    parser.add_argument("--anchor-lift", type=float, default=AdaptSettings.anchor_lift,
+                        help="the same from the anchors' keywords (other voices; default "
+                             f"{AdaptSettings.anchor_lift:g}, 0: none)")
+    parser.add_argument("--anchor-floor", type=float, default=AdaptSettings.anchor_floor,
+                        help=f"(default {AdaptSettings.anchor_floor:g})")
     parser.add_argument("--no-clip", action="store_true",
                         help="let the household's layer pass the int8 model's logit range")
     parser.add_argument("--thresholds", type=float, nargs="+",
@@ -217,7 +222,9 @@ def main() -> int:
                                                variants=args.variants,
                                                prototype_lift=args.lift,
                                                prototype_floor=args.floor,
-                                               keyword_penalty=args.penalty), anchors)
+                                               keyword_penalty=args.penalty,
+                                               anchor_lift=args.anchor_lift,
+                                               anchor_floor=args.anchor_floor), anchors)
                     timings[per_word].append(time.perf_counter() - started)
                     spotter = base.with_head(head)
                 spotter = ScansOnce(spotter)  # each event scanned once for every threshold

@@ -66,10 +66,14 @@ class AdaptSettings:
     # about 0.5 for other words) gets that word's logit raised by up to ``prototype_lift``;
     # every keyword is lowered by ``keyword_penalty``, so that the model's default
     # threshold then accepts what matches the household more readily and the rest less.
-    # Chosen on the households of speaker folds 0-1 (benchmarks/kws_household.py).
+    # The anchors' keywords (other voices saying the words) lift a word too, less: without
+    # them the penalty costs a household's guests, who did not enroll, a tenth of their words.
+    # Both chosen on the households of speaker folds 0-1 (benchmarks/kws_household.py).
     prototype_lift: float = 6.0
-    prototype_floor: float = 0.7
-    keyword_penalty: float = 3.0
+    prototype_floor: float = 0.75
+    keyword_penalty: float = 4.0
+    anchor_lift: float = 3.0
+    anchor_floor: float = 0.8
 
 
 ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
@@ -207,7 +211,7 @@ def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.
                    settings: AdaptSettings = ADAPT,
                    anchors: Anchors | None = None) -> ClassifierHead:
     """The node's last layer from its household's examples: fitted to them
-    (:func:`fit_head`), with the keyword examples as its prototypes."""
+    (:func:`fit_head`), with their keyword examples as prototypes, and the anchors' too."""
     if spotter.model.head is None:
         raise ValueError(f"{spotter.name}: load it with embedding=True to adapt it")
     head = fit_head(spotter.model.head, embeddings, targets, settings, anchors)
@@ -215,9 +219,12 @@ def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.
     # about every embedding being positive (they come out of a ReLU).
     center = (anchors.embeddings if anchors is not None else embeddings).mean(axis=0)
     keywords = [spotter.labels.index(word) for word in spotter.contract.keywords]
-    prototypes = Prototypes.of(embeddings, targets, keywords, center, settings.prototype_lift,
-                               settings.prototype_floor, settings.keyword_penalty)
-    return replace(head, prototypes=prototypes)
+    prototypes = [Prototypes.of(embeddings, targets, keywords, center, settings.prototype_lift,
+                                settings.prototype_floor, settings.keyword_penalty)]
+    if anchors is not None and settings.anchor_lift:
+        prototypes.append(Prototypes.of(anchors.embeddings, anchors.targets, keywords, center,
+                                        settings.anchor_lift, settings.anchor_floor, 0.0))
+    return replace(head, prototypes=tuple(prototypes))
 
 
 def adapt(spotter: KeywordSpotter, households: Sequence[Takes],

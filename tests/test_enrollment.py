@@ -133,16 +133,21 @@ def test_an_adapted_layer_without_prototypes_is_the_fitted_layer(
     from dataclasses import replace
 
     takes = Takes("ann", {"yes": clips(SPEECH / "yes")})
-    head = adapt(spotter, [takes])
-    assert head.prototypes is not None and len(head.prototypes.vectors) > 0
-    fitted = replace(head, prototypes=None)
+    head = adapt(spotter, [takes])  # no anchors: the household's prototypes alone
+    household, = head.prototypes
+    assert len(household.vectors) > 0
+    fitted = replace(head, prototypes=())
     features = np.stack([spotter.features(s, r) for r, s in clips(SPEECH / "no")])
     embeddings = spotter.embed_features(features)
     keywords = [spotter.labels.index(word) for word in WORDS]
     # Nothing like a "yes" take: every keyword loses exactly the penalty.
     shift = head.logits(embeddings) - fitted.logits(embeddings)
-    lifted = shift[:, keywords] > -head.prototypes.keyword_penalty + 1e-4
+    lifted = shift[:, keywords] > -household.keyword_penalty + 1e-4
     assert not lifted[:, [i for i, w in enumerate(WORDS) if w != "yes"]].any()
+    with_anchors = adapt(spotter, [takes], anchors=Anchors(embeddings, np.array(
+        [spotter.labels.index("no")] * len(embeddings))))
+    assert [len(p.vectors) for p in with_anchors.prototypes] == [len(household.vectors),
+                                                                  len(embeddings)]
 
 
 # --- the enrolled nodes: `collector enroll`, the file, and the collector answering with it ----
@@ -235,15 +240,18 @@ def test_the_enrollment_file_gives_back_the_same_answers(tmp_path: Path) -> None
     store.save()
     again = Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"]
     assert node.head is not None and again.head is not None
-    assert again.head.prototypes is not None and node.head.prototypes is not None
-    assert np.array_equal(again.head.prototypes.vectors, node.head.prototypes.vectors)
+    assert len(again.head.prototypes) == len(node.head.prototypes) == 2  # household, anchors
+    assert np.array_equal(again.head.prototypes[0].vectors, node.head.prototypes[0].vectors)
+    assert np.allclose(again.head.prototypes[1].vectors, node.head.prototypes[1].vectors,
+                       atol=2e-3)  # kept as float16
     rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])
     assert np.allclose(spotter.with_head(again.head).scan(samples, rate).probabilities,
-                       spotter.with_head(node.head).scan(samples, rate).probabilities)
+                       spotter.with_head(node.head).scan(samples, rate).probabilities,
+                       atol=0.01)
     import json
 
     document = json.loads((tmp_path / "enrolled.json").read_text())
-    document["nodes"]["kitchen"]["head"]["prototypes"]["keywords"] = [99]
+    document["nodes"]["kitchen"]["head"]["prototypes"][0]["keywords"] = [99]
     (tmp_path / "damaged.json").write_text(json.dumps(document))
     with pytest.raises(ValueError, match="outside its 10 labels"):
         Enrollments.load(tmp_path / "damaged.json")

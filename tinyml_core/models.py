@@ -293,19 +293,19 @@ class ClassifierHead:
     """A classifier's last layer in float: embeddings [N, D] → probabilities [N, labels].
     The logits are clipped to what the quantized model's own logits can hold, so the
     shipped head, read out of the model, gives the model's own probabilities (an int8
-    model's largest logit is often only 2-3). An enrolled node's head may add what its
-    household's takes say (``prototypes``) after the clip."""
+    model's largest logit is often only 2-3). An enrolled node's head adds, after the clip,
+    what its household's takes say and what the model's own anchors say (``prototypes``)."""
 
     weights: np.ndarray  # [labels, D]
     bias: np.ndarray  # [labels]
     logit_range: tuple[float, float] = (-np.inf, np.inf)
-    prototypes: Prototypes | None = None
+    prototypes: tuple[Prototypes, ...] = ()
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         raw = np.asarray(embeddings, np.float32) @ self.weights.T + self.bias
         clipped: np.ndarray = np.clip(raw, *self.logit_range)
-        if self.prototypes is not None:
-            clipped += self.prototypes.offsets(embeddings, len(self.bias))
+        for prototypes in self.prototypes:
+            clipped += prototypes.offsets(embeddings, len(self.bias))
         return clipped
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
