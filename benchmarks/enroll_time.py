@@ -102,7 +102,8 @@ def main() -> int:
             seconds = time.perf_counter() - started
             total += seconds
             print(f"  in process: {folder.name} ({takes.count} takes, {len(takes.speech)} "
-                  f"speech) enrolled in {seconds:.2f} s; {len(node.people)} people on the node")
+                  f"speech) enrolled in {seconds:.2f} s; {len(node.people)} "
+                  f"{'person' if len(node.people) == 1 else 'people'} on the node")
         print(f"in process: {args.people} people in {total:.1f} s")
 
         broker = LocalMosquitto(scratch / "broker").start()
@@ -124,7 +125,8 @@ def main() -> int:
                           f"{result.reason if result else 'no answer in 120 s'}")
                     return 1
                 print(f"  over the broker: {folder.name} answered in {seconds:.2f} s (adapting "
-                      f"{result.seconds:.2f} s); {result.people} people on the node")
+                      f"{result.seconds:.2f} s); {result.people} "
+                      f"{'person' if result.people == 1 else 'people'} on the node")
         finally:
             client.close()
             stop_worker(worker, thread)
