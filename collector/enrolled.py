@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,7 @@ def _node_document(node: EnrolledNode) -> dict[str, Any]:
     assert node.head is not None
     head: dict[str, Any] = {"weights": _array(node.head.weights), "bias": _array(node.head.bias),
                             "logit_range": [float(v) for v in node.head.logit_range]}
-    head["prototypes"] = [_prototypes_document(p, household=index == 0)
-                          for index, p in enumerate(node.head.prototypes)]
+    head["prototypes"] = [_prototypes_document(p) for p in node.head.prototypes]
     return {"base_model": node.base_model, "base_sha256": node.base_sha256,
             "version": node.version, "head": head,
             "people": {name: {"when": p.when, "sha256": p.sha256, "words": p.words,
@@ -230,8 +229,8 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
                 {str(k): int(v) for k, v in person["words"].items()},
                 int(person["speech_clips"]), embeddings, targets)
         node.head = ClassifierHead(weights, bias, (low, high), tuple(
-            _prototypes(document, node.people if index == 0 else None, len(bias), what)
-            for index, document in enumerate(head.get("prototypes", []))))
+            _prototypes(document, weights.shape[1], len(bias), what)
+            for document in head.get("prototypes", [])))
         return node
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{what}: missing or malformed {error}") from None
@@ -239,50 +238,33 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
         raise ValueError(f"{what}: {error}") from None
 
 
-def _prototypes_document(prototypes: Prototypes, household: bool) -> dict[str, Any]:
-    """The household's prototypes are the people's examples (their vectors are not kept
-    twice); the anchors' are kept with their vectors (float16: a similarity needs no more)."""
-    document: dict[str, Any] = {
-        "center": _array(prototypes.center), "keywords": [int(k) for k in prototypes.keywords],
-        "lift": prototypes.lift, "floor": prototypes.floor,
-        "keyword_penalty": prototypes.keyword_penalty}
-    if not household:
-        document |= {"vectors": _array(prototypes.vectors.astype(np.float16)),
-                     "labels": _array(prototypes.labels.astype(np.int16))}
-    return document
+def _prototypes_document(prototypes: Prototypes) -> dict[str, Any]:
+    """Prototypes with their vectors (float16: a similarity needs no more)."""
+    return {"center": _array(prototypes.center), "keywords": [int(k) for k in prototypes.keywords],
+            "lift": prototypes.lift, "floor": prototypes.floor,
+            "keyword_penalty": prototypes.keyword_penalty,
+            "vectors": _array(prototypes.vectors.astype(np.float16)),
+            "labels": _array(prototypes.labels.astype(np.int16))}
 
 
-def _prototypes(document: Any, people: dict[str, Person] | None, labels: int, what: str
-                ) -> Prototypes:
-    """Prototypes again from the file: the household's vectors from ``people``'s examples,
-    any other's from the file."""
+def _prototypes(document: Any, size: int, labels: int, what: str) -> Prototypes:
     center = _from_array(document["center"], f"{what} prototype center").astype(np.float32)
-    keywords = [int(k) for k in document["keywords"]]
-    if not all(0 <= k < labels for k in keywords):
-        raise ValueError(f"{what}: prototype keywords {keywords} outside its {labels} labels")
-    if people is not None:
-        if not people:
-            raise ValueError(f"{what}: the household's prototypes without people")
-        vectors, targets = _examples(people)
-    else:
-        vectors = _from_array(document["vectors"], f"{what} prototypes").astype(np.float32)
-        targets = _from_array(document["labels"], f"{what} prototype labels").astype(np.int64)
-        if vectors.ndim != 2 or targets.shape != (len(vectors),):
-            raise ValueError(f"{what}: prototypes of shape {vectors.shape} with labels "
-                             f"{targets.shape}")
-        center = np.zeros_like(center)  # kept centred already
-    if vectors.ndim != 2 or center.shape != (vectors.shape[1],) \
-            or not np.isfinite(vectors).all():
-        raise ValueError(f"{what}: prototypes of another size than their center")
-    try:
-        prototypes = Prototypes.of(vectors, targets, keywords, center, float(document["lift"]),
-                                   float(document["floor"]), float(document["keyword_penalty"]))
-    except ValueError as error:
-        raise ValueError(f"{what}: {error}") from None
-    if people is None:  # the kept vectors were centred on the real center
-        prototypes = replace(prototypes, center=_from_array(
-            document["center"], f"{what} prototype center").astype(np.float32))
-    return prototypes
+    vectors = _from_array(document["vectors"], f"{what} prototypes").astype(np.float32)
+    targets = _from_array(document["labels"], f"{what} prototype labels").astype(np.int64)
+    keywords = np.array([int(k) for k in document["keywords"]], np.int64)
+    if center.shape != (size,) or vectors.ndim != 2 or vectors.shape[1] != size \
+            or targets.shape != (len(vectors),) or not np.isfinite(vectors).all() \
+            or not np.isfinite(center).all():
+        raise ValueError(f"{what}: prototypes of shape {vectors.shape} with labels "
+                         f"{targets.shape} for embeddings of {size}")
+    if not np.isin(keywords, np.arange(labels)).all() or not np.isin(targets, keywords).all():
+        raise ValueError(f"{what}: prototype keywords {keywords.tolist()} outside its {labels} "
+                         "labels, or labels that are not among them")
+    lift, floor, penalty = (float(document[key]) for key in ("lift", "floor", "keyword_penalty"))
+    if not 0 <= floor < 1 or not np.isfinite([lift, penalty]).all():
+        raise ValueError(f"{what}: prototype lift {lift}, floor {floor}, penalty {penalty}")
+    order = np.argsort(targets, kind="stable")
+    return Prototypes(center, vectors[order], targets[order], keywords, lift, floor, penalty)
 
 
 def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter

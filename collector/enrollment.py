@@ -219,11 +219,19 @@ def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.
     # about every embedding being positive (they come out of a ReLU).
     center = (anchors.embeddings if anchors is not None else embeddings).mean(axis=0)
     keywords = [spotter.labels.index(word) for word in spotter.contract.keywords]
+    # What is no keyword (the anchors' noise and other words, the household's own other
+    # speech): a take or anchor as like one of them as a word's takes are alike is no
+    # prototype.
+    not_words = embeddings[~np.isin(targets, keywords)]
+    if anchors is not None:
+        not_words = np.concatenate([not_words,
+                                    anchors.embeddings[~np.isin(anchors.targets, keywords)]])
     prototypes = [Prototypes.of(embeddings, targets, keywords, center, settings.prototype_lift,
-                                settings.prototype_floor, settings.keyword_penalty)]
+                                settings.prototype_floor, settings.keyword_penalty, not_words)]
     if anchors is not None and settings.anchor_lift:
         prototypes.append(Prototypes.of(anchors.embeddings, anchors.targets, keywords, center,
-                                        settings.anchor_lift, settings.anchor_floor, 0.0))
+                                        settings.anchor_lift, settings.anchor_floor, 0.0,
+                                        not_words))
     return replace(head, prototypes=tuple(prototypes))
 
 

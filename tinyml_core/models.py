@@ -256,12 +256,18 @@ class Prototypes:
 
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, keywords: Sequence[int],
-           center: np.ndarray, lift: float, floor: float, keyword_penalty: float
-           ) -> Prototypes:
-        """From takes' embeddings [P, D] and their labels (only keyword labels are kept)."""
+           center: np.ndarray, lift: float, floor: float, keyword_penalty: float,
+           not_words: np.ndarray | None = None) -> Prototypes:
+        """From takes' embeddings [P, D] and their labels (only keyword labels are kept, and
+        none that is above ``floor`` like one of ``not_words`` [M, D], embeddings of noise
+        and other speech: a take that sounds like the room would lift the room)."""
         if not 0 <= floor < 1:
             raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
-        keep = np.flatnonzero(np.isin(labels, keywords))
+        keep = np.isin(labels, keywords)
+        if not_words is not None and len(not_words) and keep.any():
+            likeness = _unit(embeddings[keep], center) @ _unit(not_words, center).T
+            keep[np.flatnonzero(keep)[likeness.max(axis=1) > floor]] = False
+        keep = np.flatnonzero(keep)
         keep = keep[np.argsort(labels[keep], kind="stable")]  # each word's takes together
         return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
                    np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
