@@ -263,11 +263,11 @@ class Prototypes:
         and other speech: a take that sounds like the room would lift the room)."""
         if not 0 <= floor < 1:
             raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
-        keep = np.isin(labels, keywords)
-        if not_words is not None and len(not_words) and keep.any():
-            likeness = _unit(embeddings[keep], center) @ _unit(not_words, center).T
-            keep[np.flatnonzero(keep)[likeness.max(axis=1) > floor]] = False
-        keep = np.flatnonzero(keep)
+        wanted = np.isin(labels, keywords)
+        if not_words is not None and len(not_words) and wanted.any():
+            likeness = _unit(embeddings[wanted], center) @ _unit(not_words, center).T
+            wanted[np.flatnonzero(wanted)[likeness.max(axis=1) > floor]] = False
+        keep = np.flatnonzero(wanted)
         keep = keep[np.argsort(labels[keep], kind="stable")]  # each word's takes together
         return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
                    np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
