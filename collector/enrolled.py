@@ -178,16 +178,11 @@ class Enrollments:
         return node
 
 
-def _examples(people: dict[str, Person]) -> tuple[np.ndarray, np.ndarray]:
-    """Everyone's examples, in the order of their names (the prototypes' order)."""
-    ordered = [people[name] for name in sorted(people)]
-    return (np.concatenate([p.embeddings for p in ordered]),
-            np.concatenate([p.targets for p in ordered]).astype(np.int64))
-
-
 def _fit(spotter: KeywordSpotter, people: dict[str, Person], settings: AdaptSettings,
          anchors: Anchors | None) -> ClassifierHead:
-    return household_head(spotter, *_examples(people), settings, anchors)
+    x = np.concatenate([p.embeddings for p in people.values()])
+    y = np.concatenate([p.targets for p in people.values()]).astype(np.int64)
+    return household_head(spotter, x, y, settings, anchors)
 
 
 def _node_document(node: EnrolledNode) -> dict[str, Any]:
