@@ -13,7 +13,8 @@ forecast once, named by its last step:
 
 Two or more consecutive missing steps leave the windows that hold them without a forecast. A
 reading of a step already averaged is a repeat (a QoS 1 redelivery) and is counted, not used.
-Memory per window: the last ``size + REPAIR_STEPS`` steps.
+Memory per window: the last ``size + REPAIR_STEPS`` steps (about 47 kB; a collector keeps two
+per node).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-REPAIR_STEPS = 36  # how far back a late reading may still fill a step (6 h at 10 minutes)
+from tinyml_core.messages import CONFIRM_WINDOW
+
+# How far behind the newest step a late reading may still fill its own. A node never has more
+# than CONFIRM_WINDOW readings unconfirmed, so one it sends again (lost in a broker crash, or a
+# hole a confirmation showed) is at most that many behind its newest: that many steps when
+# each reading is a step of its own (a recording of 10-minute data replayed as fast as the
+# flow control allows). With a DHT11 read every few seconds, it is less than a step.
+REPAIR_STEPS = CONFIRM_WINDOW
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tinyml_core.messages import CONFIRM_WINDOW
 from tinyml_core.seqranges import SeqRanges
 
 from .spool import SpooledMessage
 
 log = logging.getLogger("node.confirmations")
 
-DEFAULT_WINDOW = 256  # unconfirmed messages at most (a stock broker queues 1000 per client)
+DEFAULT_WINDOW = CONFIRM_WINDOW  # unconfirmed at most (a stock broker queues 1000 per client)
 RESEND_AFTER_S = 10.0  # unconfirmed this long after its PUBACK: sent again
 HOLE_GRACE_S = 1.0  # a hole below confirmed numbers is sent again once this old
 
@@ -66,6 +67,10 @@ class ConfirmationTracker:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    def keeps(self, spool_id: int) -> bool:
+        """Whether this message still waits for a confirmation."""
+        return spool_id in self._kept
 
     def acknowledged(self, spool_id: int, node_id: str, kind: str, seq: int,
                      connection: int) -> bool:

@@ -128,13 +128,22 @@ class Forwarder:
         self._queued.update(again)
 
     def _send_unconfirmed_again(self, room: int) -> int:
-        ids = [self._send_again.popleft() for _ in range(min(room, len(self._send_again)))]
+        """Send up to ``room`` of the queued messages that are still unconfirmed. Those a
+        confirmation covered since they were queued are skipped, not counted: the room they
+        would leave goes to new messages, and a few steps of that let new readings overtake a
+        lost one by more than the collector's windows can still repair."""
+        tracker = self.confirmations
+        assert tracker is not None
+        ids: list[int] = []
+        while self._send_again and len(ids) < room:
+            spool_id = self._send_again.popleft()
+            self._queued.discard(spool_id)
+            if tracker.keeps(spool_id):
+                ids.append(spool_id)
         if not ids:
             return 0
-        self._queued.difference_update(ids)
         messages = self.spool.unconfirmed(ids)
-        assert self.confirmations is not None
-        self.confirmations.forget(ids)  # back when acknowledged, with this connection
+        tracker.forget(ids)  # back when acknowledged, with this connection
         connection = self.client.connection
         for message in messages:
             self.window.publish(_Sent(message.id, message.node_id, message.kind, message.seq,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinyml_core.config import BrokerConfig, setting
+from tinyml_core.messages import CONFIRM_WINDOW
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 96_000  # what a node captures at
 
@@ -28,9 +29,11 @@ class NodeIdentity:
                             "confirms them, and send them again when they stay unconfirmed (a "
                             "broker crash or full queue can lose what it acknowledged); off: "
                             "forget them at once")
-    confirm_window: int = setting(256, "messages sent and not yet confirmed at most: no queue "
-                                  "between node and collector holds more of this node's (a "
-                                  "stock Mosquitto queues 1000 per client)", min=1, max=100_000)
+    confirm_window: int = setting(CONFIRM_WINDOW, "messages sent and not yet confirmed at most: "
+                                  "no queue between node and collector holds more of this "
+                                  "node's (a stock Mosquitto queues 1000 per client); above "
+                                  f"{CONFIRM_WINDOW}, a reading sent again may come too late "
+                                  "for its forecast windows", min=1, max=100_000)
     resend_after_s: float = setting(10.0, "a message still unconfirmed this long after the "
                                     "broker acknowledged it is sent again", min=0.5,
                                     max=86_400)

@@ -23,6 +23,7 @@ from tinyml_core.broker import LocalMosquitto
 from tinyml_core.errors import ConfigError, ModelLoadError
 from tinyml_core.keywords import ScanSettings
 from tinyml_core.messages import (
+    CONFIRM_WINDOW,
     AudioClip,
     ClimateReading,
     ErrorRecord,
@@ -125,9 +126,23 @@ def test_a_late_reading_fills_its_step_and_releases_every_window_it_completes() 
 
 def test_a_reading_older_than_the_repair_horizon_is_ignored() -> None:
     window = full_window()
-    window.add(600.0 * 200, 1.0, 1.0)
+    newest = 50 + 3 + REPAIR_STEPS + 1
+    window.add(600.0 * newest, 1.0, 1.0)
     assert window.add(600.0 * 50, 1.0, 1.0) == [] and window.late == 1
-    assert 50 not in window.steps and min(window.steps) >= 200 - 3 - REPAIR_STEPS
+    assert 50 not in window.steps and min(window.steps) >= newest - 3 - REPAIR_STEPS
+
+
+def test_a_reading_sent_again_a_whole_confirm_window_later_still_fills_its_window() -> None:
+    # 10-minute data replayed as fast as flow control allows: a reading a step. Step 10 is lost
+    # in a broker crash, and the node may send CONFIRM_WINDOW newer ones before it comes again.
+    window = StepWindow(600.0, 6)
+    ends = []
+    for step in [s for s in range(1, 11 + CONFIRM_WINDOW) if s != 10]:
+        ends += [r.end_time / 600.0 for r in window.add(600.0 * step, float(step), 50.0)]
+    assert 10.0 not in ends and 11.0 in ends  # 11-15 interpolated over the gap
+    [ready] = window.add(600.0 * 10, 10.0, 50.0)
+    assert ready.end_time / 600.0 == 10.0 and ready.filled_steps == 0
+    assert ready.inputs[0, :, 0].tolist() == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
 
 
 # ------------------------------------------------------------------ inference

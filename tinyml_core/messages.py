@@ -56,6 +56,10 @@ MAX_CLIMATE_PAYLOAD_BYTES = 4_096
 MAX_AUDIO_PAYLOAD_BYTES = 2 * 1024 * 1024
 MAX_RESULT_PAYLOAD_BYTES = 64 * 1024
 MAX_LABEL_COUNT = 64
+# A node has at most this many messages sent and not yet confirmed (its confirm_window), so a
+# reading it sends again is never more than this many behind its newest: the collector's
+# windows keep that many steps to put it in (collector/windows.py).
+CONFIRM_WINDOW = 256
 MAX_CONFIRMED_RANGES = 64  # tinyml_core.seqranges.MAX_RANGES
 
 SAMPLE_FORMAT = "s16le"  # signed 16-bit little-endian PCM, one channel
