@@ -206,15 +206,17 @@ def main() -> int:
                              "own; --choose-default without it tries 1, 3, 5 and 7)")
     parser.add_argument("--record", action="store_true",
                         help="store the default (with --choose-default) and the strangers' "
-                             "numbers in the manifest; refresh models/REPORT.md")
+                             "numbers in the manifest (with --rooms: beside them, as "
+                             "strangers_in_rooms); refresh models/REPORT.md")
     parser.add_argument("--rooms", type=int, metavar="SEED",
                         help="hear every stream and clip through simulated rooms and a "
                              "microphone drawn with this seed (training/rooms.py; training "
                              "draws its rooms with the recipe's seed, so use another)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     args = parser.parse_args()
-    if args.record and args.rooms is not None:
-        parser.error("--record keeps the numbers of the streams as recorded: without --rooms")
+    if args.record and args.rooms is not None and args.choose_default:
+        parser.error("the defaults are chosen on the streams as recorded: --rooms --record "
+                     "stores the rooms' numbers at them, without --choose-default")
     if args.record and args.smoothing is not None:
         parser.error("--record stores what the collector does: the model's own smoothing, or "
                      "the one --choose-default picks")
@@ -335,14 +337,18 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
                           f"found at <= {args.max_false_per_hour:g} false accepts an hour"),
             "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
                        "--record"}
-    entry["strangers"] = {
+    # In simulated rooms, a result of its own beside the dry one (the defaults stay chosen on
+    # the dry streams: the rooms are a model of a home, not a recording of one).
+    entry["strangers" if args.rooms is None else "strangers_in_rooms"] = {
         "folds": args.folds, "folds_scored": report["folds_scored"], "seed": args.seed,
+        "rooms_seed": args.rooms,
         "smoothing": report["smoothing"], "default_threshold": report["default_threshold"],
         "test": {key: report["test"][key] for key in ("minutes", "keywords", "speakers",
                                                       "at_default", "rows", "per_fold")},
         "validation_at_default": validation, "singles": report["singles"],
         "command": f"benchmarks/kws_strangers.py --model {args.model}"
-                   + (" --choose-default" if args.choose_default else "") + " --record"}
+                   + (" --choose-default" if args.choose_default else "")
+                   + (f" --rooms {args.rooms}" if args.rooms is not None else "") + " --record"}
     write_manifest_entry(args.models, args.model, entry)
     write_report(args.models, {})
 

@@ -288,7 +288,8 @@ def open_set_section(entries: dict[str, dict[str, Any]]) -> list[str]:
 
 def strangers_section(entries: dict[str, dict[str, Any]]) -> list[str]:
     """The headline: streams and single clips of speakers the scored model never heard."""
-    rows = [(name, entry["strangers"]) for name, entry in entries.items() if "strangers" in entry]
+    rows = [(name, entry[key]) for name, entry in entries.items()
+            for key in ("strangers", "strangers_in_rooms") if key in entry]
     if not rows:
         return []
     first = rows[0][1]
@@ -301,14 +302,18 @@ def strangers_section(entries: dict[str, dict[str, Any]]) -> list[str]:
              "alone and in phrases, noise bursts, through the node's capture and the "
              "collector's decision); the folds' counts added up. The default threshold and "
              "smoothing are chosen on the validation half of those speakers, measured on the "
-             "other half.",
+             "other half. In rooms: the same streams and clips, each spoken item from its "
+             "own place in one of 40 simulated rooms, heard through one simulated microphone "
+             "(`--rooms SEED`, training/rooms.py); the default is the dry streams' choice.",
              "", "| model | default | keywords found | false accepts/h | stream | single clips: "
              "right word (top class) | other words 'unknown' | noise 'unknown' |",
              "|---|---|---|---|---|---|---|---|"]
     for name, result in rows:
         test, single = result["test"], result["singles"]
         at = test["at_default"]
-        lines.append(f"| {name} | {result['default_threshold']:.2f}, smoothed over "
+        where = "" if result.get("rooms_seed") is None else \
+            f" in rooms (seed {result['rooms_seed']})"
+        lines.append(f"| {name}{where} | {result['default_threshold']:.2f}, smoothed over "
                      f"{result.get('smoothing', DEFAULT_KEYWORD_SMOOTHING)} windows | "
                      f"{at['recall']:.1%} | "
                      f"{at['false_accepts_per_hour']:.1f} | {test['speakers']} speakers, "
