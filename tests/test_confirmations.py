@@ -326,10 +326,9 @@ def test_what_stays_missing_after_a_reconnect_goes_before_new_readings(
             node.record_reading(20.0, 50.0, time_s=START + 600 * index)
         assert step_until(lambda: len(tracker) == 60 and forwarder.in_flight == 0)
         assert sorted(set(collect_seqs(collector.client, 61))) == list(range(61))
-        connection = node.client.connection
+        connection, heard = node.client.connection, node.client.stats.received
         mosquitto.stop()
         mosquitto.start()
-        heard = node.client.stats.received
         # Back: the retained confirmation comes again (covering 0) once subscribed.
         assert wait_for(lambda: node.client.connection != connection and node.client.is_connected
                         and node.client.stats.received > heard)
