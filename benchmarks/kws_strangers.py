@@ -322,6 +322,11 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
     entry = read_manifest(args.models)[args.model]
     validation = report["validation"]["at_default"]
     if args.choose_default:
+        # The rooms' numbers were measured at the default they had: gone with it.
+        rooms = entry.get("strangers_in_rooms", {})
+        if (rooms.get("default_threshold"), rooms.get("smoothing")) != (
+                report["default_threshold"], report["smoothing"]):
+            entry.pop("strangers_in_rooms", None)
         entry["default_smoothing"] = {
             "value": report["smoothing"],
             "chosen_on": "with the threshold, from 1, 3, 5 and 7 windows (see default_threshold)",
