@@ -179,11 +179,11 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
     path = enrollment_path(options)
     if path is None:
         raise ConfigError("enrollment_path is empty: this collector keeps no enrollments")
-    try:
-        store = Enrollments.load(path)
-    except ValueError as error:
-        raise ConfigError(f"{path}: {error}") from None
     if args.list:
+        try:
+            store = Enrollments.load(path)
+        except ValueError as error:
+            raise ConfigError(f"{path}: {error}") from None
         node = store.nodes.get(args.node_id)
         if node is None:
             print(f"{args.node_id}: nobody enrolled (it answers with the shipped model)")
@@ -197,25 +197,28 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
         spotter, anchors = adaptation_models(options.models_dir, options.keyword_model)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if not args.remove and args.folder is None:
+        raise ConfigError("give the folder of takes (or --list, --remove NAME)")
     started = time.perf_counter()
     try:
-        if args.remove:
-            left = store.remove(args.node_id, args.remove, spotter, anchors=anchors)
-            done = (f"removed {args.remove} from {args.node_id}; "
-                    + (f"{len(left.people)} people left" if left is not None
-                       else "it answers with the shipped model again"))
-        else:
-            if args.folder is None:
-                raise ValueError("give the folder of takes (or --list, --remove NAME)")
-            person = args.person or args.folder.resolve().name
-            takes = read_takes(args.folder, person, spotter.contract.keywords)
-            node = store.add(args.node_id, takes, spotter, anchors=anchors)
-            done = (f"enrolled {person} on {args.node_id}: {takes.count} takes of "
-                    f"{len(takes.words)} words, {len(takes.speech)} clips of other speech; "
-                    f"{len(node.people)} people in all (model_version …{node.version})")
+        takes = None if args.remove else read_takes(
+            args.folder, args.person or args.folder.resolve().name, spotter.contract.keywords)
+        # Held from reading the file to writing it: a running collector enrolling someone
+        # over the broker meanwhile waits, and neither loses the other's person.
+        with Enrollments.changing(path) as store:
+            if takes is None:
+                left = store.remove(args.node_id, args.remove, spotter, anchors=anchors)
+                done = (f"removed {args.remove} from {args.node_id}; "
+                        + (f"{len(left.people)} people left" if left is not None
+                           else "it answers with the shipped model again"))
+            else:
+                node = store.add(args.node_id, takes, spotter, anchors=anchors)
+                done = (f"enrolled {takes.person} on {args.node_id}: {takes.count} takes of "
+                        f"{len(takes.words)} words, {len(takes.speech)} clips of other "
+                        f"speech; {len(node.people)} people in all (model_version "
+                        f"…{node.version})")
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    store.save()
     print(f"{done} ({time.perf_counter() - started:.1f} s; {path})")
     return 0
 

@@ -12,8 +12,10 @@ to be enrolled again).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +32,7 @@ from tinyml_core.models import (
     load_keyword_spotter,
     model_version,
 )
-from tinyml_core.statefile import read_state_file, write_state_file
+from tinyml_core.statefile import changing, read_state_file, write_state_file
 from tinyml_core.topics import validate_id
 
 from .enrollment import ADAPT, AdaptSettings, Anchors, Takes, examples, household_head
@@ -125,6 +127,20 @@ class Enrollments:
         for node_id, entry in nodes.items():
             store.nodes[node_id] = _node_from(node_id, entry)
         return store
+
+    @classmethod
+    @contextlib.contextmanager
+    def changing(cls, path: Path) -> Iterator[Enrollments]:
+        """The enrollments in ``path``, written back when the block ends without an error;
+        whoever else changes them meanwhile (a running collector and `collector enroll`)
+        waits, so that neither writes over a person the other added."""
+        with changing(path):
+            try:
+                store = cls.load(path)
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from None
+            yield store
+            store.save()
 
     def save(self) -> None:
         write_state_file(self.path, {"format": FORMAT, "version": VERSION, "nodes": {

@@ -165,9 +165,9 @@ class Enroller:
                 check_take(f"{word} take {number}", rate, samples)
         for number, (rate, samples) in enumerate(job.takes.speech, 1):
             check_take(f"{UNKNOWN_FOLDER} take {number}", rate, samples)
-        store = Enrollments.load(self.path)  # again each time: `collector enroll` may write it
-        node = store.add(job.node_id, job.takes, spotter, anchors=anchors)
-        store.save()
+        # Read again each time, and held meanwhile: `collector enroll` may change it too.
+        with Enrollments.changing(self.path) as store:
+            node = store.add(job.node_id, job.takes, spotter, anchors=anchors)
         return len(node.people), version_of(spotter, node)
 
     def _answer(self, job: _Job, enrolled: bool, reason: str, people: int, version: str,

@@ -262,6 +262,46 @@ def test_the_enrollment_file_gives_back_the_same_answers(tmp_path: Path) -> None
         Enrollments.load(tmp_path / "damaged.json")
 
 
+def test_two_enrollments_at_once_keep_both_people(tmp_path: Path) -> None:
+    """`collector enroll` and a running collector enrolling over the broker change one file:
+    the second waits for the first instead of writing over the person it added."""
+    import threading
+
+    from collector.enrolled import Enrollments, adaptation_models
+
+    spotter, anchors = adaptation_models(MODELS, "kws_b")
+    path = tmp_path / "enrolled.json"
+    first_reads, second_read = threading.Event(), threading.Event()
+
+    def enroll_bob() -> None:
+        first_reads.wait()
+        with Enrollments.changing(path) as store:
+            second_read.set()
+            store.add("kitchen", Takes("bob", {"no": clips(SPEECH / "no")}), spotter,
+                      anchors=anchors)
+
+    second = threading.Thread(target=enroll_bob)
+    second.start()
+    with Enrollments.changing(path) as store:
+        first_reads.set()
+        # Without the lock the second has read the (empty) file by now, and one of the two
+        # writes would lose the other's person.
+        assert not second_read.wait(1.0)
+        store.add("kitchen", Takes("ann", {"go": clips(SPEECH / "go")}), spotter,
+                  anchors=anchors)
+    second.join(60)
+    assert sorted(Enrollments.load(path).nodes["kitchen"].people) == ["ann", "bob"]
+    # No temporary file is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enrolled.json", "enrolled.json.lock"]
+
+    # A damaged file is refused with its name, and left as it was.
+    path.write_bytes(b"{not json")
+    with pytest.raises(ValueError, match=f"{path.name}: not JSON"), \
+            Enrollments.changing(path) as store:
+        store.add("kitchen", Takes("cy", {"go": clips(SPEECH / "go")}), spotter)
+    assert path.read_bytes() == b"{not json"
+
+
 def test_a_running_collector_picks_up_a_new_person_without_a_restart(tmp_path: Path) -> None:
     from collector.inference import Inference
     from collector.settings import CollectorOptions

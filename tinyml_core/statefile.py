@@ -5,13 +5,20 @@ kind, another version or no JSON at all is refused with the reason instead of ha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: state files are then changed by one process at a time
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +32,34 @@ def state_path(template: str, client_id: str) -> Path | None:
 
 
 def write_state_file(path: Path, document: dict[str, Any]) -> None:
-    """Replace ``path`` with ``document`` as JSON (written beside it, synced, renamed)."""
+    """Replace ``path`` with ``document`` as JSON (written beside it, synced, renamed). Each
+    write has a temporary file of its own: two processes writing at once each leave a whole
+    file, never one half of each."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    temporary = Path(name)
     try:
-        with temporary.open("w", encoding="utf-8") as out:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(document, out, separators=(",", ":"), allow_nan=False)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # as an ordinary file would be (mkstemp makes it 0600)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)  # left only when the write failed
+
+
+@contextlib.contextmanager
+def changing(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock (``<path>.lock`` beside it) while reading, changing and writing
+    it: two processes changing one state file (a running collector and `collector enroll`)
+    take turns, instead of the second writing over what the first added. Readers need no
+    lock: a file is replaced whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def read_state_file(path: Path, kind: str, version: int, what: str,
