@@ -255,7 +255,9 @@ def _prototypes_document(prototypes: Prototypes) -> dict[str, Any]:
             "lift": prototypes.lift, "floor": prototypes.floor,
             "keyword_penalty": prototypes.keyword_penalty,
             "vectors": _array(prototypes.vectors.astype(np.float16)),
-            "labels": _array(prototypes.labels.astype(np.int16))}
+            "labels": _array(prototypes.labels.astype(np.int16)),
+            "rivals": None if prototypes.rivals is None
+            else _array(prototypes.rivals.astype(np.float16))}
 
 
 def _prototypes(document: Any, size: int, labels: int, what: str) -> Prototypes:
@@ -263,11 +265,15 @@ def _prototypes(document: Any, size: int, labels: int, what: str) -> Prototypes:
     vectors = _from_array(document["vectors"], f"{what} prototypes").astype(np.float32)
     targets = _from_array(document["labels"], f"{what} prototype labels").astype(np.int64)
     keywords = np.array([int(k) for k in document["keywords"]], np.int64)
+    rivals = None if document.get("rivals") is None else _from_array(
+        document["rivals"], f"{what} prototype rivals").astype(np.float32)
     if center.shape != (size,) or vectors.ndim != 2 or vectors.shape[1] != size \
             or targets.shape != (len(vectors),) or not np.isfinite(vectors).all() \
-            or not np.isfinite(center).all():
+            or not np.isfinite(center).all() or (rivals is not None and (
+                rivals.ndim != 2 or rivals.shape[1] != size or not np.isfinite(rivals).all())):
         raise ValueError(f"{what}: prototypes of shape {vectors.shape} with labels "
-                         f"{targets.shape} for embeddings of {size}")
+                         f"{targets.shape} and rivals "
+                         f"{None if rivals is None else rivals.shape} for embeddings of {size}")
     if not np.isin(keywords, np.arange(labels)).all() or not np.isin(targets, keywords).all():
         raise ValueError(f"{what}: prototype keywords {keywords.tolist()} outside its {labels} "
                          "labels, or labels that are not among them")
@@ -275,7 +281,8 @@ def _prototypes(document: Any, size: int, labels: int, what: str) -> Prototypes:
     if not 0 <= floor < 1 or not np.isfinite([lift, penalty]).all():
         raise ValueError(f"{what}: prototype lift {lift}, floor {floor}, penalty {penalty}")
     order = np.argsort(targets, kind="stable")
-    return Prototypes(center, vectors[order], targets[order], keywords, lift, floor, penalty)
+    return Prototypes(center, vectors[order], targets[order], keywords, lift, floor, penalty,
+                      rivals)
 
 
 def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter

@@ -68,12 +68,14 @@ class AdaptSettings:
     # threshold then accepts what matches the household more readily and the rest less.
     # The anchors' keywords (other voices saying the words) lift a word too, less: without
     # them the penalty costs a household's guests, who did not enroll, a tenth of their words.
-    # Both chosen on the households of speaker folds 0-1 (benchmarks/kws_household.py).
+    # A window nearer to noise, other words or the household's other speech than to a take
+    # lifts nothing (Prototypes.rivals). Chosen for the rooms-trained kws_b on the households
+    # of speaker folds 0-1 (benchmarks/kws_household.py; docs/models.md).
     prototype_lift: float = 6.0
     prototype_floor: float = 0.75
     keyword_penalty: float = 4.0
     anchor_lift: float = 3.0
-    anchor_floor: float = 0.8
+    anchor_floor: float = 0.7
 
 
 ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
@@ -220,8 +222,8 @@ def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.
     center = (anchors.embeddings if anchors is not None else embeddings).mean(axis=0)
     keywords = [spotter.labels.index(word) for word in spotter.contract.keywords]
     # What is no keyword (the anchors' noise and other words, the household's own other
-    # speech): a take or anchor as like one of them as a word's takes are alike is no
-    # prototype.
+    # speech): the prototypes' rivals, so that a take that also sounds like the room lifts
+    # the word and not the room.
     not_words = embeddings[~np.isin(targets, keywords)]
     if anchors is not None:
         not_words = np.concatenate([not_words,

@@ -179,13 +179,14 @@ def test_clips_get_the_right_keyword(inference: Inference) -> None:
 
 def test_a_word_below_the_threshold_is_unknown_with_the_models_probabilities(
         inference: Inference) -> None:
-    # kws_b hesitates over the second 'go' sample: 0.54 for 'down', below the default 0.7.
+    # kws_b hesitates over the second 'go' sample: 0.37 for 'go' and 0.34 for 'down', below
+    # its default threshold 0.72.
     [answer] = inference.handle("sensors/pi-1/audio", clip("go", index=1).encode())
     result = KeywordResult.decode(answer.payload)
     assert result.label == "unknown"
     top = max(result.probabilities, key=result.probabilities.__getitem__)
     assert top in inference.spotter.contract.keywords  # type: ignore[union-attr]
-    assert 0.5 < result.probabilities[top] < inference.spotter.contract.default_threshold  # type: ignore[union-attr]
+    assert 0.3 < result.probabilities[top] < inference.spotter.contract.default_threshold  # type: ignore[union-attr]
 
 
 def test_a_threshold_no_word_reaches_gives_unknown() -> None:

@@ -126,11 +126,17 @@ def test_a_window_like_a_take_is_lifted_towards_its_word_and_others_held_back() 
     assert near >= 3.0 - 2.0 - 1e-5
     with pytest.raises(ValueError, match="floor"):
         Prototypes.of(takes, np.zeros(4, int), [0], center, 1.0, 1.0, 0.0)
-    # A take that sounds like the room (as like a noise example as takes are alike) is none.
-    room = takes[1] + 0.01 * rng.normal(size=16).astype(np.float32)
-    kept = Prototypes.of(takes, np.array([0, 0, 1, 3]), [0, 1, 2], center, 6.0, 0.5, 2.0,
-                         not_words=room[None])
-    assert len(kept.vectors) == 2 and np.allclose(kept.vectors[0], prototypes.vectors[0])
+    # Rivals (noise, other speech): a window lifts a word only by as much as it is nearer
+    # to the word's take than to every rival.
+    room = (0.9 * halfway + np.sqrt(1 - 0.9 ** 2) * other / np.linalg.norm(other)) * 3.0
+    rivalled = Prototypes.of(takes, np.array([0, 0, 1, 3]), [0, 1, 2], center, 6.0, 0.5, 2.0,
+                             not_words=room[None].astype(np.float32))
+    assert len(rivalled.vectors) == 3  # the takes are all kept
+    assert rivalled.offsets(takes[1][None], labels=4)[0, 0] == pytest.approx(
+        6.0 * (1 - 0.9) / 0.5 - 2.0, abs=1e-4)  # the take itself: only its lead over the room
+    at_room = rivalled.offsets(room[None].astype(np.float32), labels=4)[0]
+    assert np.allclose(at_room[[0, 1, 2]], -2.0)  # the room itself lifts nothing
+    assert rivalled.offsets(takes[2][None], labels=4)[0, 1] > 6.0 - 2.0 - 0.6  # far from it
 
 
 def test_an_adapted_layer_without_prototypes_is_the_fitted_layer(
@@ -157,7 +163,7 @@ def test_an_adapted_layer_without_prototypes_is_the_fitted_layer(
 
 # --- the enrolled nodes: `collector enroll`, the file, and the collector answering with it ----
 
-MISSED = ("go", "3ffa3457_nohash_0.wav")  # kws_b takes this "go" for "down"
+MISSED = ("go", "3ffa3457_nohash_0.wav")  # kws_b hesitates: 0.37 "go", 0.34 "down"
 
 
 def enroll_folder(tmp_path: Path, words: tuple[str, ...] = WORDS) -> Path:
@@ -216,7 +222,8 @@ def test_an_enrolled_node_answers_with_its_own_layer_and_says_so(tmp_path: Path)
     rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])
     shipped = load_keyword_spotter(MODELS, "kws_b")
     before = shipped.classify(samples, rate)
-    assert shipped.labels[int(before.argmax())] == "down"  # the shipped model's mistake
+    go = shipped.labels.index("go")
+    assert before[go] < shipped.contract.default_threshold  # the shipped model misses it
 
     code, out = run_enroll("kitchen", str(enroll_folder(tmp_path)), "--config", str(config))
     assert code == 0, out

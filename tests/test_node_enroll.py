@@ -170,7 +170,7 @@ def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
         mosquitto: LocalMosquitto, enrolling: Enrolling, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     observer, node, enrolled_file = enrolling.observer, enrolling.node, enrolling.enrolled_file
-    rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])  # kws_b hears "down"
+    rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])  # kws_b misses it
 
     def answer(seq: int) -> KeywordResult:
         clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,

@@ -244,7 +244,10 @@ class Prototypes:
     both centred on ``center``, the model's mean embedding) gets that word's logit raised by
     up to ``lift``: nothing at ``floor`` or below, ``lift`` at 1. Every keyword's logit is
     lowered by ``keyword_penalty`` first, so that a word nobody enrolled needs more of the
-    model's own confidence than before, and one said as the household says it less."""
+    model's own confidence than before, and one said as the household says it less. With
+    ``rivals`` (what is no keyword: noise, other words, the household's other speech), a
+    window lifts a word only by as much as it is closer to the word's take than to every
+    rival: a take that also sounds a little like the room lifts the word, not the room."""
 
     center: np.ndarray  # [D]
     vectors: np.ndarray  # [P, D], centred and of unit length
@@ -253,25 +256,22 @@ class Prototypes:
     lift: float
     floor: float
     keyword_penalty: float
+    rivals: np.ndarray | None = None  # [R, D], centred and of unit length
 
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, keywords: Sequence[int],
            center: np.ndarray, lift: float, floor: float, keyword_penalty: float,
            not_words: np.ndarray | None = None) -> Prototypes:
-        """From takes' embeddings [P, D] and their labels (only keyword labels are kept, and
-        none that is above ``floor`` like one of ``not_words`` [M, D], embeddings of noise
-        and other speech: a take that sounds like the room would lift the room)."""
+        """From takes' embeddings [P, D] and their labels (only keyword labels are kept),
+        with ``not_words`` [M, D], embeddings of noise and other speech, as the rivals."""
         if not 0 <= floor < 1:
             raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
-        wanted = np.isin(labels, keywords)
-        if not_words is not None and len(not_words) and wanted.any():
-            likeness = _unit(embeddings[wanted], center) @ _unit(not_words, center).T
-            wanted[np.flatnonzero(wanted)[likeness.max(axis=1) > floor]] = False
-        keep = np.flatnonzero(wanted)
+        keep = np.flatnonzero(np.isin(labels, keywords))
         keep = keep[np.argsort(labels[keep], kind="stable")]  # each word's takes together
+        rivals = _unit(not_words, center) if not_words is not None and len(not_words) else None
         return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
                    np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
-                   float(lift), float(floor), float(keyword_penalty))
+                   float(lift), float(floor), float(keyword_penalty), rivals)
 
     def offsets(self, embeddings: np.ndarray, labels: int) -> np.ndarray:
         """What to add to the logits [N, labels] of these embeddings [N, D]."""
@@ -279,12 +279,16 @@ class Prototypes:
         out[:, self.keywords] -= self.keyword_penalty
         if not len(self.vectors):
             return out
-        similarity = _unit(embeddings, self.center) @ self.vectors.T  # [N, P]
+        unit = _unit(embeddings, self.center)
+        similarity = unit @ self.vectors.T  # [N, P]
         # The vectors are sorted by label: the closest take of each word in one pass.
         starts = np.flatnonzero(np.r_[True, self.labels[1:] != self.labels[:-1]])
         closest = np.maximum.reduceat(similarity, starts, axis=1)  # [N, words enrolled]
+        bar: np.ndarray | float = self.floor
+        if self.rivals is not None and len(self.rivals):
+            bar = np.maximum(self.floor, (unit @ self.rivals.T).max(axis=1, keepdims=True))
         out[:, self.labels[starts]] += \
-            self.lift * np.maximum(0.0, closest - self.floor) / (1 - self.floor)
+            self.lift * np.maximum(0.0, closest - bar) / (1 - self.floor)
         return out
 
 
