@@ -63,4 +63,6 @@ def test_ds_cnn_width_multiplier_and_pruning_shrink_the_model() -> None:
     assert full.output_shape == (None, 8)
     assert narrow.count_params() < 0.7 * full.count_params()
     pruned = apply_pruning(full, recipes["kws_b"].pruning, steps_per_epoch=1)
-    assert kernel_sparsity(strip_pruning(pruned)) == 0.0  # before training: nothing pruned yet
+    # Before training nothing is pruned (the schedule starts at 0.40). Not exactly 0: about one
+    # fresh model in 40 draws a weight of exactly 0.0 among its 77,000 (uniform init).
+    assert kernel_sparsity(strip_pruning(pruned)) < 1e-4
