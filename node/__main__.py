@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a second run adds to them. Then the folder goes to the collector over the "
                     "broker, which teaches the node's keyword model that voice and answers "
                     "(or, where the collector runs: `python -m collector enroll NODE DIR`). "
-                    "Stop the node daemon first: it holds the microphone.")
+                    "A node daemon running on this machine with the same config lends its "
+                    "microphone meanwhile (its readings go on).")
     add_broker_arguments(enroll, DEFAULT_CONFIG)
     enroll.add_argument("--person", default=None, metavar="NAME",
                         help="whose voice (default: your login name)")
@@ -129,10 +130,12 @@ def load(args: argparse.Namespace) -> NodeSettings:
 
 def run_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     from .daemon import Node
+    from .loan import loan_for
     from .sources import open_climate_sensor, open_microphone
 
     climate = open_climate_sensor(settings.climate)
-    microphone = open_microphone(settings.audio)
+    # `node enroll` on this machine may borrow the microphone meanwhile (node/loan.py).
+    microphone = open_microphone(settings.audio, loan_for(settings.node.spool_path))
     if climate is None and microphone is None:
         raise ConfigError("no source: set [climate] source = \"dht11\" and/or [audio] "
                           "source = \"microphone\" (or use `python -m node replay`)")
@@ -212,6 +215,7 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     import getpass
 
     from .enroll import DEFAULT_WORDS, enroll
+    from .loan import loan_for
     from .microphone import Microphone, RecordedStream
     from .sources import capture, open_microphone
 
@@ -225,29 +229,34 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         return send_command(settings, node_id, person, args.send, args.wait)
     out = args.out or Path("takes") / person
     cutting = capture(settings.audio)
-    if args.microphone is not None:
-        from tinyml_core.recordings import read_wav
+    with contextlib.ExitStack() as borrowed:
+        if args.microphone is not None:
+            from tinyml_core.recordings import read_wav
 
-        rate, samples = read_wav(args.microphone)  # RecordingError: a clear message
-        microphone = Microphone(RecordedStream(samples, rate, speed=0), rate, cutting,
-                                block_when_full=True, max_waiting=4)
-        source = str(args.microphone)
-    else:
-        opened = open_microphone(dataclasses.replace(settings.audio, source="microphone"))
-        assert opened is not None
-        microphone, source = opened, "the microphone"
-    stop = threading.Event()
-    stop_on_signals(stop.set)
-    print(f"enrolling {person} from {source} into {out}: {args.takes} takes of "
-          f"{', '.join(words)}, then {args.speech_s:g} s of reading (Ctrl-C keeps what is "
-          "accepted)")
-    microphone.start()
-    try:
-        result = enroll(microphone, out, words, args.takes, args.speech_s,
-                        gate_dbfs=settings.audio.gate_dbfs, live=args.microphone is None,
-                        stopped=stop.is_set)
-    finally:
-        microphone.stop()
+            rate, samples = read_wav(args.microphone)  # RecordingError: a clear message
+            microphone = Microphone(RecordedStream(samples, rate, speed=0), rate, cutting,
+                                    block_when_full=True, max_waiting=4)
+            source = str(args.microphone)
+        else:
+            # A node daemon running here lends its microphone until the takes are recorded.
+            if borrowed.enter_context(loan_for(settings.node.spool_path).borrowed()):
+                print("the node daemon lends its microphone until the takes are recorded "
+                      "(its readings go on)")
+            opened = open_microphone(dataclasses.replace(settings.audio, source="microphone"))
+            assert opened is not None
+            microphone, source = opened, "the microphone"
+        stop = threading.Event()
+        stop_on_signals(stop.set)
+        print(f"enrolling {person} from {source} into {out}: {args.takes} takes of "
+              f"{', '.join(words)}, then {args.speech_s:g} s of reading (Ctrl-C keeps what is "
+              "accepted)")
+        microphone.start()
+        try:
+            result = enroll(microphone, out, words, args.takes, args.speech_s,
+                            gate_dbfs=settings.audio.gate_dbfs, live=args.microphone is None,
+                            stopped=stop.is_set)
+        finally:
+            microphone.stop()
     print(result.line())
     if not result.accepted:
         return 1

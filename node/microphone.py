@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .hardware import SensorError, import_driver
+from .loan import POLL_S, MicrophoneLoan
 
 log = logging.getLogger("node.microphone")
 
@@ -262,8 +263,14 @@ class Microphone:
     def __init__(self, stream: InputStream, sample_rate: int, capture: Capture, *,
                  on_close: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.time, max_waiting: int = 64,
-                 block_when_full: bool = False) -> None:
+                 block_when_full: bool = False, loan: MicrophoneLoan | None = None,
+                 reopen: Callable[[], tuple[InputStream, Callable[[], Any] | None]] | None = None
+                 ) -> None:
         self.stream = stream
+        # Lent to `node enroll` when it asks (node/loan.py), then opened again with ``reopen``.
+        self._loan = loan if reopen is not None else None
+        self._reopen = reopen
+        self._open = True
         self.sample_rate = sample_rate
         self.capture = capture
         self.clips: queue.Queue[Clip] = queue.Queue(maxsize=max_waiting)
@@ -292,6 +299,15 @@ class Microphone:
         events = self._events = SoundEvents(self.capture, self.sample_rate, self._clock())
         try:
             while not self._stop.is_set():
+                if self._loan is not None and self._loan.wanted_path.exists() \
+                        and self._loan.requested_by() is not None:
+                    for clip in events.flush():  # the event in progress goes out first
+                        self._queue(clip)
+                    if not self._lend():
+                        break
+                    events = self._events = SoundEvents(self.capture, self.sample_rate,
+                                                        self._clock())
+                    continue
                 try:
                     data = self.stream.read(block, exception_on_overflow=False)
                 except EOFError:
@@ -319,12 +335,44 @@ class Microphone:
         except queue.Full:
             self.dropped += 1
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2 * BLOCK_SECONDS + 1)
+    def _lend(self) -> bool:
+        """Close the stream for the process that asked, wait until it is done and open the
+        stream again; False when stopped meanwhile or the stream cannot be opened again."""
+        assert self._loan is not None and self._reopen is not None
+        borrower = self._loan.borrower_text()
+        self._close()
+        self._loan.release()
+        log.info("microphone lent %s: sound events pause", borrower)
+        while not self._stop.is_set() and self._loan.requested_by() is not None:
+            self._stop.wait(POLL_S)
+        if not self._loan.hold(self._stop.is_set):
+            return False
+        try:
+            self.stream, self._on_close = self._reopen()
+        except SensorError as error:
+            self.error = f"microphone not opened again after lending it: {error}"
+            log.error("%s; audio stops", self.error)
+            return False
+        self._open = True
+        log.info("microphone back: sound events resume")
+        return True
+
+    def _close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
         try:
             self.stream.stop_stream()
             self.stream.close()
         finally:
             if self._on_close is not None:
                 self._on_close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * BLOCK_SECONDS + 1)
+        try:
+            self._close()
+        finally:
+            if self._loan is not None:
+                self._loan.release()
