@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from tinyml_core.errors import TinyMLError
 from tinyml_core.models import (
     ClassifierHead,
     KeywordSpotter,
-    Prototypes,
     load_anchors,
     load_keyword_spotter,
     model_version,
@@ -35,7 +34,15 @@ from tinyml_core.models import (
 from tinyml_core.statefile import changing, read_state_file, write_state_file
 from tinyml_core.topics import validate_id
 
-from .enrollment import ADAPT, AdaptSettings, Anchors, Takes, examples, household_head
+from .enrollment import (
+    ADAPT,
+    AdaptSettings,
+    Anchors,
+    Takes,
+    examples,
+    fit_head,
+    household_prototypes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +68,33 @@ class Person:
                 f"{self.speech_clips} clips of other speech, enrolled {self.when}")
 
 
+# What the prototypes are made with (AdaptSettings): kept with each node, so that a node
+# answers as it was enrolled even after the defaults change.
+PROTOTYPE_SETTINGS = ("prototype_lift", "prototype_floor", "keyword_penalty", "anchor_lift",
+                      "anchor_floor")
+
+
 @dataclass
 class EnrolledNode:
     node_id: str
     base_model: str
     base_sha256: str
     people: dict[str, Person] = field(default_factory=dict)
-    head: ClassifierHead | None = None
+    layer: ClassifierHead | None = None  # the last layer fitted to everyone enrolled
+    settings: AdaptSettings = ADAPT
+
+    def head(self, spotter: KeywordSpotter, anchors: Anchors | None) -> ClassifierHead:
+        """The node's layer with its people's takes and ``anchors`` as prototypes (made
+        again from the examples kept: only the fitted layer is stored)."""
+        assert self.layer is not None
+        x, y = self.examples()
+        return replace(self.layer, prototypes=household_prototypes(spotter, x, y,
+                                                                   self.settings, anchors))
+
+    def examples(self) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate([p.embeddings for p in self.people.values()])
+        y = np.concatenate([p.targets for p in self.people.values()]).astype(np.int64)
+        return x, y
 
     @property
     def version(self) -> str:
@@ -106,7 +133,9 @@ def _from_array(document: dict[str, Any], what: str) -> np.ndarray:
 
 
 class Enrollments:
-    """The file of enrolled nodes, read and written whole (it is small: ~100 kB a person)."""
+    """The file of enrolled nodes, read and written whole: about 0.5 MB a person with three
+    takes of each word and half a minute of speech (1,370 examples of 128 float16 values, in
+    base64), and the node's layer."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -168,9 +197,11 @@ class Enrollments:
         people[takes.person] = Person(
             takes.person, datetime.now(UTC).isoformat(timespec="seconds"), takes_sha256(takes),
             {word: len(clips) for word, clips in takes.words.items()}, len(takes.speech),
-            x.astype(np.float32), y.astype(np.int16))
-        fitted = EnrolledNode(node_id, spotter.name, sha, people)
-        fitted.head = _fit(spotter, people, settings, anchors)
+            # Kept as float16, in memory as in the file: a node fitted again after a
+            # restart answers exactly as before it.
+            x.astype(np.float16).astype(np.float32), y.astype(np.int16))
+        fitted = EnrolledNode(node_id, spotter.name, sha, people, settings=settings)
+        fitted.layer = _fit(spotter, fitted, anchors)
         self.nodes[node_id] = fitted
         return fitted
 
@@ -189,28 +220,30 @@ class Enrollments:
             return None
         if spotter.model.head is None:
             raise ValueError(f"{spotter.name}: load it with embedding=True")
-        node.people = people
-        node.head = _fit(spotter, people, settings, anchors)
+        node.people, node.settings = people, settings
+        node.layer = _fit(spotter, node, anchors)
         return node
 
 
-def _fit(spotter: KeywordSpotter, people: dict[str, Person], settings: AdaptSettings,
-         anchors: Anchors | None) -> ClassifierHead:
-    x = np.concatenate([p.embeddings for p in people.values()])
-    y = np.concatenate([p.targets for p in people.values()]).astype(np.int64)
-    return household_head(spotter, x, y, settings, anchors)
+def _fit(spotter: KeywordSpotter, node: EnrolledNode, anchors: Anchors | None
+         ) -> ClassifierHead:
+    assert spotter.model.head is not None
+    x, y = node.examples()
+    return fit_head(spotter.model.head, x, y, node.settings, anchors)
 
 
 def _node_document(node: EnrolledNode) -> dict[str, Any]:
-    assert node.head is not None
-    head: dict[str, Any] = {"weights": _array(node.head.weights), "bias": _array(node.head.bias),
-                            "logit_range": [float(v) for v in node.head.logit_range]}
-    head["prototypes"] = [_prototypes_document(p) for p in node.head.prototypes]
+    assert node.layer is not None
+    head: dict[str, Any] = {"weights": _array(node.layer.weights),
+                            "bias": _array(node.layer.bias),
+                            "logit_range": [float(v) for v in node.layer.logit_range]}
     return {"base_model": node.base_model, "base_sha256": node.base_sha256,
             "version": node.version, "head": head,
+            "prototypes": {name: getattr(node.settings, name) for name in PROTOTYPE_SETTINGS},
             "people": {name: {"when": p.when, "sha256": p.sha256, "words": p.words,
                               "speech_clips": p.speech_clips,
-                              "embeddings": _array(p.embeddings), "targets": _array(p.targets)}
+                              "embeddings": _array(p.embeddings.astype(np.float16)),
+                              "targets": _array(p.targets)}
                        for name, p in sorted(node.people.items())}}
 
 
@@ -239,9 +272,8 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
                 name, str(person["when"]), str(person["sha256"]),
                 {str(k): int(v) for k, v in person["words"].items()},
                 int(person["speech_clips"]), embeddings, targets)
-        node.head = ClassifierHead(weights, bias, (low, high), tuple(
-            _prototypes(document, weights.shape[1], len(bias), what)
-            for document in head.get("prototypes", [])))
+        node.layer = ClassifierHead(weights, bias, (low, high))
+        node.settings = _settings(entry.get("prototypes"), what)
         return node
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{what}: missing or malformed {error}") from None
@@ -249,46 +281,25 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
         raise ValueError(f"{what}: {error}") from None
 
 
-def _prototypes_document(prototypes: Prototypes) -> dict[str, Any]:
-    """Prototypes with their vectors (float16: a similarity needs no more)."""
-    return {"center": _array(prototypes.center), "keywords": [int(k) for k in prototypes.keywords],
-            "lift": prototypes.lift, "floor": prototypes.floor,
-            "keyword_penalty": prototypes.keyword_penalty,
-            "vectors": _array(prototypes.vectors.astype(np.float16)),
-            "labels": _array(prototypes.labels.astype(np.int16)),
-            "rivals": None if prototypes.rivals is None
-            else _array(prototypes.rivals.astype(np.float16))}
+def _settings(document: Any, what: str) -> AdaptSettings:
+    """The prototype settings a node was enrolled with (older files: today's)."""
+    if document is None or isinstance(document, list):  # a file that kept the prototypes
+        return ADAPT
+    values = {name: float(document[name]) for name in PROTOTYPE_SETTINGS}
+    if not all(np.isfinite(list(values.values()))) \
+            or not (0 <= values["prototype_floor"] < 1 and 0 <= values["anchor_floor"] < 1):
+        raise ValueError(f"{what}: prototype settings {values}")
+    return replace(ADAPT, prototype_lift=values["prototype_lift"],
+                   prototype_floor=values["prototype_floor"],
+                   keyword_penalty=values["keyword_penalty"], anchor_lift=values["anchor_lift"],
+                   anchor_floor=values["anchor_floor"])
 
 
-def _prototypes(document: Any, size: int, labels: int, what: str) -> Prototypes:
-    center = _from_array(document["center"], f"{what} prototype center").astype(np.float32)
-    vectors = _from_array(document["vectors"], f"{what} prototypes").astype(np.float32)
-    targets = _from_array(document["labels"], f"{what} prototype labels").astype(np.int64)
-    keywords = np.array([int(k) for k in document["keywords"]], np.int64)
-    rivals = None if document.get("rivals") is None else _from_array(
-        document["rivals"], f"{what} prototype rivals").astype(np.float32)
-    if center.shape != (size,) or vectors.ndim != 2 or vectors.shape[1] != size \
-            or targets.shape != (len(vectors),) or not np.isfinite(vectors).all() \
-            or not np.isfinite(center).all() or (rivals is not None and (
-                rivals.ndim != 2 or rivals.shape[1] != size or not np.isfinite(rivals).all())):
-        raise ValueError(f"{what}: prototypes of shape {vectors.shape} with labels "
-                         f"{targets.shape} and rivals "
-                         f"{None if rivals is None else rivals.shape} for embeddings of {size}")
-    if not np.isin(keywords, np.arange(labels)).all() or not np.isin(targets, keywords).all():
-        raise ValueError(f"{what}: prototype keywords {keywords.tolist()} outside its {labels} "
-                         "labels, or labels that are not among them")
-    lift, floor, penalty = (float(document[key]) for key in ("lift", "floor", "keyword_penalty"))
-    if not 0 <= floor < 1 or not np.isfinite([lift, penalty]).all():
-        raise ValueError(f"{what}: prototype lift {lift}, floor {floor}, penalty {penalty}")
-    order = np.argsort(targets, kind="stable")
-    return Prototypes(center, vectors[order], targets[order], keywords, lift, floor, penalty,
-                      rivals)
-
-
-def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter
+def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter, anchors: Anchors | None
                       ) -> tuple[dict[str, KeywordSpotter], dict[str, str]]:
     """Per enrolled node, ``spotter`` answering with the node's layer (``spotter`` made with
-    embedding=True); and why each node that cannot use it is left with the shipped layer."""
+    embedding=True, ``anchors`` its anchors); and why each node that cannot use it is left
+    with the shipped layer."""
     own, refused = {}, {}
     sha = str(spotter.entry.get("sha256", ""))
     for node_id, node in store.nodes.items():
@@ -298,7 +309,7 @@ def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter
                                 f"{sha[:8]}: enroll its people again")
             continue
         try:
-            own[node_id] = spotter.with_head(node.head)
+            own[node_id] = spotter.with_head(node.head(spotter, anchors))
         except Exception as error:  # a layer of another shape: ModelLoadError
             refused[node_id] = str(error)
     return own, refused

@@ -217,6 +217,16 @@ def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.
     if spotter.model.head is None:
         raise ValueError(f"{spotter.name}: load it with embedding=True to adapt it")
     head = fit_head(spotter.model.head, embeddings, targets, settings, anchors)
+    return replace(head, prototypes=household_prototypes(spotter, embeddings, targets,
+                                                         settings, anchors))
+
+
+def household_prototypes(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.ndarray,
+                         settings: AdaptSettings = ADAPT, anchors: Anchors | None = None
+                         ) -> tuple[Prototypes, ...]:
+    """The household's keyword examples as prototypes, and the anchors' keywords (other
+    voices), each with what is no keyword as rivals. Made again from the examples whenever
+    they are loaded: nothing of it needs keeping."""
     # Centred on what the model usually sees, so that similarity is about the word, not
     # about every embedding being positive (they come out of a ReLU).
     center = (anchors.embeddings if anchors is not None else embeddings).mean(axis=0)
@@ -234,7 +244,7 @@ def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.
         prototypes.append(Prototypes.of(anchors.embeddings, anchors.targets, keywords, center,
                                         settings.anchor_lift, settings.anchor_floor, 0.0,
                                         not_words))
-    return replace(head, prototypes=tuple(prototypes))
+    return tuple(prototypes)
 
 
 def adapt(spotter: KeywordSpotter, households: Sequence[Takes],

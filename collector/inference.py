@@ -50,7 +50,7 @@ from tinyml_core.topics import (
 )
 
 from .confirmations import ConfirmationBook, Taking
-from .enrolled import Enrollments, enrolled_spotters, version_of
+from .enrolled import Enrollments, adaptation_models, enrolled_spotters, version_of
 from .ratelimit import NodeRateLimit
 from .settings import (
     CollectorOptions,
@@ -199,12 +199,11 @@ class Inference:
         own: dict[str, KeywordSpotter] = {}
         if store.nodes:
             try:
-                spotter = load_keyword_spotter(self._models_dir, self.spotter.name,
-                                               embedding=True)
-            except ModelLoadError as error:
+                spotter, anchors = adaptation_models(self._models_dir, self.spotter.name)
+            except (ModelLoadError, ValueError) as error:
                 log.error("enrollments not used: %s", error)
                 return
-            own, refused = enrolled_spotters(store, spotter)
+            own, refused = enrolled_spotters(store, spotter, anchors)
             for reason in refused.values():
                 log.error("enrollment not used: %s", reason)
         if own or self._enrolled:

@@ -242,6 +242,8 @@ def test_an_enrolled_node_answers_with_its_own_layer_and_says_so(tmp_path: Path)
 
 
 def test_the_enrollment_file_gives_back_the_same_answers(tmp_path: Path) -> None:
+    import json
+
     from collector.enrolled import Enrollments, adaptation_models
 
     spotter, anchors = adaptation_models(MODELS, "kws_b")
@@ -251,21 +253,30 @@ def test_the_enrollment_file_gives_back_the_same_answers(tmp_path: Path) -> None
     node = store.add("kitchen", takes, spotter, anchors=anchors)
     store.save()
     again = Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"]
-    assert node.head is not None and again.head is not None
-    assert len(again.head.prototypes) == len(node.head.prototypes) == 2  # household, anchors
-    for kept, made in zip(again.head.prototypes, node.head.prototypes, strict=True):
-        assert np.array_equal(kept.labels, made.labels)
-        assert np.allclose(kept.vectors, made.vectors, atol=2e-3)  # kept as float16
+    made, kept = node.head(spotter, anchors), again.head(spotter, anchors)
+    assert len(kept.prototypes) == len(made.prototypes) == 2  # household, anchors
+    for loaded, fitted in zip(kept.prototypes, made.prototypes, strict=True):
+        assert np.array_equal(loaded.labels, fitted.labels)
+        assert np.allclose(loaded.vectors, fitted.vectors, atol=1e-6)
+        assert loaded.rivals is not None and fitted.rivals is not None
+        assert np.allclose(loaded.rivals, fitted.rivals, atol=1e-6)
     rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])
-    assert np.allclose(spotter.with_head(again.head).scan(samples, rate).probabilities,
-                       spotter.with_head(node.head).scan(samples, rate).probabilities,
-                       atol=0.01)
-    import json
-
+    assert np.allclose(spotter.with_head(kept).scan(samples, rate).probabilities,
+                       spotter.with_head(made).scan(samples, rate).probabilities,
+                       atol=1e-4)
+    # Only the fitted layer, the examples and the settings are kept: the prototypes and
+    # the anchors' copies are made again from them.
     document = json.loads((tmp_path / "enrolled.json").read_text())
-    document["nodes"]["kitchen"]["head"]["prototypes"][0]["keywords"] = [99]
+    kitchen = document["nodes"]["kitchen"]
+    assert set(kitchen["head"]) == {"weights", "bias", "logit_range"}
+    assert kitchen["prototypes"]["anchor_floor"] == 0.7
+    kitchen["prototypes"]["prototype_floor"] = 1.5
     (tmp_path / "damaged.json").write_text(json.dumps(document))
-    with pytest.raises(ValueError, match="outside its 10 labels"):
+    with pytest.raises(ValueError, match="prototype settings"):
+        Enrollments.load(tmp_path / "damaged.json")
+    del kitchen["prototypes"]["anchor_lift"]
+    (tmp_path / "damaged.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="missing or malformed 'anchor_lift'"):
         Enrollments.load(tmp_path / "damaged.json")
 
 

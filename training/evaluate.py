@@ -287,7 +287,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def enrolled_spotter(args: argparse.Namespace) -> KeywordSpotter:
     """The model answering with ``--node``'s layer from ``--enrolled``."""
-    from collector.enrolled import Enrollments, enrolled_spotters
+    from collector.enrolled import Enrollments, adaptation_models, enrolled_spotters
 
     if not (args.enrolled and args.node):
         raise climate.DataError("--enrolled FILE and --node NODE_ID go together")
@@ -298,8 +298,11 @@ def enrolled_spotter(args: argparse.Namespace) -> KeywordSpotter:
     if args.node not in store.nodes:
         raise climate.DataError(f"{args.node} is not enrolled in {args.enrolled} "
                                 f"({', '.join(sorted(store.nodes)) or 'nobody is'})")
-    own, refused = enrolled_spotters(store, load_keyword_spotter(args.models, args.model,
-                                                                 embedding=True))
+    try:
+        spotter, anchors = adaptation_models(args.models, args.model)
+    except ValueError as error:
+        raise climate.DataError(str(error)) from None
+    own, refused = enrolled_spotters(store, spotter, anchors)
     if args.node in refused:
         raise climate.DataError(refused[args.node])
     log.info("answering as %s does: %d people enrolled", args.node,
