@@ -156,6 +156,9 @@ def main() -> int:
                              f"{AdaptSettings.anchor_lift:g}, 0: none)")
     parser.add_argument("--anchor-floor", type=float, default=AdaptSettings.anchor_floor,
                         help=f"(default {AdaptSettings.anchor_floor:g})")
+    parser.add_argument("--exclusive", action="store_true",
+                        help="each word's takes also rival every other word's: a window lifts "
+                             "a word only by its lead over the closest take of another word")
     parser.add_argument("--no-clip", action="store_true",
                         help="let the household's layer pass the int8 model's logit range")
     parser.add_argument("--thresholds", type=float, nargs="+",
@@ -224,7 +227,8 @@ def main() -> int:
                                                prototype_floor=args.floor,
                                                keyword_penalty=args.penalty,
                                                anchor_lift=args.anchor_lift,
-                                               anchor_floor=args.anchor_floor), anchors)
+                                               anchor_floor=args.anchor_floor,
+                                               exclusive=args.exclusive), anchors)
                     timings[per_word].append(time.perf_counter() - started)
                     spotter = base.with_head(head)
                 spotter = ScansOnce(spotter)  # each event scanned once for every threshold

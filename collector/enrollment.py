@@ -76,6 +76,9 @@ class AdaptSettings:
     keyword_penalty: float = 4.0
     anchor_lift: float = 3.0
     anchor_floor: float = 0.7
+    # Each word's takes also rival the other words' (Prototypes.exclusive): tried, not chosen
+    # (docs/models.md, "Enrolled households").
+    exclusive: bool = False
 
 
 ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
@@ -244,6 +247,8 @@ def household_prototypes(spotter: KeywordSpotter, embeddings: np.ndarray, target
         prototypes.append(Prototypes.of(anchors.embeddings, anchors.targets, keywords, center,
                                         settings.anchor_lift, settings.anchor_floor, 0.0,
                                         not_words))
+    if settings.exclusive:
+        prototypes = [replace(p, exclusive=True) for p in prototypes]
     return tuple(prototypes)
 
 

@@ -137,6 +137,15 @@ def test_a_window_like_a_take_is_lifted_towards_its_word_and_others_held_back() 
     at_room = rivalled.offsets(room[None].astype(np.float32), labels=4)[0]
     assert np.allclose(at_room[[0, 1, 2]], -2.0)  # the room itself lifts nothing
     assert rivalled.offsets(takes[2][None], labels=4)[0, 1] > 6.0 - 2.0 - 0.6  # far from it
+    # Exclusive: a window as like word 0's take as word 1's lifts neither.
+    from dataclasses import replace
+
+    exclusive = replace(prototypes, exclusive=True)
+    both = (takes[0] / np.linalg.norm(takes[0]) + takes[2] / np.linalg.norm(takes[2]))[None]
+    assert np.allclose(exclusive.offsets(both.astype(np.float32), labels=4)[0, :3], -2.0,
+                       atol=1e-5)
+    assert prototypes.offsets(both.astype(np.float32), labels=4)[0, :2].max() > -2.0 + 0.5
+    assert exclusive.offsets(takes[0][None], labels=4)[0, 0] > -2.0 + 1.0  # its own take
 
 
 def test_an_adapted_layer_without_prototypes_is_the_fitted_layer(

@@ -247,7 +247,8 @@ class Prototypes:
     model's own confidence than before, and one said as the household says it less. With
     ``rivals`` (what is no keyword: noise, other words, the household's other speech), a
     window lifts a word only by as much as it is closer to the word's take than to every
-    rival: a take that also sounds a little like the room lifts the word, not the room."""
+    rival: a take that also sounds a little like the room lifts the word, not the room.
+    ``exclusive``: each word's takes also rival every other word's."""
 
     center: np.ndarray  # [D]
     vectors: np.ndarray  # [P, D], centred and of unit length
@@ -257,6 +258,7 @@ class Prototypes:
     floor: float
     keyword_penalty: float
     rivals: np.ndarray | None = None  # [R, D], centred and of unit length
+    exclusive: bool = False
 
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, keywords: Sequence[int],
@@ -287,6 +289,11 @@ class Prototypes:
         bar: np.ndarray | float = self.floor
         if self.rivals is not None and len(self.rivals):
             bar = np.maximum(self.floor, (unit @ self.rivals.T).max(axis=1, keepdims=True))
+        if self.exclusive and closest.shape[1] > 1:
+            # Each word's takes also rival every other word's.
+            ordered = np.sort(closest, axis=1)
+            first, second = ordered[:, -1:], ordered[:, -2:-1]
+            bar = np.maximum(bar, np.where(closest >= first, second, first))
         out[:, self.labels[starts]] += \
             self.lift * np.maximum(0.0, closest - bar) / (1 - self.floor)
         return out
