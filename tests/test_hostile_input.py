@@ -59,11 +59,15 @@ def test_hostile_payloads_get_one_error_record_each_and_memory_stays_bounded(
             assert record.topic == case.topic and record.payload_size == len(case.payload)
             assert record.reason
 
-        # A second, different round: memory must not keep growing with the input.
-        again = send_and_collect(mosquitto, listener, hostile_cases(1000, seed=8))
+        # Two more, different rounds: memory must not keep growing with the input. Compared
+        # by the peak: what a process holds at one instant swings between about 60 and 120 MB
+        # with the same state (payloads being read and rejected, memory the allocator has not
+        # handed back yet), while a leak would raise the peak round after round.
+        for seed in (8, 9):
+            again = send_and_collect(mosquitto, listener, hostile_cases(1000, seed=seed))
+            assert len(again) == 1004
         after_second = memory_kb(collector.pid)
-        assert len(again) == 1004
-        assert after_second["VmRSS"] - after_first["VmRSS"] < 30_000
+        assert after_second["VmHWM"] - after_first["VmHWM"] < 30_000
         # The peak holds a 10 MB payload a few times over while it is read and rejected.
         assert after_second["VmHWM"] - at_start["VmRSS"] < 150_000
 
