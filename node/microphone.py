@@ -271,6 +271,7 @@ class Microphone:
         self._loan = loan if reopen is not None else None
         self._reopen = reopen
         self._open = True
+        self._events_before = 0  # cut before the stream was last opened again
         self.sample_rate = sample_rate
         self.capture = capture
         self.clips: queue.Queue[Clip] = queue.Queue(maxsize=max_waiting)
@@ -288,7 +289,7 @@ class Microphone:
     @property
     def events(self) -> int:
         """Sound events (and periodic clips) cut from the stream so far."""
-        return self._events.events if self._events is not None else 0
+        return self._events_before + (self._events.events if self._events is not None else 0)
 
     def start(self) -> Microphone:
         self._thread.start()
@@ -305,6 +306,7 @@ class Microphone:
                         self._queue(clip)
                     if not self._lend():
                         break
+                    self._events_before += events.events
                     events = self._events = SoundEvents(self.capture, self.sample_rate,
                                                         self._clock())
                     continue
