@@ -7,10 +7,12 @@ Each speaker fold's model (``python -m training.speakers kws_b --keep data/folds
 heard that fold's speakers, so they make households of strangers: speakers of one fold who
 said at least four of the words at least twice (mini speech commands, train and test split;
 the validation split is left out, it chose the fold model's epoch), three to a household, and
-one more speaker of the fold as the member who did not enroll. A member enrolls with up to
-``--takes`` takes of each word they said twice or more (the last take of each such word is
-never enrolled: it is the test), and half of their own other words (Speech Commands words
-that are not keywords, by the same speaker, from the negatives) as their ordinary speech.
+one more speaker of the fold as the member who did not enroll (``--guests N``: also the fold's
+next N-1 speakers, members of other households, as voices that did not enroll here).
+A member enrolls with up to ``--takes`` takes of each word they said twice or more (the last
+take of each such word is never enrolled: it is the test), and half of their own other words
+(Speech Commands words that are not keywords, by the same speaker, from the negatives) as
+their ordinary speech.
 
 Two streams per household, built as kws_stream.py builds its own (training/stream.py), with
 the other words of other people (the negatives' held-back words) and the kitchen (noise
@@ -96,11 +98,17 @@ def people(speech: SpeechData, fold: int, folds: int) -> list[Person]:
     return sorted(chosen, key=lambda p: zlib.crc32(p.speaker.encode()))
 
 
-def households(members: list[Person]) -> list[tuple[list[Person], Person]]:
-    """Three enrolled members and one who did not enroll, per household."""
+def households(members: list[Person], guests: int = 1
+               ) -> list[tuple[list[Person], list[Person]]]:
+    """Three enrolled members per household, and ``guests`` voices that did not enroll: its
+    own fourth member first, then the fold's next speakers, who are strangers to this
+    household (members of the next households, never enrolled here)."""
     size = MEMBERS + 1
-    return [(members[i:i + MEMBERS], members[i + MEMBERS])
-            for i in range(0, len(members) - size + 1, size)]
+    homes = []
+    for i in range(0, len(members) - size + 1, size):
+        visitors = [members[(i + MEMBERS + k) % len(members)] for k in range(guests)]
+        homes.append((members[i:i + MEMBERS], visitors))
+    return homes
 
 
 def fold_anchors(spotter: KeywordSpotter, speech: SpeechData, negatives: Negatives, fold: int,
@@ -156,6 +164,10 @@ def main() -> int:
                              f"{AdaptSettings.anchor_lift:g}, 0: none)")
     parser.add_argument("--anchor-floor", type=float, default=AdaptSettings.anchor_floor,
                         help=f"(default {AdaptSettings.anchor_floor:g})")
+    parser.add_argument("--guests", type=int, default=1, metavar="N",
+                        help="voices that did not enroll per household: its fourth member, "
+                             "then the fold's next speakers (default 1; more make the "
+                             "guests' numbers less noisy)")
     parser.add_argument("--exclusive", action="store_true",
                         help="each word's takes also rival every other word's: a window lifts "
                              "a word only by its lead over the closest take of another word")
@@ -196,8 +208,8 @@ def main() -> int:
         base = load_keyword_spotter(directory, args.model, embedding=True)
         anchors = fold_anchors(base, speech, negatives, fold, args.folds, args.anchors,
                                args.seed) if args.anchors else None
-        for number, (members, stranger) in enumerate(households(people(speech, fold,
-                                                                        args.folds))):
+        for number, (members, strangers) in enumerate(households(
+                people(speech, fold, args.folds), args.guests)):
             seed = args.seed * 10_000 + fold * 100 + number
             tests = [t for m in members for t in m.tests()]
             own = [c for m in members for c in m.other_words[len(m.other_words) // 2:]]
@@ -206,11 +218,11 @@ def main() -> int:
                 :OTHER_WORDS_PER_KEYWORD * len(tests)]
             others = own + [negatives.words["test"][i] for i in pick]
             home = build_stream(tests, others, noise, seed=seed, noise_bursts_per_keyword=1.0)
-            guest = build_stream(stranger.all_takes(), [], noise, seed=seed + 1,
-                                 noise_bursts_per_keyword=1.0)
+            guest = build_stream([t for g in strangers for t in g.all_takes()], [], noise,
+                                 seed=seed + 1, noise_bursts_per_keyword=1.0)
             home_events, guest_events = capture_events(home), capture_events(guest)
             line = {"fold": fold, "household": number, "members": [m.speaker for m in members],
-                    "not_enrolled": stranger.speaker, "test_keywords": len(tests),
+                    "not_enrolled": [g.speaker for g in strangers], "test_keywords": len(tests),
                     "minutes": round(home.hours * 60, 1)}
             for name in names:
                 spotter = base
@@ -246,7 +258,8 @@ def main() -> int:
                       f"{name} {line[name]['enrolled']['recall']:.0%} at "
                       f"{line[name]['enrolled']['false_accepts']} false"
                       for name in names), flush=True)
-    print(f"\n{len(report)} households of {MEMBERS} enrolled members and one who did not "
+    guests = "one who did not" if args.guests == 1 else f"{args.guests} voices that did not"
+    print(f"\n{len(report)} households of {MEMBERS} enrolled members and {guests} "
           f"enroll, never heard by their fold's model; at the default threshold {threshold:.2f}")
     print(f"{'':22} {'recall':>8} {'false/h':>8} {'keywords':>9} {'hours':>6}")
     summary: dict[str, Any] = {}
