@@ -168,9 +168,11 @@ def main() -> int:
                         help="voices that did not enroll per household: its fourth member, "
                              "then the fold's next speakers (default 1; more make the "
                              "guests' numbers less noisy)")
-    parser.add_argument("--exclusive", action="store_true",
+    parser.add_argument("--exclusive", action=argparse.BooleanOptionalAction,
+                        default=AdaptSettings.exclusive,
                         help="each word's takes also rival every other word's: a window lifts "
-                             "a word only by its lead over the closest take of another word")
+                             "a word only by its lead over the closest take of another word "
+                             f"(default: {AdaptSettings.exclusive})")
     parser.add_argument("--no-clip", action="store_true",
                         help="let the household's layer pass the int8 model's logit range")
     parser.add_argument("--thresholds", type=float, nargs="+",

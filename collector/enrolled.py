@@ -71,7 +71,7 @@ class Person:
 # What the prototypes are made with (AdaptSettings): kept with each node, so that a node
 # answers as it was enrolled even after the defaults change.
 PROTOTYPE_SETTINGS = ("prototype_lift", "prototype_floor", "keyword_penalty", "anchor_lift",
-                      "anchor_floor")
+                      "anchor_floor", "exclusive")
 
 
 @dataclass
@@ -285,14 +285,17 @@ def _settings(document: Any, what: str) -> AdaptSettings:
     """The prototype settings a node was enrolled with (older files: today's)."""
     if document is None or isinstance(document, list):  # a file that kept the prototypes
         return ADAPT
-    values = {name: float(document[name]) for name in PROTOTYPE_SETTINGS}
+    values = {name: float(document[name]) for name in PROTOTYPE_SETTINGS[:-1]}
+    exclusive = document.get("exclusive", False)  # files from before it: as enrolled
+    if not isinstance(exclusive, bool):
+        raise ValueError(f"{what}: prototype setting exclusive {exclusive!r}")
     if not all(np.isfinite(list(values.values()))) \
             or not (0 <= values["prototype_floor"] < 1 and 0 <= values["anchor_floor"] < 1):
         raise ValueError(f"{what}: prototype settings {values}")
     return replace(ADAPT, prototype_lift=values["prototype_lift"],
                    prototype_floor=values["prototype_floor"],
                    keyword_penalty=values["keyword_penalty"], anchor_lift=values["anchor_lift"],
-                   anchor_floor=values["anchor_floor"])
+                   anchor_floor=values["anchor_floor"], exclusive=exclusive)
 
 
 def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter, anchors: Anchors | None

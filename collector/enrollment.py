@@ -76,9 +76,10 @@ class AdaptSettings:
     keyword_penalty: float = 4.0
     anchor_lift: float = 3.0
     anchor_floor: float = 0.7
-    # Each word's takes also rival the other words' (Prototypes.exclusive): tried, not chosen
-    # (docs/models.md, "Enrolled households").
-    exclusive: bool = False
+    # Each word's takes also rival the other words' (Prototypes.exclusive): a window like
+    # several words' takes (noise is like many) lifts none of them much. Without it, noise and
+    # visitors' words became words on an enrolled node.
+    exclusive: bool = True
 
 
 ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
