@@ -52,6 +52,8 @@ class Observer:
         self.reading_steps: list[int] = []  # which reading of the stream (seqs count clips too)
         self.forecasts: list[tuple[float, str, bytes]] = []
         self.keywords: list[float] = []
+        self.keyword_labels: list[str] = []
+        self.keyword_arrivals: list[float] = []  # time.monotonic() as each was heard
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
@@ -68,6 +70,8 @@ class Observer:
             elif isinstance(message, Forecast):
                 self.forecasts.append((message.input_time, message.model, inbound.payload))
             elif isinstance(message, KeywordResult):
+                self.keyword_arrivals.append(time.monotonic())
+                self.keyword_labels.append(message.label)
                 self.keywords.append(message.input_time)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:

@@ -123,6 +123,7 @@ def test_a_collector_killed_mid_burst_and_restarted_loses_nothing_and_answers_on
         assert observer.wait_until(lambda: len(observer.forecasts) > 600, timeout=30)
         collector.send_signal(signal.SIGKILL)
         collector.wait(timeout=5)
+        killed = time.monotonic()
         time.sleep(1.0)  # the node holds its window meanwhile
         collector = start_collector(stock_broker, log)
         node.join(timeout=120)
@@ -140,10 +141,20 @@ def test_a_collector_killed_mid_burst_and_restarted_loses_nothing_and_answers_on
     assert collector.returncode == 0, log.read_text()[-2000:]
     events = {round((t - START) // 2.0) for t in observer.keywords}
     assert events == set(range(readings // 5))
-    # One answer per event: a result heard twice is the same (time, label) published twice.
-    # (QoS 1 may deliver one publication twice to the observer only across a broker restart,
-    # and the broker is not restarted here.)
-    assert len(observer.keywords) == len(set(observer.keywords))
+    # One answer per event, but for what docs/security.md does not guarantee: an answer the
+    # broker took before the kill and had not acknowledged yet is made again after the
+    # restart (at least once). So an event answered twice was answered once before the kill
+    # and once after it, with the same label. (QoS 1 may deliver one publication twice to the
+    # observer only across a broker restart, and the broker is not restarted here.)
+    heard: dict[float, list[tuple[float, str]]] = {}
+    for input_time, label, arrival in zip(observer.keywords, observer.keyword_labels,
+                                          observer.keyword_arrivals, strict=True):
+        heard.setdefault(input_time, []).append((arrival, label))
+    for input_time, answers in heard.items():
+        if len(answers) > 1:
+            (first, label), (second, again), *more = sorted(answers)
+            assert not more and first < killed < second and label == again, (input_time,
+                                                                                answers)
 
 
 def test_a_node_without_a_collector_falls_back_and_says_so(
