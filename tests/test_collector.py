@@ -521,8 +521,8 @@ def test_the_collector_says_which_threshold_is_in_force_and_whose_it_is(tmp_path
     # forecast_a is not in the copied folder: refused, so "none" answers readings
     own = Worker(settings, Inference.from_options(options)).models_line()
     assert own == ("forecasters: none; keyword model: kws_c, threshold 0.83 (the model's own), "
-                   "smoothed over 3 windows")
+                   "smoothed over 7 windows")
     strict = replace(options, keyword_threshold=0.9)
     line = Worker(CollectorSettings(collector=strict), Inference.from_options(strict)).models_line()
-    assert line.endswith("threshold 0.9 (set in the config), smoothed over 3 windows "
+    assert line.endswith("threshold 0.9 (set in the config), smoothed over 7 windows "
                          "(the model's own)")
