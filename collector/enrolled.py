@@ -285,17 +285,14 @@ def _settings(document: Any, what: str) -> AdaptSettings:
     """The prototype settings a node was enrolled with (older files: today's)."""
     if document is None or isinstance(document, list):  # a file that kept the prototypes
         return ADAPT
-    values = {name: float(document[name]) for name in PROTOTYPE_SETTINGS[:-1]}
-    exclusive = document.get("exclusive", False)  # files from before it: as enrolled
-    if not isinstance(exclusive, bool):
-        raise ValueError(f"{what}: prototype setting exclusive {exclusive!r}")
-    if not all(np.isfinite(list(values.values()))) \
+    values: dict[str, Any] = {name: float(document[name]) for name in PROTOTYPE_SETTINGS[:-1]}
+    if not np.isfinite(list(values.values())).all() \
             or not (0 <= values["prototype_floor"] < 1 and 0 <= values["anchor_floor"] < 1):
         raise ValueError(f"{what}: prototype settings {values}")
-    return replace(ADAPT, prototype_lift=values["prototype_lift"],
-                   prototype_floor=values["prototype_floor"],
-                   keyword_penalty=values["keyword_penalty"], anchor_lift=values["anchor_lift"],
-                   anchor_floor=values["anchor_floor"], exclusive=exclusive)
+    values["exclusive"] = document.get("exclusive", False)  # files from before it: as enrolled
+    if not isinstance(values["exclusive"], bool):
+        raise ValueError(f"{what}: prototype setting exclusive {values['exclusive']!r}")
+    return replace(ADAPT, **values)
 
 
 def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter, anchors: Anchors | None

@@ -243,13 +243,12 @@ def household_prototypes(spotter: KeywordSpotter, embeddings: np.ndarray, target
         not_words = np.concatenate([not_words,
                                     anchors.embeddings[~np.isin(anchors.targets, keywords)]])
     prototypes = [Prototypes.of(embeddings, targets, keywords, center, settings.prototype_lift,
-                                settings.prototype_floor, settings.keyword_penalty, not_words)]
+                                settings.prototype_floor, settings.keyword_penalty, not_words,
+                                settings.exclusive)]
     if anchors is not None and settings.anchor_lift:
         prototypes.append(Prototypes.of(anchors.embeddings, anchors.targets, keywords, center,
                                         settings.anchor_lift, settings.anchor_floor, 0.0,
-                                        not_words))
-    if settings.exclusive:
-        prototypes = [replace(p, exclusive=True) for p in prototypes]
+                                        not_words, settings.exclusive))
     return tuple(prototypes)
 
 
