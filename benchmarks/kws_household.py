@@ -29,9 +29,8 @@ import argparse
 import json
 import sys
 import time
-import zlib
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,10 @@ from collector.settings import CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force  # noqa: E402
 from tinyml_core.models import KeywordSpotter, load_keyword_spotter  # noqa: E402
 from training.anchors import anchor_sample, fold_keep  # noqa: E402
-from training.negatives import Negatives, find_negatives, speaker  # noqa: E402
-from training.speakers import fold_dir, fold_of  # noqa: E402
-from training.speech import SpeechData, read_clip, split_paths  # noqa: E402
+from training.households import MEMBERS, Person, households, people  # noqa: E402
+from training.negatives import Negatives  # noqa: E402
+from training.speakers import fold_dir  # noqa: E402
+from training.speech import SpeechData  # noqa: E402
 from training.stream import (  # noqa: E402
     RATE,
     ScansOnce,
@@ -59,56 +59,11 @@ from training.stream import (  # noqa: E402
     score,
 )
 
-Clip = tuple[int, np.ndarray]
-MEMBERS = 3
 OTHER_WORDS_PER_KEYWORD = 4  # other people's words in a household's stream, per keyword
 
 
-@dataclass
-class Person:
-    speaker: str
-    takes: dict[str, list[Clip]]  # word → takes, in a fixed order (the last is the test)
-    other_words: list[Clip]  # their own non-keywords
-
-    def enrollment(self, per_word: int) -> Takes:
-        words = {word: clips[:min(per_word, len(clips) - 1)]
-                 for word, clips in self.takes.items() if len(clips) >= 2}
-        return Takes(self.speaker, words, self.other_words[:len(self.other_words) // 2])
-
-    def tests(self) -> list[tuple[str, int, np.ndarray]]:
-        return [(word, *clips[-1]) for word, clips in self.takes.items() if len(clips) >= 2]
-
-    def all_takes(self) -> list[tuple[str, int, np.ndarray]]:
-        return [(word, *clip) for word, clips in self.takes.items() for clip in clips]
-
-
-def people(speech: SpeechData, fold: int, folds: int) -> list[Person]:
-    """The fold's speakers who said four or more words twice or more, in a fixed order."""
-    takes: dict[str, dict[str, list[Clip]]] = defaultdict(lambda: defaultdict(list))
-    for part in ("train", "test"):
-        for path, clip in zip(split_paths(speech.root, part), speech.clips[part], strict=True):
-            if fold_of(speaker(path), folds) == fold:
-                takes[speaker(path)][path.parent.name].append(clip)
-    own: dict[str, list[Clip]] = defaultdict(list)
-    for path in sorted((find_negatives() / "words").glob("*/*.wav")):
-        if speaker(path) in takes:
-            own[speaker(path)].append(read_clip(path))
-    chosen = [Person(s, dict(sorted(words.items())), own[s]) for s, words in takes.items()
-              if sum(len(clips) >= 2 for clips in words.values()) >= 4]
-    return sorted(chosen, key=lambda p: zlib.crc32(p.speaker.encode()))
-
-
-def households(members: list[Person], guests: int = 1
-               ) -> list[tuple[list[Person], list[Person]]]:
-    """Three enrolled members per household, and ``guests`` voices that did not enroll: its
-    own fourth member first, then the fold's next speakers, who are strangers to this
-    household (members of the next households, never enrolled here)."""
-    size = MEMBERS + 1
-    homes = []
-    for i in range(0, len(members) - size + 1, size):
-        visitors = [members[(i + MEMBERS + k) % len(members)] for k in range(guests)]
-        homes.append((members[i:i + MEMBERS], visitors))
-    return homes
+def enrollment(person: Person, per_word: int) -> Takes:
+    return Takes(person.speaker, person.enrollment_takes(per_word), person.enrollment_speech())
 
 
 def fold_anchors(spotter: KeywordSpotter, speech: SpeechData, negatives: Negatives, fold: int,
@@ -231,7 +186,7 @@ def main() -> int:
                 if name != "base":
                     per_word = int(name.split()[1])
                     started = time.perf_counter()
-                    head = adapt(base, [m.enrollment(per_word) for m in members],
+                    head = adapt(base, [enrollment(m, per_word) for m in members],
                                  AdaptSettings(l2=args.l2, steps=args.steps,
                                                takes_weight=args.takes_weight,
                                                label_smoothing=args.label_smoothing,

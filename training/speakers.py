@@ -66,10 +66,39 @@ def augment_setting(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not TOML ({error})") from None
 
 
+# Each household take goes into training this many times (freshly augmented every epoch):
+# a few hundred takes among five thousand clips, weighted as an enrollment weights them.
+HOUSEHOLD_COPIES = 4
+
+
+def with_household_takes(split: SpeechData, data: SpeechData, fold: int, folds: int,
+                         per_word: int) -> SpeechData:
+    """``split`` with the fold's households' enrollment takes (training/households.py) in its
+    training part: the most a model can make of them, the ceiling of enrolling."""
+    from .households import enrolled_takes
+
+    takes = enrolled_takes(data, fold, folds, per_word) * HOUSEHOLD_COPIES
+    log.info("fold %d: %d household takes (%d per word at most, %d copies) added to training",
+             fold, len(takes) // HOUSEHOLD_COPIES, per_word, HOUSEHOLD_COPIES)
+    return SpeechData(split.root, split.labels,
+                      split.clips | {"train": split.clips["train"] + [c for _, c in takes]},
+                      split.targets | {"train": np.concatenate([
+                          split.targets["train"],
+                          np.array([data.labels.index(w) for w, _ in takes], dtype=int)])})
+
+
+def keyword_recipes() -> list[str]:
+    """The keyword recipes folds can be made of: the shipped models and, for the strangers'
+    ceiling, kws_b_ceiling (benchmarks/kws_ceiling.py)."""
+    from .recipes import load_recipes
+
+    return [name for name, chosen in load_recipes().items() if chosen.task == "keyword"]
+
+
 def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | None,
              show_progress: bool, keep: Path | None = None,
-             augment: dict[str, Any] | None = None, seed: int | None = None
-             ) -> dict[str, Any]:
+             augment: dict[str, Any] | None = None, seed: int | None = None,
+             household_takes: int = 0) -> dict[str, Any]:
     from dataclasses import replace
 
     from .build import with_epochs
@@ -84,6 +113,10 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
                      seed=chosen.seed if seed is None else seed)
     negatives = Negatives.load() if chosen.open_set else None
     split = fold_data(data, fold, folds)
+    trained_alone = len(split.clips["train"])
+    if household_takes:
+        split = with_household_takes(split, data, fold, folds, household_takes)
+    added = len(split.clips["train"]) - trained_alone
     with tempfile.TemporaryDirectory() as scratch:
         out = fold_dir(keep, name, fold, folds) if keep else Path(scratch)
         entry = build(chosen, split, out, show_progress, negatives=negatives)
@@ -93,7 +126,9 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
             write_manifest_entry(out, name, entry | {"speaker_fold": {
                 "fold": fold, "folds": folds, "held_out": "speakers with fold_of(speaker, "
                 "folds) == fold (training.speakers.fold_of)", "seed": chosen.seed,
-                "augment": chosen.augment}})
+                "augment": chosen.augment,
+                "household_takes": {"per_word": household_takes, "copies": HOUSEHOLD_COPIES,
+                                    "clips_added": added} if household_takes else None}})
     return {"fold": fold, "train_clips": len(split.clips["train"]),
             "new_speaker_clips": len(split.clips["test"]),
             "new_speakers": entry["metrics"]["accuracy"], "test_split": on_test["accuracy"]}
@@ -102,7 +137,9 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.speakers",
                                      description=__doc__.split("\n\n")[1])
-    parser.add_argument("model", choices=("kws_a", "kws_b", "kws_c"))
+    parser.add_argument("model", choices=keyword_recipes(), metavar="RECIPE",
+                        help="a keyword recipe of config/recipes.toml: "
+                             + ", ".join(keyword_recipes()))
     parser.add_argument("--folds", type=int, default=5, help="speaker folds (default 5)")
     parser.add_argument("--fold", type=int, action="append", metavar="K",
                         help="run only these folds (0-based, repeatable; default: all)")
@@ -122,11 +159,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="change one setting of the recipe's augment table for these "
                              "folds (a TOML value; repeatable), e.g. room_probability=0.5")
     parser.add_argument("--seed", type=int, help="train with this seed, not the recipe's")
+    parser.add_argument("--household-takes", type=int, default=0, metavar="N",
+                        help="also train on the fold's households' enrollment takes (up to N "
+                             "a word, as benchmarks/kws_household.py enrolls them): the "
+                             "ceiling of enrolling; its new-speaker accuracy is then no "
+                             "stranger's")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    if args.record and (args.augment or args.seed is not None):
-        parser.error("--record keeps the shipped recipe's folds: without --augment or --seed")
+    if args.record and args.model not in ("kws_a", "kws_b", "kws_c"):
+        parser.error(f"--record stores a shipped model's folds; {args.model} does not ship")
+    if args.record and (args.augment or args.seed is not None or args.household_takes):
+        parser.error("--record keeps the shipped recipe's folds: without --augment, --seed "
+                     "or --household-takes")
     setup_logging(args)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
@@ -139,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("fold %d of %d: training %s without its speakers", fold + 1, args.folds,
                  args.model)
         row = run_fold(args.model, data, fold, args.folds, args.epochs, not args.no_progress,
-                       args.keep, dict(args.augment), args.seed)
+                       args.keep, dict(args.augment), args.seed, args.household_takes)
         rows.append(row)
         print(f"fold {fold}: new speakers {row['new_speakers']:.2%} on "
               f"{row['new_speaker_clips']} clips, test split {row['test_split']:.2%} "
