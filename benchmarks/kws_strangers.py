@@ -217,6 +217,9 @@ def main() -> int:
     if args.record and args.rooms is not None and args.choose_default:
         parser.error("the defaults are chosen on the streams as recorded: --rooms --record "
                      "stores the rooms' numbers at them, without --choose-default")
+    if args.record and args.model not in read_manifest(args.models):
+        parser.error(f"--record stores a shipped model's numbers; {args.model} is not in "
+                     f"{args.models}")
     if args.record and args.smoothing is not None:
         parser.error("--record stores what the collector does: the model's own smoothing, or "
                      "the one --choose-default picks")
@@ -233,7 +236,11 @@ def main() -> int:
         folds[fold] = directory
     speech = SpeechData.load(parts=("train",), show_progress=False)
     negatives = Negatives.load()
-    shipped = load_keyword_spotter(args.models, args.model)
+    # A recipe that does not ship (kws_b_ceiling) has no defaults of its own: its first
+    # fold's (the build's), until --choose-default chooses them.
+    shipped = load_keyword_spotter(
+        args.models if args.model in read_manifest(args.models) else next(iter(folds.values())),
+        args.model)
     base = scan_settings(CollectorOptions())
     if args.smoothing is not None:
         base = replace(base, smoothing=args.smoothing)

@@ -69,3 +69,50 @@ def test_the_strangers_halves_split_a_folds_speakers_and_the_anchors_skip_them()
         # What a fold model's anchors are sampled from: only the speakers it trained on.
         kept = {speakers[i] for i in fold_keep(data, fold, 5)}
         assert not kept & (voices[0] | voices[1])
+
+
+def test_household_takes_join_training_from_the_folds_members_never_their_test_take(
+        tmp_path: Path, monkeypatch) -> None:
+    """``training.speakers --household-takes``: the ceiling of enrolling trains on exactly
+    the takes the household benchmark enrolls with, and on nothing it tests with."""
+    import training.households as households_module
+    from training.households import households, people
+    from training.speakers import HOUSEHOLD_COPIES, with_household_takes
+
+    (tmp_path / "words").mkdir()
+    monkeypatch.setattr(households_module, "find_negatives", lambda: tmp_path)
+    root = Path("/nowhere/mini_speech_commands")
+    parts = ("train", "validation", "test")
+    paths = {part: split_paths(root, part) for part in parts}
+    # Each clip says which part and which file it is.
+    clips = {part: [(16000, np.array([number, index], np.int16))
+                    for index, _ in enumerate(paths[part])] for number, part in enumerate(parts)}
+    targets = {part: np.array([labels().index(p.parent.name) for p in paths[part]])
+               for part in parts}
+    data = SpeechData(root, labels(), clips, targets)
+    fold = 2
+    split = fold_data(data, fold, 5)
+    trained = with_household_takes(split, data, fold, 5, per_word=3)
+    added = trained.clips["train"][len(split.clips["train"]):]
+    added_targets = trained.targets["train"][len(split.clips["train"]):]
+    assert added and len(added) == len(added_targets)
+    assert trained.clips["train"][:len(split.clips["train"])] == split.clips["train"]
+    homes = households(people(data, fold, 5))
+    members = [person for home, _ in homes for person in home]
+    tests = {tuple(clip.tolist()) for person in members for _, _, clip in person.tests()}
+    takes: dict[tuple[int, ...], int] = {}
+    for (_, clip), target in zip(added, added_targets, strict=True):
+        part, index = (int(v) for v in clip)
+        path = paths[parts[part]][index]
+        assert fold_of(speaker(path), 5) == fold
+        assert speaker(path) in {person.speaker for person in members}
+        assert labels()[target] == path.parent.name
+        assert tuple(clip.tolist()) not in tests
+        takes[tuple(clip.tolist())] = takes.get(tuple(clip.tolist()), 0) + 1
+    assert set(takes.values()) == {HOUSEHOLD_COPIES}
+    per_person_word = {}
+    for key in takes:
+        path = paths[parts[key[0]]][key[1]]
+        per_person_word[(speaker(path), path.parent.name)] = per_person_word.get(
+            (speaker(path), path.parent.name), 0) + 1
+    assert max(per_person_word.values()) <= 3
