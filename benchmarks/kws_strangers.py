@@ -217,7 +217,8 @@ def main() -> int:
     if args.record and args.rooms is not None and args.choose_default:
         parser.error("the defaults are chosen on the streams as recorded: --rooms --record "
                      "stores the rooms' numbers at them, without --choose-default")
-    if args.record and args.model not in read_manifest(args.models):
+    ships = args.model in read_manifest(args.models)
+    if args.record and not ships:
         parser.error(f"--record stores a shipped model's numbers; {args.model} is not in "
                      f"{args.models}")
     if args.record and args.smoothing is not None:
@@ -239,8 +240,7 @@ def main() -> int:
     # A recipe that does not ship (kws_b_ceiling) has no defaults of its own: its first
     # fold's (the build's), until --choose-default chooses them.
     shipped = load_keyword_spotter(
-        args.models if args.model in read_manifest(args.models) else next(iter(folds.values())),
-        args.model)
+        args.models if ships else next(iter(folds.values())), args.model)
     base = scan_settings(CollectorOptions())
     if args.smoothing is not None:
         base = replace(base, smoothing=args.smoothing)

@@ -70,8 +70,9 @@ class Person:
 
 # What the prototypes are made with (AdaptSettings): kept with each node, so that a node
 # answers as it was enrolled even after the defaults change.
-PROTOTYPE_SETTINGS = ("prototype_lift", "prototype_floor", "keyword_penalty", "anchor_lift",
-                      "anchor_floor", "exclusive")
+PROTOTYPE_NUMBERS = ("prototype_lift", "prototype_floor", "keyword_penalty", "anchor_lift",
+                     "anchor_floor")
+PROTOTYPE_SETTINGS = (*PROTOTYPE_NUMBERS, "exclusive")
 
 
 @dataclass
@@ -285,7 +286,7 @@ def _settings(document: Any, what: str) -> AdaptSettings:
     """The prototype settings a node was enrolled with (older files: today's)."""
     if document is None or isinstance(document, list):  # a file that kept the prototypes
         return ADAPT
-    values: dict[str, Any] = {name: float(document[name]) for name in PROTOTYPE_SETTINGS[:-1]}
+    values: dict[str, Any] = {name: float(document[name]) for name in PROTOTYPE_NUMBERS}
     if not np.isfinite(list(values.values())).all() \
             or not (0 <= values["prototype_floor"] < 1 and 0 <= values["anchor_floor"] < 1):
         raise ValueError(f"{what}: prototype settings {values}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .negatives import find_negatives, speaker
+from .speakers import fold_of
 from .speech import SpeechData, read_clip, split_paths
 
 Clip = tuple[int, np.ndarray]
@@ -48,8 +49,6 @@ class Person:
 
 def people(speech: SpeechData, fold: int, folds: int) -> list[Person]:
     """The fold's speakers who said four or more words twice or more, in a fixed order."""
-    from .speakers import fold_of
-
     takes: dict[str, dict[str, list[Clip]]] = defaultdict(lambda: defaultdict(list))
     for part in ("train", "test"):
         for path, clip in zip(split_paths(speech.root, part), speech.clips[part], strict=True):

@@ -66,8 +66,8 @@ def augment_setting(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not TOML ({error})") from None
 
 
-# Each household take goes into training this many times (freshly augmented every epoch):
-# a few hundred takes among five thousand clips, weighted as an enrollment weights them.
+# Each household take goes into training this many times (freshly augmented every epoch), so
+# that a few hundred takes among five thousand clips count for more than one clip each.
 HOUSEHOLD_COPIES = 4
 
 
