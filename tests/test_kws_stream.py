@@ -129,3 +129,21 @@ def test_a_part_with_few_other_words_uses_them_again_to_reach_the_mix_asked_for(
     same = build_stream(words, others, quiet_room(), seed=3, phrase_share=0.0,
                         min_other_words=1)
     np.testing.assert_array_equal(same.render(0, same.length), plain.render(0, plain.length))
+
+
+def test_phrase_windows_are_other_speech_cut_where_a_streams_windows_fall() -> None:
+    from training.stream import phrase_windows
+
+    # Each "word" a constant of its own, so a window shows which words it holds.
+    words = [np.full(6000 + 500 * i, i + 1, np.float32) for i in range(6)]
+    windows = phrase_windows(words, 400, 8000, np.random.default_rng(4), rate=8000)
+    assert windows.shape == (400, 8000) and windows.dtype == np.float32
+    held = [set(np.unique(w)) - {0.0} for w in windows]
+    assert all(held), "every window holds some speech"
+    assert all(h <= {1.0, 2.0, 3.0, 4.0, 5.0, 6.0} for h in held)
+    assert sum(len(h) >= 2 for h in held) > 40, "the end of one word and the start of the next"
+    starts_quiet = [w[0] == 0 and w[-1] != 0 for w in windows]
+    ends_quiet = [w[0] != 0 and w[-1] == 0 for w in windows]
+    assert sum(starts_quiet) > 20 and sum(ends_quiet) > 20, "onsets out of quiet, and offsets"
+    again = phrase_windows(words, 400, 8000, np.random.default_rng(4), rate=8000)
+    np.testing.assert_array_equal(windows, again)

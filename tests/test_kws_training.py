@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,36 @@ def test_ds_cnn_width_multiplier_and_pruning_shrink_the_model() -> None:
     # Before training nothing is pruned (the schedule starts at 0.40). Not exactly 0: about one
     # fresh model in 40 draws a weight of exactly 0.0 among its 77,000 (uniform init).
     assert kernel_sparsity(strip_pruning(pruned)) < 1e-4
+
+
+def test_an_open_set_recipe_with_phrase_windows_adds_fresh_unknown_windows_every_epoch() -> None:
+    from dataclasses import replace
+
+    from tinyml_core.frontend import FrontEnd
+    from training.negatives import Negatives
+
+    recipe = load_recipes()["kws_b"]
+    recipe = replace(recipe, augment={}, open_set={"silence_per_epoch": 5,
+                                                   "phrase_windows_per_epoch": 12})
+    assert recipe.front_end is not None
+    rate, length = recipe.front_end.sample_rate, recipe.front_end.clip_samples
+    rng = np.random.default_rng(5)
+    noise = [("hiss", rng.normal(0, 0.01, 4 * rate).astype(np.float32))]
+    words = [(rate, (rng.normal(0, 0.1, rate) * 32767).astype(np.int16)) for _ in range(4)]
+    negatives = Negatives(Path("."), {"train": words}, {"train": ["w"] * 4},
+                          {"train": [("hiss", rate, noise[0][1])]})
+    labels = [*speech.labels(), "unknown", "silence"]
+    open_set = kws.OpenSet.for_recipe(recipe, negatives, labels)
+    assert len(open_set.phrase_words) == 4 and open_set.phrase_windows_per_epoch == 12
+    audio = rng.normal(0, 0.1, (20, length)).astype(np.float32)
+    targets = np.arange(20) % 8
+    front_end = FrontEnd(recipe.front_end)
+    sequence = kws.AugmentedFeatures(audio, targets, front_end, np.zeros(10), np.ones(10),
+                                     recipe, open_set)
+    first = sequence.x.copy()
+    assert len(sequence.y) == 20 + 12 + 5
+    assert (sequence.y == labels.index("unknown")).sum() == 12
+    assert (sequence.y == labels.index("silence")).sum() == 5
+    assert sorted(sequence.y[sequence.y < 8]) == sorted(targets)
+    sequence.on_epoch_end()
+    assert len(sequence.y) == 37 and not np.array_equal(first, sequence.x)

@@ -133,10 +133,10 @@ def test_clips_in_rooms_keep_rate_and_length() -> None:
 
 
 def test_fold_augmentation_settings_are_toml_values() -> None:
-    from training.speakers import augment_setting
+    from training.speakers import recipe_setting
 
-    assert augment_setting("room_probability=0.5") == ("room_probability", 0.5)
-    assert augment_setting("peak_dbfs=[-35, 0]") == ("peak_dbfs", [-35, 0])
+    assert recipe_setting("room_probability=0.5") == ("room_probability", 0.5)
+    assert recipe_setting("peak_dbfs=[-35, 0]") == ("peak_dbfs", [-35, 0])
     for bad in ("room_probability", "=1", "rooms=[1,"):
         with pytest.raises(argparse.ArgumentTypeError):
-            augment_setting(bad)
+            recipe_setting(bad)

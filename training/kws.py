@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinyml_core.frontend import FrontEnd
+from tinyml_core.frontend import FrontEnd, resample, to_float
 from tinyml_core.models import KEYWORD_TASK
 
 from .climate import DataError
@@ -28,6 +28,7 @@ from .progress import EpochProgress
 from .recipes import Recipe
 from .rooms import RoomAugment
 from .speech import SpeechData
+from .stream import phrase_windows
 from .tf import keras, seed_everything
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,19 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
     def on_epoch_end(self) -> None:
         background = self.open_set.train_noise if self.open_set else None
         order = self.rng.permutation(len(self.audio))
-        audio = augment(self.audio[order], self.recipe.augment, self.rng,
+        audio, targets = self.audio[order], self.targets[order]
+        if self.open_set is not None and self.open_set.phrase_windows_per_epoch:
+            # Other speech as a stream's windows cut it, fresh every epoch, augmented as
+            # the clips are; shuffled in with the silence below.
+            phrases = phrase_windows(self.open_set.phrase_words,
+                                     self.open_set.phrase_windows_per_epoch, audio.shape[1],
+                                     self.rng, self.front_end.params.sample_rate)
+            audio = np.concatenate([audio, phrases])
+            targets = np.concatenate([targets, np.full(len(phrases), self.open_set.unknown)])
+        audio = augment(audio, self.recipe.augment, self.rng,
                         self.front_end.params.sample_rate, background, self.rooms)
-        targets = self.targets[order]
-        if self.open_set is not None and self.open_set.silence_per_epoch:
+        if self.open_set is not None and (self.open_set.silence_per_epoch
+                                          or self.open_set.phrase_windows_per_epoch):
             # Fresh "no word" clips every epoch, shuffled in among the others.
             silence = silence_clips(self.open_set.train_noise, self.open_set.silence_per_epoch,
                                     audio.shape[1], self.rng)
@@ -187,20 +197,27 @@ def describe_recipe(recipe: Recipe) -> str:
 @dataclass
 class OpenSet:
     """The two classes beyond the words, from the negatives' training share: "unknown"
-    (other words) and "silence" (noise at random levels, drawn fresh every epoch)."""
+    (other words; with ``phrase_windows_per_epoch``, also windows cut from them run together,
+    drawn fresh every epoch) and "silence" (noise at random levels, drawn fresh every epoch)."""
 
     negatives: Negatives
     train_noise: list[tuple[str, np.ndarray]]
     unknown: int  # label indices
     silence: int
     silence_per_epoch: int
+    phrase_windows_per_epoch: int = 0
+    phrase_words: list[np.ndarray] = field(default_factory=list)  # at the front end's rate
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, negatives: Negatives, labels: list[str]) -> OpenSet:
         assert recipe.front_end is not None
-        return cls(negatives, negatives.noise_audio("train", recipe.front_end.sample_rate),
+        rate = recipe.front_end.sample_rate
+        phrases = int(recipe.open_set.get("phrase_windows_per_epoch", 0))
+        return cls(negatives, negatives.noise_audio("train", rate),
                    labels.index(UNKNOWN), labels.index(SILENCE),
-                   int(recipe.open_set.get("silence_per_epoch", 0)))
+                   int(recipe.open_set.get("silence_per_epoch", 0)), phrases,
+                   [resample(to_float(clip), clip_rate, rate)
+                    for clip_rate, clip in negatives.words["train"]] if phrases else [])
 
 
 def model_labels(recipe: Recipe, data: SpeechData) -> list[str]:

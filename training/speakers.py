@@ -53,7 +53,7 @@ def fold_dir(keep: Path, name: str, fold: int, folds: int) -> Path:
     return keep / name / f"fold{fold}of{folds}"
 
 
-def augment_setting(text: str) -> tuple[str, Any]:
+def recipe_setting(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with a TOML value (``room_probability=0.5``, ``peak_dbfs=[-40, 0]``)."""
     import tomllib
 
@@ -98,7 +98,8 @@ def keyword_recipes() -> list[str]:
 def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | None,
              show_progress: bool, keep: Path | None = None,
              augment: dict[str, Any] | None = None, seed: int | None = None,
-             household_takes: int = 0) -> dict[str, Any]:
+             household_takes: int = 0, open_set: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     from dataclasses import replace
 
     from .build import with_epochs
@@ -108,8 +109,10 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
     from .recipes import recipe
 
     chosen = with_epochs(recipe(name), epochs)
-    # Trying augmentation or another seed on the folds before it goes into a recipe.
+    # Trying augmentation, open-set data or another seed on the folds before it goes into a
+    # recipe.
     chosen = replace(chosen, augment=chosen.augment | (augment or {}),
+                     open_set=chosen.open_set | (open_set or {}) if chosen.open_set else {},
                      seed=chosen.seed if seed is None else seed)
     negatives = Negatives.load() if chosen.open_set else None
     split = fold_data(data, fold, folds)
@@ -126,7 +129,7 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
             write_manifest_entry(out, name, entry | {"speaker_fold": {
                 "fold": fold, "folds": folds, "held_out": "speakers with fold_of(speaker, "
                 "folds) == fold (training.speakers.fold_of)", "seed": chosen.seed,
-                "augment": chosen.augment,
+                "augment": chosen.augment, "open_set": chosen.open_set,
                 "household_takes": {"per_word": household_takes, "copies": HOUSEHOLD_COPIES,
                                     "clips_added": added} if household_takes else None}})
     return {"fold": fold, "train_clips": len(split.clips["train"]),
@@ -154,10 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each fold's model in DIR/<model>/fold<K>of<N>/ (for the "
                              "strangers' stream benchmark, benchmarks/kws_strangers.py)")
-    parser.add_argument("--augment", type=augment_setting, action="append", default=[],
+    parser.add_argument("--augment", type=recipe_setting, action="append", default=[],
                         metavar="KEY=VALUE",
                         help="change one setting of the recipe's augment table for these "
                              "folds (a TOML value; repeatable), e.g. room_probability=0.5")
+    parser.add_argument("--open-set", type=recipe_setting, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="change one setting of an open-set recipe's open_set table for "
+                             "these folds, e.g. phrase_windows_per_epoch=800")
     parser.add_argument("--seed", type=int, help="train with this seed, not the recipe's")
     parser.add_argument("--household-takes", type=int, default=0, metavar="N",
                         help="also train on the fold's households' enrollment takes (up to N "
@@ -169,9 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.record and args.model not in ("kws_a", "kws_b", "kws_c"):
         parser.error(f"--record stores a shipped model's folds; {args.model} does not ship")
-    if args.record and (args.augment or args.seed is not None or args.household_takes):
-        parser.error("--record keeps the shipped recipe's folds: without --augment, --seed "
-                     "or --household-takes")
+    if args.record and (args.augment or args.open_set or args.seed is not None
+                        or args.household_takes):
+        parser.error("--record keeps the shipped recipe's folds: without --augment, "
+                     "--open-set, --seed or --household-takes")
     setup_logging(args)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
@@ -184,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("fold %d of %d: training %s without its speakers", fold + 1, args.folds,
                  args.model)
         row = run_fold(args.model, data, fold, args.folds, args.epochs, not args.no_progress,
-                       args.keep, dict(args.augment), args.seed, args.household_takes)
+                       args.keep, dict(args.augment), args.seed, args.household_takes,
+                       dict(args.open_set))
         rows.append(row)
         print(f"fold {fold}: new speakers {row['new_speakers']:.2%} on "
               f"{row['new_speaker_clips']} clips, test split {row['test_split']:.2%} "

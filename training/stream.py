@@ -112,10 +112,8 @@ def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
     position = 0
     while position < in_phrases:
         count = int(rng.integers(2, 5))
-        words = [others[i] for i in order[position:position + count]]
-        pauses = [np.zeros(int(rng.uniform(0.05, 0.25) * RATE), np.float32) for _ in words]
-        items.append(("phrase", np.concatenate([x for pair in zip(words, pauses, strict=True)
-                                                for x in pair][:-1])))
+        items.append(("phrase", run_together([others[i] for i in
+                                              order[position:position + count]], rng)))
         position += count
     items += [("word", others[i]) for i in order[in_phrases:]]
     for _ in range(int(len(keywords) * noise_bursts_per_keyword)):
@@ -130,6 +128,31 @@ def build_stream(keywords: Sequence[tuple[str, int, np.ndarray]],
         placed.append(Placed(cursor, audio.astype(np.float32), label))
         cursor += len(audio) + int(rng.uniform(*gap_s) * RATE)
     return Stream(cursor, placed, _unit_rms(noise[0][1].astype(np.float32)), room_dbfs)
+
+
+def run_together(words: Sequence[np.ndarray], rng: np.random.Generator,
+                 rate: int = RATE) -> np.ndarray:
+    """Words said one after another, as a talker runs them into a phrase: 0.05-0.25 s apart."""
+    pauses = [np.zeros(int(rng.uniform(0.05, 0.25) * rate), np.float32) for _ in words]
+    return np.concatenate([x for pair in zip(words, pauses, strict=True) for x in pair][:-1])
+
+
+def phrase_windows(words: Sequence[np.ndarray], count: int, length: int,
+                   rng: np.random.Generator, rate: int = RATE) -> np.ndarray:
+    """[count, length] windows as a stream's scan cuts them from other speech: one to four
+    of ``words`` (float at ``rate``) run together, with half a window of quiet either side,
+    and a window at a random offset: part of a word, the end of one and the start of the
+    next, or a word's onset out of quiet. Centred one-word clips are what a model trains on;
+    these are what it meets between the keywords of a stream ("unknown" in training)."""
+    out = np.empty((count, length), dtype=np.float32)
+    quiet = np.zeros(length // 2, np.float32)
+    for index in range(count):
+        chosen = rng.integers(0, len(words), int(rng.integers(1, 5)))
+        spoken = np.concatenate([quiet, run_together([words[i] for i in chosen], rng, rate),
+                                 quiet])
+        start = int(rng.integers(0, len(spoken) - length + 1))
+        out[index] = spoken[start:start + length]
+    return out
 
 
 # Thresholds a model's default is chosen from (0.40 ... 0.96).
