@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from training.negatives import speaker
 from training.speakers import fold_data, fold_of
@@ -116,3 +117,34 @@ def test_household_takes_join_training_from_the_folds_members_never_their_test_t
         per_person_word[(speaker(path), path.parent.name)] = per_person_word.get(
             (speaker(path), path.parent.name), 0) + 1
     assert max(per_person_word.values()) <= 3
+
+
+def test_a_misspelt_recipe_setting_is_refused_not_trained_as_the_recipe_unchanged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tinyml_core.errors import ConfigError
+    from training.recipes import load_recipes
+    from training.speakers import main
+
+    kws_b = load_recipes()["kws_b"]
+    tried = kws_b.with_settings({"room_probability": 0.2}, {"phrase_windows_per_epoch": 800})
+    assert tried.augment["room_probability"] == 0.2 and tried.augment["speed"] == [0.95, 1.05]
+    assert tried.open_set["phrase_windows_per_epoch"] == 800 and kws_b.open_set == \
+        {"silence_per_epoch": 700, "silence_validation": 200}
+    with pytest.raises(ConfigError, match="phrase_window_per_epoch"):
+        kws_b.with_settings(open_set={"phrase_window_per_epoch": 800})
+    with pytest.raises(ConfigError, match="room_probabilty"):
+        kws_b.with_settings(augment={"room_probabilty": 0.5})
+    with pytest.raises(ConfigError, match="no open_set table"):
+        load_recipes()["forecast_a"].with_settings(open_set={"silence_per_epoch": 1})
+    # In the file too, and on the command line before any data is read or model trained.
+    text = (Path(__file__).parent.parent / "config" / "recipes.toml").read_text()
+    bad = tmp_path / "recipes.toml"
+    bad.write_text(text.replace("silence_per_epoch = 700, silence_validation = 200 }",
+                                "silence_per_epoch = 700, silence_validaton = 200 }", 1))
+    with pytest.raises(ConfigError, match="silence_validaton"):
+        load_recipes(bad)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["kws_b", "--open-set", "phrase_window_per_epoch=800",
+              "--speech-dir", str(tmp_path / "none")])
+    assert exit_info.value.code == 2
+    assert "phrase_window_per_epoch" in capsys.readouterr().err

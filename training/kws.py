@@ -133,9 +133,8 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
             targets = np.concatenate([targets, np.full(len(phrases), self.open_set.unknown)])
         audio = augment(audio, self.recipe.augment, self.rng,
                         self.front_end.params.sample_rate, background, self.rooms)
-        if self.open_set is not None and (self.open_set.silence_per_epoch
-                                          or self.open_set.phrase_windows_per_epoch):
-            # Fresh "no word" clips every epoch, shuffled in among the others.
+        if self.open_set is not None:
+            # Fresh "no word" clips every epoch; all of them shuffled in among the others.
             silence = silence_clips(self.open_set.train_noise, self.open_set.silence_per_epoch,
                                     audio.shape[1], self.rng)
             audio = np.concatenate([audio, silence])

@@ -8,7 +8,7 @@ training.kws and training.compress. The raw section is copied into the manifest.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,16 @@ TASKS = ("forecast", "keyword")
 QUANTIZATION_MODES = ("none", "int8_weights", "float16", "int8_full")
 SECTIONS = {"task", "baseline", "seed", "steps", "constraints", "model", "train", "pruning",
             "quantization", "front_end", "augment", "open_set"}
+# The settings training reads from the augment and open_set tables (training.forecast,
+# training.kws, training.rooms): a misspelt one would otherwise train the recipe unchanged.
+AUGMENT_KEYS = {
+    "forecast": {"sensor", "fraction", "dropped", "readings_per_step"},
+    "keyword": {"speed", "time_shift_s", "gain_db", "background_probability",
+                "background_snr_db", "noise_max", "noise_probability", "time_masks",
+                "time_mask_max", "coefficient_masks", "coefficient_mask_max", "room_probability",
+                "rooms", "microphone_probability", "peak_dbfs"},
+}
+OPEN_SET_KEYS = {"silence_per_epoch", "silence_validation", "phrase_windows_per_epoch"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,17 @@ class Recipe:
     def width(self) -> float:
         return float(self.model.get("width", 1.0))
 
+    def with_settings(self, augment: dict[str, Any] | None = None,
+                      open_set: dict[str, Any] | None = None) -> Recipe:
+        """This recipe with some augment and open_set settings changed (to try them on the
+        speaker folds before they go into config/recipes.toml), checked as the file's are."""
+        if open_set and not self.open_set:
+            raise ConfigError("has no open_set table to change", key=f"{self.name}.open_set")
+        changed = replace(self, augment=self.augment | (augment or {}),
+                          open_set=self.open_set | (open_set or {}))
+        _check_settings(changed)
+        return changed
+
 
 def load_recipes(path: Path = RECIPES_PATH) -> dict[str, Recipe]:
     try:
@@ -88,6 +109,16 @@ def recipe(name: str, path: Path = RECIPES_PATH) -> Recipe:
     if name not in recipes:
         raise ConfigError(f"no recipe {name!r} (have {', '.join(recipes)})", source=str(path))
     return recipes[name]
+
+
+def _check_settings(recipe: Recipe, path: Path | None = None) -> None:
+    for table, given, known in (("augment", recipe.augment, AUGMENT_KEYS[recipe.task]),
+                                ("open_set", recipe.open_set, OPEN_SET_KEYS)):
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown} (known: {', '.join(sorted(known))})",
+                              source=str(path) if path else None,
+                              key=f"{recipe.name}.{table}.{unknown[0]}")
 
 
 def _recipe(name: str, section: Any, path: Path) -> Recipe:
@@ -116,7 +147,7 @@ def _recipe(name: str, section: Any, path: Path) -> Recipe:
         raise fail("a forecaster needs steps >= 1", "steps")
     if task == "keyword" and front_end is None:
         raise fail("a keyword model needs a front_end table", "front_end")
-    return Recipe(
+    checked = Recipe(
         name=name, task=task, seed=int(section.get("seed", 0)),
         model=dict(section.get("model", {})), train=dict(section.get("train", {})),
         pruning=pruning, quantization=quantization,
@@ -125,3 +156,5 @@ def _recipe(name: str, section: Any, path: Path) -> Recipe:
         front_end=front_end, augment=dict(section.get("augment", {})),
         open_set=dict(section.get("open_set", {})), raw=section,
     )
+    _check_settings(checked, path)
+    return checked

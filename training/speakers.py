@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
+from tinyml_core.errors import ConfigError
 
 from .negatives import speaker
+from .recipes import load_recipes, recipe
 from .speech import SpeechData, split_paths
 
 log = logging.getLogger("training.speakers")
@@ -90,8 +92,6 @@ def with_household_takes(split: SpeechData, data: SpeechData, fold: int, folds: 
 def keyword_recipes() -> list[str]:
     """The keyword recipes folds can be made of: the shipped models and, for the strangers'
     ceiling, kws_b_ceiling (benchmarks/kws_ceiling.py)."""
-    from .recipes import load_recipes
-
     return [name for name, chosen in load_recipes().items() if chosen.task == "keyword"]
 
 
@@ -106,14 +106,11 @@ def run_fold(name: str, data: SpeechData, fold: int, folds: int, epochs: int | N
     from .evaluate import evaluate_clips
     from .kws import build
     from .negatives import Negatives
-    from .recipes import recipe
 
-    chosen = with_epochs(recipe(name), epochs)
     # Trying augmentation, open-set data or another seed on the folds before it goes into a
     # recipe.
-    chosen = replace(chosen, augment=chosen.augment | (augment or {}),
-                     open_set=chosen.open_set | (open_set or {}) if chosen.open_set else {},
-                     seed=chosen.seed if seed is None else seed)
+    chosen = with_epochs(recipe(name), epochs).with_settings(augment, open_set)
+    chosen = replace(chosen, seed=chosen.seed if seed is None else seed)
     negatives = Negatives.load() if chosen.open_set else None
     split = fold_data(data, fold, folds)
     trained_alone = len(split.clips["train"])
@@ -180,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         or args.household_takes):
         parser.error("--record keeps the shipped recipe's folds: without --augment, "
                      "--open-set, --seed or --household-takes")
+    try:  # a misspelt setting would train the recipe unchanged
+        recipe(args.model).with_settings(dict(args.augment), dict(args.open_set))
+    except ConfigError as error:
+        parser.error(str(error))
     setup_logging(args)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
