@@ -27,9 +27,9 @@ class CollectorOptions:
                                  choices=KEYWORD_MODELS)
     keyword_threshold: float = setting(0.0, "smoothed probability a word needs to be reported; "
                                        "below it the event's result is 'unknown'. 0: the "
-                                       "model's own, chosen on its validation stream "
-                                       "(manifest default_threshold; benchmarks/"
-                                       "kws_stream.py)", min=0.0, max=1.0)
+                                       "model's own, chosen on streams of speakers it never "
+                                       "heard (manifest default_threshold; benchmarks/"
+                                       "kws_strangers.py)", min=0.0, max=1.0)
     scan_hop_s: float = setting(0.1, "seconds between the one-second windows scanned over a "
                                 "longer sound event", min=0.02, max=1.0)
     keyword_smoothing: int = setting(0, "consecutive windows averaged before the threshold; "

@@ -148,3 +148,25 @@ def test_a_misspelt_recipe_setting_is_refused_not_trained_as_the_recipe_unchange
               "--speech-dir", str(tmp_path / "none")])
     assert exit_info.value.code == 2
     assert "phrase_window_per_epoch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, complaint", [
+    (["--threshold", "0.56", "--record"], "--threshold scores one threshold"),
+    (["--threshold", "0.56", "--choose-default"], "--threshold scores one threshold"),
+    (["--threshold", "1.5"], "a probability in (0, 1], not 1.5"),
+])
+def test_the_strangers_benchmark_refuses_a_threshold_it_cannot_score_or_store(
+        arguments: list[str], complaint: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from kws_strangers import main
+
+    # Refused before any fold model or dataset is looked for.
+    monkeypatch.setattr(sys, "argv", ["kws_strangers.py", "--folds-dir", "/nonexistent",
+                                      *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert complaint in capsys.readouterr().err
