@@ -304,7 +304,7 @@ def main() -> int:
               f"smoothed over {windows} windows"
               + (f"; in simulated rooms (seed {args.rooms})" if args.rooms is not None else ""))
         print_table([r for r in tables[half] if r.threshold in (*THRESHOLDS_SHOWN, default)],
-                    default)
+                    default, "default" if args.threshold is None else "--threshold")
         at_default = next(r for r in tables[half] if abs(r.threshold - default) < 1e-9)
         report[half] = {"minutes": round(minutes, 1), "keywords": keywords,
                         "speakers": speakers, "at_default": at_default.row(),

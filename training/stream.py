@@ -336,10 +336,11 @@ def choose_threshold(rows: Sequence[StreamResult], max_false_per_hour: float = 5
     return max(within, key=lambda row: (row.recall, -row.threshold)) if within else None
 
 
-def print_table(rows: Sequence[StreamResult], default: float | None = None) -> None:
+def print_table(rows: Sequence[StreamResult], default: float | None = None,
+                mark_as: str = "default") -> None:
     print(f"{'threshold':>9} {'recall':>8} {'false/h':>8}  false accepts by what was there")
     for row in rows:
-        mark = "  <- default" if default is not None and abs(row.threshold - default) < 1e-9 \
+        mark = f"  <- {mark_as}" if default is not None and abs(row.threshold - default) < 1e-9 \
             else ""
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(row.by_kind.items())) or "-"
         print(f"{row.threshold:>9.2f} {row.recall:>8.1%} {row.false_per_hour:>8.1f}  "
