@@ -233,8 +233,11 @@ def main() -> int:
     if args.threshold is not None and (args.record or args.choose_default):
         parser.error("--threshold scores one threshold; --choose-default chooses one and "
                      "--record stores the model's")
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        parser.error(f"--threshold must be a probability in (0, 1], not {args.threshold}")
+    if args.threshold is not None:
+        try:  # the collector's own check of a threshold
+            ScanSettings(threshold=args.threshold)
+        except ValueError as error:
+            parser.error(f"--threshold {args.threshold}: {error}")
     started = time.perf_counter()
     folds = {}
     for fold in args.fold or range(args.folds):

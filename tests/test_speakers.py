@@ -153,7 +153,7 @@ def test_a_misspelt_recipe_setting_is_refused_not_trained_as_the_recipe_unchange
 @pytest.mark.parametrize("arguments, complaint", [
     (["--threshold", "0.56", "--record"], "--threshold scores one threshold"),
     (["--threshold", "0.56", "--choose-default"], "--threshold scores one threshold"),
-    (["--threshold", "1.5"], "a probability in (0, 1], not 1.5"),
+    (["--threshold", "1.5"], "--threshold 1.5: threshold must be a probability (0-1)"),
 ])
 def test_the_strangers_benchmark_refuses_a_threshold_it_cannot_score_or_store(
         arguments: list[str], complaint: str, monkeypatch: pytest.MonkeyPatch,
