@@ -7,7 +7,8 @@ Per node:
 - an ``event`` entity whose event types are the keyword model's words: each word said fires
   once (the same word twice fires twice), ``unknown`` fires nothing; and a device trigger per
   word, so "'stop' said" is offered in the automation editor;
-- diagnostic entities: last seen, spool backlog, unconfirmed messages, failed reads, messages
+- diagnostic entities: last seen, counting since (a new date: the node started counting
+  again), spool backlog, unconfirmed messages, failed reads, messages
   dropped on the node, messages lost or rejected on the way (the collector's error records),
   and the models in use.
 Everything is available while both the collector and the node say ``online``; configs are
@@ -110,6 +111,17 @@ def discovery_messages(node_id: str, collector_id: str, forecasters: Sequence[st
             "name": "Last seen", "state_topic": diagnostics, "device_class": "timestamp",
             "value_template": "{{ value_json.time | timestamp_custom("
                               "'%Y-%m-%dT%H:%M:%S+00:00', false) }}"},
+        # When the node's numbering began (its spool was made): a new date is a node that
+        # started counting again (a new SD card, a deleted spool). Empty for older nodes.
+        "counting_since": diagnostic | {
+            "name": "Counting since", "state_topic": diagnostics, "device_class": "timestamp",
+            "value_template": "{% if value_json.spool_created is defined %}{{ "
+                              "value_json.spool_created | timestamp_custom("
+                              "'%Y-%m-%dT%H:%M:%S+00:00', false) }}{% endif %}",
+            "json_attributes_topic": diagnostics,
+            "json_attributes_template": "{{ {'spool': value_json.spool} | tojson "
+                                        "if value_json.spool is defined else '{}' }}",
+            "icon": "mdi:counter"},
         "spool_backlog": diagnostic | {
             "name": "Spool backlog", "state_topic": diagnostics, "state_class": "measurement",
             "value_template": "{{ value_json.spool_waiting }}", "icon": "mdi:tray-full"},

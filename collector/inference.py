@@ -15,7 +15,7 @@ import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -106,6 +106,18 @@ class RejectionLog:
             self.suppressed += 1
 
 
+class _Handled(NamedTuple):
+    """A message handled, to be recorded once the broker has its answers."""
+
+    node_id: str
+    kind: str
+    seq: int
+    time: float
+    values: tuple[float, float] | None  # a reading the windows took
+    spool: str | None
+    fresh: bool  # its node's windows started afresh with it
+
+
 class Inference:
     """The collector's models and per-node state; :meth:`handle` answers one message."""
 
@@ -140,7 +152,7 @@ class Inference:
         self.rate_limit = rate_limit
         self.confirmations = confirmations or ConfirmationBook(max_nodes=max_nodes)
         # Taken by handle(), recorded by commit() once the broker acknowledged the answers.
-        self._pending: deque[tuple[str, str, int, float, tuple[float, float] | None]] = deque()
+        self._pending: deque[_Handled] = deque()
         self.readings = 0  # readings recorded of the nodes this worker forecasts, repeats too
         # Enrolled nodes answer with their own last layer (collector/enrolled.py).
         self._models_dir, self._keyword_model = models_dir, keyword_model
@@ -298,10 +310,13 @@ class Inference:
         message is delivered or sent again, and answered again."""
         count = len(self._pending) if count is None else count
         for _ in range(count):
-            node_id, kind, seq, at, values = self._pending.popleft()
-            self.confirmations.record(node_id, kind, seq, at, values)
-            if values is not None:
-                self._add_reading(self._recorded, node_id, at, values)
+            handled = self._pending.popleft()
+            self.confirmations.record(handled.node_id, handled.kind, handled.seq, handled.time,
+                                      handled.values, handled.spool, handled.fresh)
+            if handled.fresh:
+                self._recorded.pop(handled.node_id, None)
+            if handled.values is not None:
+                self._add_reading(self._recorded, handled.node_id, handled.time, handled.values)
                 self.readings += 1
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> list[Outgoing]:
@@ -321,11 +336,20 @@ class Inference:
         except PayloadError as error:
             return [self._error(topic, payload, error, now)]
         kind = message.kind.value
-        taking = self.confirmations.check(message.node_id, kind, message.seq, message.time)
+        taking = self.confirmations.check(message.node_id, kind, message.seq, message.time,
+                                          message.spool)
         # A reading the windows took is journalled with its values (restored after a crash).
         values = (message.temperature, message.humidity) if isinstance(message, ClimateReading) \
             and self.forecasters else None
+        fresh = (isinstance(message, ClimateReading) and values is not None
+                 and taking.restarted and self._goes_back(message))
         out = self._gap_record(message, taking, topic, payload, now) if taking.skipped else []
+        if taking.conflict and self.confirmations.conflict_report_due(message.node_id):
+            reason = PayloadError(
+                f"two nodes are sending as {message.node_id} ({taking.conflict} take turns): "
+                "their messages mix in one node's windows and keyword log; give each node its "
+                "own [node] id (or stop the second replay)", field="spool")
+            out.append(self._error(topic, payload, reason, now, log_it=False))
         try:
             if isinstance(message, ClimateReading):
                 out += self._forecast(message)
@@ -335,8 +359,22 @@ class Inference:
         except PayloadError as error:
             out.append(self._error(topic, payload, error, now))  # its answer: taken all the same
         finally:  # a model's own failure too: checked once, recorded once
-            self._pending.append((message.node_id, kind, message.seq, message.time, values))
+            self._pending.append(_Handled(message.node_id, kind, message.seq, message.time,
+                                          values, message.spool, fresh))
         return out
+
+    def _goes_back(self, reading: ClimateReading) -> bool:
+        """A node that started counting again sends a reading the windows have a step for
+        already (a recording replayed again, a clock set back): its windows start afresh with
+        it, or it would be a repeat. Live windows are dropped here, recorded ones on commit."""
+        windows = self._windows.get(reading.node_id, {})
+        if not any(window.holds_time(reading.time) for window in windows.values()):
+            return False
+        log.warning("%s's new numbering goes back to %s: its windows start afresh",
+                    reading.node_id, time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                   time.gmtime(reading.time)))
+        del self._windows[reading.node_id]
+        return True
 
     def restore_journalled(self, after: int) -> int:
         """Put the readings journalled after index ``after`` (those the loaded windows lack)
@@ -348,6 +386,8 @@ class Inference:
                 continue
             values = (entry.temperature, entry.humidity)
             for table in (self._windows, self._recorded):  # answered already
+                if entry.fresh:
+                    table.pop(entry.node_id, None)
                 self._add_reading(table, entry.node_id, entry.time, values)
             self.readings += 1
             restored += 1

@@ -61,6 +61,13 @@ class StepWindow:
     def newest_step(self) -> int | None:
         return max(self.steps) if self.steps else None
 
+    def holds_time(self, time_s: float) -> bool:
+        """Whether a reading at ``time_s`` falls in a step this window has begun already (a
+        reading there is a repeat or a late one, never a new step)."""
+        latest = max((x for x in (self.open_step, self.newest_step) if x is not None),
+                     default=None)
+        return latest is not None and math.ceil(time_s / self.step_s - 1e-9) <= latest
+
     def add(self, time_s: float, temperature: float, humidity: float) -> list[ReadyWindow]:
         """Add a reading; returns the windows it made ready to forecast (oldest first)."""
         step = math.ceil(time_s / self.step_s - 1e-9)

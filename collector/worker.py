@@ -202,15 +202,15 @@ class Worker:
         due = book.due(everything)
         if due:
             book.sync()  # what is confirmed survives a power cut
-        for node_id, kind, taken in due:
-            confirmation = Confirmation(node_id, collector_id, kind, taken.highest or 0,
-                                        tuple(taken), now)
+        for one in due:
+            confirmation = Confirmation(one.node_id, collector_id, one.kind,
+                                        one.taken.highest or 0, tuple(one.taken), now, one.spool)
             try:
-                self.client.publish(confirmed_topic(node_id, kind), confirmation.encode(),
-                                    retain=True)
+                self.client.publish(confirmed_topic(one.node_id, one.kind),
+                                    confirmation.encode(), retain=True)
             except MqttError as error:  # e.g. paho's queue full under a flood: try again later
-                log.warning("confirmation for %s not sent: %s", node_id, error)
-                book.again(node_id, kind)
+                log.warning("confirmation for %s not sent: %s", one.node_id, error)
+                book.again(one)
 
     def handle(self, message: InboundMessage) -> None:
         """Answer one message (called in the MQTT client's network thread)."""

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "into sound events exactly as [audio] says and published as the "
                              "node would (16-bit PCM, 4-96 kHz; channels are mixed down)")
     replay.add_argument("--start-time", type=float, metavar="EPOCH",
-                        help="--microphone: the time of the file's first sample (default: now)")
+                        help="the time of the first message (default: the stream's own times; "
+                             "--microphone: now); the rest keep their distance from it")
     replay.add_argument("--speed", type=float, default=1.0, metavar="X",
                         help="time scale: 60 plays an hour in a minute; 0: as fast as the "
                              "broker acknowledges (default: 1)")
@@ -159,7 +160,8 @@ def replay_command(args: argparse.Namespace, settings: NodeSettings) -> int:
         return microphone_replay_command(args, settings)
     if args.stream is None and args.audio_dir is None:
         raise ConfigError("give a STREAM to replay, --audio-dir, both, or --microphone FILE.wav")
-    items, skipped = load_stream(args.stream, args.audio_dir, args.node_id, settings.node.id)
+    items, skipped = load_stream(args.stream, args.audio_dir, args.node_id, settings.node.id,
+                                 args.start_time)
     if not items:
         print(f"nothing to replay ({skipped} non-sensor messages skipped)")
         return 0
@@ -308,7 +310,8 @@ def spool_command(settings: NodeSettings) -> int:
         print(f"{path}: no spool yet (nothing waiting)")
         return 0
     with Spool(path, int(settings.node.spool_max_mb * 1e6)) as spool:
-        print(f"{path}: {spool.stats().line()}")
+        began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(spool.created))
+        print(f"{path}: {spool.stats().line()}; numbering {spool.spool_id} since {began}")
     return 0
 
 

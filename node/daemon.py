@@ -65,11 +65,11 @@ class Node:
                        time_s: float | None = None) -> None:
         time_s = self.clock() if time_s is None else time_s
         self.spool.put_numbered(CLIMATE, lambda seq: _wire(ClimateReading(
-            self.node_id, time_s, seq, temperature, humidity)))
+            self.node_id, time_s, seq, temperature, humidity, self.spool.spool_id)))
 
     def record_clip(self, start_time: float, sample_rate: int, samples: np.ndarray) -> None:
         self.spool.put_numbered(AUDIO, lambda seq: _wire(AudioClip.from_samples(
-            self.node_id, start_time, seq, sample_rate, samples)))
+            self.node_id, start_time, seq, sample_rate, samples, self.spool.spool_id)))
 
     def _climate_loop(self, sensor: Dht11Sensor) -> None:
         period = self.settings.climate.period_s
@@ -100,6 +100,8 @@ class Node:
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        log.info("spool %s: numbering %s, begun %s", self.spool.path, self.spool.spool_id,
+                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.spool.created)))
         if self.climate is not None:
             self._spawn("climate", self._climate_loop, self.climate)
         if self.microphone is not None:
@@ -173,7 +175,8 @@ class Node:
             self.climate.stats.missed_periods if self.climate is not None else 0,
             self.microphone.events if self.microphone is not None else 0,
             self.microphone.dropped if self.microphone is not None else 0,
-            self.forwarder.stats.sent, self.forwarder.stats.sent_again)
+            self.forwarder.stats.sent, self.forwarder.stats.sent_again,
+            self.spool.spool_id, self.spool.created)
 
     def publish_diagnostics(self) -> None:
         """Retained on ``diagnostics/<node_id>`` (Home Assistant's diagnostic entities)."""

@@ -175,7 +175,18 @@ class Forwarder:
                 log.warning("ignored a confirmation on %s: %s", message.topic, error)
                 continue
             kind = confirmation.kind
-            if self.owns_numbering and confirmation.seq >= self.spool.peek_seq(kind):
+            if confirmation.spool is not None and confirmation.spool != self.spool.spool_id:
+                # Another numbering's (this node's id before its spool was made, the retained
+                # confirmation of an earlier replay, or another node given the same id): its
+                # numbers are not ours, but a collector confirms this node: keep what is sent
+                # until it confirms ours.
+                log.debug("ignored a confirmation of spool %s (ours: %s)", confirmation.spool,
+                          self.spool.spool_id)
+                self._collector_heard(tracker)
+                continue
+            if (confirmation.spool is None and self.owns_numbering
+                    and confirmation.seq >= self.spool.peek_seq(kind)):
+                # A collector from before spool ids: it cannot tell numberings apart.
                 # Numbers this node never gave out: the collector knew it before its spool was
                 # deleted. Carry on above them, so that numbers stay unique.
                 log.warning("collector %s confirmed %s seq %d, above this node's numbering; "
@@ -183,10 +194,16 @@ class Forwarder:
                             confirmation.seq, confirmation.seq + 1)
                 self.spool.skip_seq_to(confirmation.seq + 1, kind)
                 continue
-            if not tracker.active and self.owns_numbering:
-                self.spool.increment(CONFIRMATIONS_HEARD)  # from now on, messages are kept
+            self._collector_heard(tracker)
             self.spool.confirmed(tracker.confirmation(confirmation.node_id, kind,
                                                       confirmation.taken))
+
+    def _collector_heard(self, tracker: ConfirmationTracker) -> None:
+        """A collector confirms this node: from now on (and after restarts), messages are kept
+        until confirmed."""
+        if not tracker.active and self.owns_numbering:
+            self.spool.increment(CONFIRMATIONS_HEARD)
+        tracker.active = True
 
     def disable_confirmations(self) -> None:
         """No collector can confirm (e.g. the broker refused the subscription): forget messages

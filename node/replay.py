@@ -1,13 +1,18 @@
 """``python -m node replay``: publish a recorded stream as a node would, with its own timing.
 
 A stream is a recording made by ``python -m collector record`` (JSON lines: its sensor
-messages are published again byte for byte) or a climate CSV in the Jena format (one reading
-per row, at the file's own time step); a folder of ``<word>/*.wav`` adds audio clips after
-it. A WAV file of any length can also stand in for the microphone: it goes through the
-node's own capture path, which publishes the sound events it finds. Messages keep their
-original timestamps, so forecasts line up with the data; ``speed`` scales the gaps between
-them (0: as fast as the node's own flow control lets them go: the daemon's forwarder, with its
-pace and its window of unconfirmed messages, sends them, from a spool in memory).
+messages are published again as recorded, malformed ones byte for byte) or a climate CSV in the
+Jena format (one reading per row, at the file's own time step); a folder of ``<word>/*.wav``
+adds audio clips after it. A WAV file of any length can also stand in for the microphone: it
+goes through the node's own capture path, which publishes the sound events it finds. Messages
+keep their original timestamps (or start at ``--start-time``), so forecasts line up with the
+data; ``speed`` scales the gaps between them (0: as fast as the node's own flow control lets
+them go: the daemon's forwarder, with its pace and its window of unconfirmed messages, sends
+them, from a spool in memory).
+
+A replay is a numbering of its own: every message it sends carries the replay's own spool id
+(made anew each run), so a collector takes the same recording replayed twice as a node that
+started counting again, not as repeats.
 """
 
 from __future__ import annotations
@@ -184,8 +189,10 @@ def _captured_events(samples: np.ndarray, rate: int, node_id: str, capture: Capt
 
 
 def load_stream(stream: Path | None, audio_dir: Path | None, node_id: str | None,
-                default_node_id: str) -> tuple[list[ReplayItem], int]:
-    """Everything to replay, in order: the stream, then the clips (see module doc)."""
+                default_node_id: str, start_time: float | None = None
+                ) -> tuple[list[ReplayItem], int]:
+    """Everything to replay, in order: the stream, then the clips (see module doc); with
+    ``start_time`` the stream's first message is moved to it and the rest by as much."""
     items: list[ReplayItem] = []
     skipped = 0
     if stream is not None:
@@ -193,11 +200,40 @@ def load_stream(stream: Path | None, audio_dir: Path | None, node_id: str | None
             items = items_from_climate_csv(stream, node_id or default_node_id)
         else:
             items, skipped = items_from_recording(stream, node_id)
+        if start_time is not None and items:
+            items = shifted(items, start_time - items[0].at)
     if audio_dir is not None:
-        start = items[-1].at + CLIP_SPACING_S if items else time.time()
+        start = items[-1].at + CLIP_SPACING_S if items else (
+            time.time() if start_time is None else start_time)
         items += items_from_audio_dir(audio_dir, node_id or default_node_id, start,
                                       first_seq=len(items))
     return items, skipped
+
+
+def shifted(items: Iterable[ReplayItem], offset_s: float) -> list[ReplayItem]:
+    """The items ``offset_s`` later (a malformed message, which has no time to move, as is)."""
+    out = []
+    for item in items:
+        try:
+            message = decode_sensor_message(item.topic, item.payload)
+        except PayloadError:
+            out.append(dataclasses.replace(item, at=item.at + offset_s))
+            continue
+        try:
+            moved = dataclasses.replace(message, time=message.time + offset_s)
+        except PayloadError as error:  # moved out of 2000-2100
+            raise RecordingError(f"--start-time moves a message out of range: {error}") from None
+        out.append(dataclasses.replace(item, at=item.at + offset_s, payload=moved.encode()))
+    return out
+
+
+def _stamped(item: ReplayItem, spool_id: str) -> bytes:
+    """The item's payload carrying the replay's own spool id (a malformed one as it is)."""
+    try:
+        message = decode_sensor_message(item.topic, item.payload)
+    except PayloadError:
+        return item.payload
+    return dataclasses.replace(message, spool=spool_id).encode()
 
 
 def replay(client: MqttClient, items: Iterable[ReplayItem], speed: float,
@@ -244,7 +280,8 @@ def replay(client: MqttClient, items: Iterable[ReplayItem], speed: float,
             if forwarder.confirmations is not None and node_id not in subscribed:
                 subscribed.add(node_id)
                 _subscribe_to_confirmations(client, forwarder, node_id)
-            spool.put(item.topic.rsplit("/", 1)[-1], item.topic, item.payload, item.seq)
+            spool.put(item.topic.rsplit("/", 1)[-1], item.topic, _stamped(item, spool.spool_id),
+                      item.seq)
             result.sent += 1
             forwarder.step()
         while not stop() and not forwarder.settled:  # the rest, acknowledged and confirmed

@@ -11,13 +11,19 @@ readings only when no clip is left (a clip is ~200 readings' worth of bytes, and
 what forecasts need). The unconfirmed table also has a cap of its own in rows. What was dropped
 is counted in the file, as are the node's sequence counters (one per sensor kind, so a hole in
 either shows a loss), so numbers carry on after a restart.
+
+The file also holds the spool's id, made with it (random; an older file gets one when first
+opened): every message carries it, so a collector can tell a node whose numbering started
+again (a new SD card, a deleted spool file) from one sending again what it sent before.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,11 @@ CREATE TABLE IF NOT EXISTS unconfirmed (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS identity (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    spool_id TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 UNCONFIRMED = "unconfirmed"
 _SHARED_SEQ = "seq"  # before one counter per kind
@@ -55,6 +66,11 @@ def _seq_counter(kind: str) -> str:
 
 # Row overhead in SQLite is a few dozen bytes; counting it keeps the cap honest for readings.
 _ROW_OVERHEAD = 40
+
+
+def new_spool_id() -> str:
+    """16 random hex digits: two spools never share one."""
+    return secrets.token_hex(8)
 
 
 class SpoolError(TinyMLError):
@@ -117,6 +133,12 @@ class Spool:
             self._bytes = sum(int(self._db.execute(
                 f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
                 f"FROM {table}").fetchone()[0]) for table in ("messages", UNCONFIRMED))
+            self._db.execute("INSERT OR IGNORE INTO identity (only, spool_id, created) "
+                             "VALUES (1, ?, ?)", (new_spool_id(), time.time()))
+            spool_id, created = self._db.execute(
+                "SELECT spool_id, created FROM identity").fetchone()
+            self.spool_id: str = str(spool_id)
+            self.created: float = float(created)  # s since the epoch: the numbering began
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"spool {self.path} cannot be used: {exc}") from None
 

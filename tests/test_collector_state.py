@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.confirmations import ConfirmationBook, Taking
+from collector.confirmations import ConfirmationBook, Due, Taking
 from collector.inference import Inference, Outgoing
 from collector.ratelimit import NodeRateLimit
 from collector.state import load_state, state_document
@@ -258,21 +258,21 @@ def test_confirmations_are_published_at_most_once_an_interval_with_every_range_t
     book = ConfirmationBook(interval_s=1.0, clock=clock)
     assert book.due() == []
     book.record("pi-1", "climate", 5, 0.0)
-    assert book.due() == [("pi-1", "climate", SeqRanges([(5, 5)]))]  # the first at once
+    assert book.due() == [Due("pi-1", "climate", SeqRanges([(5, 5)]))]  # the first at once
     book.record("pi-1", "climate", 6, 0.0)
     book.record("pi-1", "climate", 8, 0.0)
     clock.now += 0.5
     assert book.due() == []  # within the interval
     clock.now += 0.5
-    assert book.due() == [("pi-1", "climate", SeqRanges([(5, 6), (8, 8)]))]  # the hole shows
+    assert book.due() == [Due("pi-1", "climate", SeqRanges([(5, 6), (8, 8)]))]  # the hole shows
     clock.now += 5.0
     assert book.due() == []  # then quiet until the next message
     book.record("pi-1", "climate", 6, 0.0)  # sent again: confirmed again although nothing moved
-    assert [taken for _, _, taken in book.due()] == [SeqRanges([(5, 6), (8, 8)])]
+    assert [due.taken for due in book.due()] == [SeqRanges([(5, 6), (8, 8)])]
     book.record("pi-2", "audio", 1, 10.0)
     book.record("pi-1", "climate", 7, 0.0)
     assert sorted(book.due(everything=True), key=repr) == [
-        ("pi-1", "climate", SeqRanges([(5, 8)])), ("pi-2", "audio", SeqRanges([(1, 1)]))]
+        Due("pi-1", "climate", SeqRanges([(5, 8)])), Due("pi-2", "audio", SeqRanges([(1, 1)]))]
 
 
 def test_the_book_counts_holes_per_node_and_knows_a_sound_event_sent_again() -> None:
@@ -309,7 +309,7 @@ def test_a_message_checked_but_not_recorded_yet_is_taken_for_gaps_and_copies() -
     assert book.check("pi-1", "climate", 5, 0.0).skipped == 2  # a real jump still counts
     for seq in (0, 1, 2, 5):
         book.record("pi-1", "climate", seq, 0.0)
-    assert [list(taken) for _, kind, taken in book.due() if kind == "climate"] == \
+    assert [list(due.taken) for due in book.due() if due.kind == "climate"] == \
         [[(0, 2), (5, 5)]]
 
 
@@ -346,7 +346,7 @@ def test_the_journal_keeps_what_was_taken_across_a_crash(tmp_path: Path) -> None
     assert not again.check("pi-1", "audio", 4, 1004.0).new
     assert again.check("pi-1", "audio", 5, 1005.0).new
     assert again.highest("pi-1", "climate") == 3
-    assert {(node, kind) for node, kind, _ in again.due()} == {("pi-1", "audio"),
+    assert {(due.node_id, due.kind) for due in again.due()} == {("pi-1", "audio"),
                                                                 ("pi-1", "climate")}
     again.close()
 
@@ -386,7 +386,8 @@ def test_a_sound_event_sent_again_is_confirmed_again_but_not_answered_twice() ->
     assert inference.handle(audio_topic("pi-1"), clip) == []
     inference.commit()
     assert inference.confirmations.duplicates == 1
-    assert [(node, kind, list(taken)) for node, kind, taken in inference.confirmations.due()] \
+    assert [(due.node_id, due.kind, list(due.taken))
+            for due in inference.confirmations.due()] \
         == [("pi-1", "audio", [(0, 0)])]
 
 
@@ -399,5 +400,5 @@ def test_the_collector_confirms_only_the_readings_of_nodes_it_forecasts() -> Non
         for reading in minute_readings(node, range(3)):
             inference.handle(climate_topic(node), reading.encode())
     inference.commit()
-    assert sorted(node for node, _, _ in inference.confirmations.due()) == sorted(owned)
+    assert sorted(due.node_id for due in inference.confirmations.due()) == sorted(owned)
     assert inference.confirmations.highest(owned[0]) == 2

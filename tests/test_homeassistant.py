@@ -111,7 +111,7 @@ def test_every_config_has_only_keys_its_component_knows_and_valid_ids() -> None:
             if template:
                 ENVIRONMENT.parse(template)  # valid Jinja2
     diagnostic = [c["name"] for c in found.values() if c.get("entity_category") == "diagnostic"]
-    assert diagnostic == ["Last seen", "Spool backlog", "Unconfirmed messages",
+    assert diagnostic == ["Last seen", "Counting since", "Spool backlog", "Unconfirmed messages",
                           "Failed sensor reads", "Messages dropped on the node",
                           "Messages lost or rejected", "Forecast models", "Keyword model"]
 
@@ -196,6 +196,11 @@ def test_diagnostic_entities_read_the_nodes_diagnostics_and_count_error_records(
     assert entity("unconfirmed").receive(message) == "3"
     assert entity("failed_reads").receive(message) == "5"
     assert entity("dropped").receive(message) == "3"
+    assert entity("counting_since").receive(message) == ""  # an older node: no spool id
+    counting = entity("counting_since")
+    renumbered = NodeDiagnostics("pi-1", T0, 0, 0, 0, 0, 0, 0, 0, 0, "5f3a9c2e", T0 - 60).encode()
+    assert counting.receive(renumbered) == "2024-11-23T23:59:00+00:00"
+    assert counting.attributes == {"spool": "5f3a9c2e"}
     errors = entity("errors")
     for index in range(3):
         record = ErrorRecord("pi-1", T0 + index, "sensors/pi-1/climate", f"reason {index}", 5,

@@ -73,9 +73,10 @@ def test_csv_replay_reproduces_the_readings_at_the_files_time_step(
     assert 0.8 < span < 1.6  # 10 steps of 0.1 s (loose: a shared CI machine)
 
 
-def test_recording_replay_is_byte_exact_with_scaled_gaps_and_skips_predictions(
+def test_recording_replay_keeps_each_message_with_scaled_gaps_and_skips_predictions(
         connect: Callable[..., MqttClient], tmp_path: Path) -> None:
-    reading = ClimateReading("pi-rec", 1_729_300_000.0, 7, 21.5, 40.0).encode()
+    recorded_reading = ClimateReading("pi-rec", 1_729_300_000.0, 7, 21.5, 40.0, "0123abcd")
+    reading = recorded_reading.encode()
     recorded = [
         RecordedMessage(100.0, "sensors/pi-rec/climate", reading),
         RecordedMessage(100.5, "predictions/pi-rec/forecast", b"{}"),
@@ -92,8 +93,15 @@ def test_recording_replay_is_byte_exact_with_scaled_gaps_and_skips_predictions(
                     confirm=False)
     assert (result.sent, result.acknowledged) == (3, 3)
     got = arrivals(listener, 3)
+    # The same messages, each valid one under the replay's own spool id (a replay is a
+    # numbering of its own); a malformed one byte for byte.
+    spools = {ClimateReading.decode(m.payload).spool for _, m in got if m.topic.endswith("e")}
+    assert len(spools) == 1 and None not in spools and "0123abcd" not in spools
+    replay_spool = spools.pop()
     assert [(m.topic, m.payload) for _, m in got] == [
-        (m.topic, m.payload) for m in recorded if m.topic.startswith("sensors/")]
+        (recorded[0].topic, dataclasses.replace(recorded_reading, spool=replay_spool).encode()),
+        (recorded[2].topic, recorded[2].payload),
+        (recorded[3].topic, dataclasses.replace(recorded_reading, spool=replay_spool).encode())]
     gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(got)]
     assert gaps == pytest.approx([0.2, 0.2], abs=0.1)
 

@@ -72,6 +72,9 @@ UNKNOWN_LABEL = "unknown"
 _JSON: TypeAlias = Any
 _LABEL_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 _BASE64URL_PATTERN = re.compile(r"[A-Za-z0-9_-]*")
+# A node's spool id: made with its spool, so it changes exactly when the node's numbering
+# starts again (a new SD card, a deleted spool, each replay).
+_SPOOL_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 
 
 # --- JSON helpers -------------------------------------------------------------------------------
@@ -162,13 +165,26 @@ def _node_id(value: object, name: str = "node_id") -> str:
     return validate_id(value)
 
 
-def _object(document: _JSON, what: str, required: set[str]) -> dict[str, _JSON]:
+def _spool_id(value: object, name: str = "spool") -> str:
+    return _text(value, name, _SPOOL_PATTERN)
+
+
+def _optional_spool(value: object) -> str | None:
+    return None if value is None else _spool_id(value)
+
+
+def _spool_record(spool: str | None) -> list[dict[str, _JSON]]:
+    return [] if spool is None else [{"n": "spool", "vs": spool}]
+
+
+def _object(document: _JSON, what: str, required: set[str],
+            optional: frozenset[str] | set[str] = frozenset()) -> dict[str, _JSON]:
     if not isinstance(document, dict):
         raise PayloadError(f"{what} must be a JSON object, not {type(document).__name__}")
     missing = required - document.keys()
     if missing:
         raise PayloadError(f"{what} lacks {', '.join(sorted(missing))}")
-    unknown = document.keys() - required
+    unknown = document.keys() - required - optional
     if unknown:
         raise PayloadError(f"{what} has unknown keys {', '.join(sorted(unknown))}")
     return document
@@ -199,10 +215,17 @@ class _SenmlPack:
             raise PayloadError(f"'{name}' record must carry exactly one value in '{key}'")
         return record[key]
 
-    def expect_names(self, names: set[str]) -> None:
-        unknown = self.records.keys() - names
+    def expect_names(self, names: set[str],
+                     optional: frozenset[str] | set[str] = frozenset()) -> None:
+        unknown = self.records.keys() - names - optional
         if unknown:
             raise PayloadError(f"SenML pack has unexpected records {', '.join(sorted(unknown))}")
+
+    def spool(self) -> str | None:
+        """The optional ``spool`` record (a node without one numbers as before spool ids)."""
+        if "spool" not in self.records:
+            return None
+        return _spool_id(self.value("spool", "vs"))
 
 
 def _base_name(node_id: str) -> str:
@@ -263,7 +286,9 @@ class ClimateReading:
     """One temperature/humidity reading of a node.
 
     ``time`` is seconds since the epoch (UTC), ``temperature`` °C, ``humidity`` %RH,
-    ``seq`` the node's own counter, so the collector can see gaps and duplicates.
+    ``seq`` the node's own counter, so the collector can see gaps and duplicates, and
+    ``spool`` the id of the numbering it belongs to (made with the node's spool; None: a node
+    from before spool ids).
     """
 
     node_id: str
@@ -271,6 +296,7 @@ class ClimateReading:
     seq: int
     temperature: float
     humidity: float
+    spool: str | None = None
 
     kind: ClassVar[SensorKind] = SensorKind.CLIMATE
 
@@ -284,6 +310,7 @@ class ClimateReading:
             _number(self.temperature, "temperature", MIN_TEMPERATURE_C, MAX_TEMPERATURE_C),
         )
         object.__setattr__(self, "humidity", _number(self.humidity, "humidity", 0.0, 100.0))
+        _optional_spool(self.spool)
 
     def encode(self) -> bytes:
         return _dump_json(
@@ -297,19 +324,21 @@ class ClimateReading:
                 },
                 {"n": "humidity", "u": UNIT_RELATIVE_HUMIDITY, "v": self.humidity},
                 {"n": "seq", "v": self.seq},
+                *_spool_record(self.spool),
             ]
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         pack = _parse_senml(payload, MAX_CLIMATE_PAYLOAD_BYTES, "climate")
-        pack.expect_names({"temperature", "humidity", "seq"})
+        pack.expect_names({"temperature", "humidity", "seq"}, optional={"spool"})
         return cls(
             node_id=pack.node_id,
             time=pack.time,
             seq=pack.value("seq", "v"),
             temperature=pack.value("temperature", "v", UNIT_CELSIUS),
             humidity=pack.value("humidity", "v", UNIT_RELATIVE_HUMIDITY),
+            spool=pack.spool(),
         )
 
 
@@ -368,6 +397,7 @@ class AudioClip(_Samples):
     seq: int
     sample_rate: int
     pcm: bytes = field(repr=False)
+    spool: str | None = None  # as ClimateReading's
 
     kind: ClassVar[SensorKind] = SensorKind.AUDIO
 
@@ -376,13 +406,15 @@ class AudioClip(_Samples):
         object.__setattr__(self, "time", _timestamp(self.time))
         object.__setattr__(self, "seq", _integer(self.seq, "seq", 0, MAX_SEQ))
         self._check_samples("clip", "audio")
+        _optional_spool(self.spool)
 
     @classmethod
     def from_samples(
-        cls, node_id: str, time: float, seq: int, sample_rate: int, samples: np.ndarray
+        cls, node_id: str, time: float, seq: int, sample_rate: int, samples: np.ndarray,
+        spool: str | None = None,
     ) -> Self:
         """Build a clip from a one-dimensional int16 array (no silent conversion from float)."""
-        return cls(node_id, time, seq, sample_rate, _pcm(samples, "audio"))
+        return cls(node_id, time, seq, sample_rate, _pcm(samples, "audio"), spool)
 
     def encode(self) -> bytes:
         return _dump_json(
@@ -398,13 +430,15 @@ class AudioClip(_Samples):
                 {"n": "channels", "v": 1},
                 {"n": "duration", "u": UNIT_SECOND, "v": self.duration},
                 {"n": "seq", "v": self.seq},
+                *_spool_record(self.spool),
             ]
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         pack = _parse_senml(payload, MAX_AUDIO_PAYLOAD_BYTES, "audio")
-        pack.expect_names({"audio", "sample_rate", "sample_format", "channels", "duration", "seq"})
+        pack.expect_names({"audio", "sample_rate", "sample_format", "channels", "duration", "seq"},
+                          optional={"spool"})
         sample_format = _text(pack.value("sample_format", "vs"), "sample_format")
         if sample_format != SAMPLE_FORMAT:
             raise PayloadError(f"{sample_format[:20]!r} is not supported; only {SAMPLE_FORMAT!r}",
@@ -419,6 +453,7 @@ class AudioClip(_Samples):
             seq=pack.value("seq", "v"),
             sample_rate=pack.value("sample_rate", "v", UNIT_HERTZ),
             pcm=_decode_base64url(encoded),
+            spool=pack.spool(),
         )
         stated = _number(pack.value("duration", "v", UNIT_SECOND), "duration", 0.0,
                          MAX_CLIP_SECONDS)
@@ -729,7 +764,9 @@ class Confirmation:
     A node keeps what it sent until a confirmation covers it, sends no more than a window
     ahead of the confirmations, and sends again what stays uncovered: a broker that dies
     between its PUBACK and its disk, or drops a message from a full queue, loses it otherwise
-    (docs/security.md, "Crashes" and "Flow control").
+    (docs/security.md, "Crashes" and "Flow control"). ``spool`` names the numbering the ranges
+    belong to (the node's spool id; None: a node that sends none): a node ignores what was
+    confirmed of another numbering.
     """
 
     node_id: str
@@ -738,6 +775,7 @@ class Confirmation:
     seq: int
     taken: tuple[tuple[int, int], ...]
     time: float
+    spool: str | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.node_id)
@@ -749,17 +787,22 @@ class Confirmation:
             raise PayloadError(f"seq {self.seq} is not the highest of taken "
                                f"({self.taken[-1][1]})")
         object.__setattr__(self, "time", _timestamp(self.time))
+        _optional_spool(self.spool)
 
     def encode(self) -> bytes:
+        spool = {} if self.spool is None else {"spool": self.spool}
         return _dump_json({"node_id": self.node_id, "collector_id": self.collector_id,
                            "kind": self.kind, "seq": self.seq,
-                           "taken": [list(pair) for pair in self.taken], "time": self.time})
+                           "taken": [list(pair) for pair in self.taken], "time": self.time,
+                           **spool})
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         document = _object(_parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "confirmation"),
                            "confirmation", {"node_id", "collector_id", "kind", "seq", "taken",
-                                            "time"})
+                                            "time"}, optional={"spool"})
+        if "spool" in document:
+            _spool_id(document["spool"])  # present, so not null
         return cls(**document)
 
 
@@ -805,6 +848,10 @@ class NodeDiagnostics:
     sound_events_dropped: int  # the microphone's queue was full
     sent: int
     sent_again: int
+    # The numbering its messages carry (its spool id) and when it began: a new one means the
+    # node started counting again (a new SD card, a deleted spool). None: an older node.
+    spool: str | None = None
+    spool_created: float | None = None
 
     _COUNTS: ClassVar[tuple[str, ...]] = (
         "spool_waiting", "unconfirmed", "spool_dropped", "failed_reads", "sound_events",
@@ -815,15 +862,25 @@ class NodeDiagnostics:
         object.__setattr__(self, "time", _timestamp(self.time))
         for name in self._COUNTS:
             _integer(getattr(self, name), name, 0, MAX_SEQ)
+        _optional_spool(self.spool)
+        if self.spool_created is not None:
+            object.__setattr__(self, "spool_created", _timestamp(self.spool_created,
+                                                                 "spool_created"))
 
     def encode(self) -> bytes:
+        spool: dict[str, _JSON] = {} if self.spool is None else {"spool": self.spool}
+        if self.spool_created is not None:
+            spool["spool_created"] = self.spool_created
         return _dump_json({"node_id": self.node_id, "time": self.time,
-                           **{name: getattr(self, name) for name in self._COUNTS}})
+                           **{name: getattr(self, name) for name in self._COUNTS}, **spool})
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         document = _object(_parse_json(payload, MAX_RESULT_PAYLOAD_BYTES, "diagnostics"),
-                           "diagnostics", {"node_id", "time", *cls._COUNTS})
+                           "diagnostics", {"node_id", "time", *cls._COUNTS},
+                           optional={"spool", "spool_created"})
+        if "spool" in document:
+            _spool_id(document["spool"])
         return cls(**document)
 
 
