@@ -22,6 +22,7 @@ import numpy as np
 from tinyml_core.errors import ModelLoadError, PayloadError
 from tinyml_core.keywords import ScanSettings, find_keywords
 from tinyml_core.messages import (
+    CLIP,
     UNKNOWN_LABEL,
     AudioClip,
     ClimateReading,
@@ -484,7 +485,8 @@ class Inference:
             if spotter is not self.spotter and self.enrollments is not None else None
         version = version_of(spotter, enrolled)
         started = time.perf_counter()
-        detections, scanned = find_keywords(spotter, clip.samples, clip.sample_rate, self.scan)
+        detections, scanned = find_keywords(spotter, clip.samples, clip.sample_rate, self.scan,
+                                            clip=clip.capture == CLIP)
         latency_ms = (time.perf_counter() - started) * 1000
         labels = spotter.labels
         out = []

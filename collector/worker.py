@@ -156,9 +156,12 @@ class Worker:
         windows = f"{smoothing_in_force(scan, spotter)} windows"
         if whose(scan.smoothing) != whose(scan.threshold):  # else said once, for both
             windows += f" ({whose(scan.smoothing)})"
+        threshold = f"{threshold_in_force(scan, spotter):g}"
+        clip_threshold = threshold_in_force(scan, spotter, clip=True)
+        if f"{clip_threshold:g}" != threshold:
+            threshold += f" for sound events, {clip_threshold:g} for single clips"
         return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
-                f"{threshold_in_force(scan, spotter):g} ({whose(scan.threshold)}), smoothed "
-                f"over {windows}")
+                f"{threshold} ({whose(scan.threshold)}), smoothed over {windows}")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""

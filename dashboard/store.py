@@ -27,6 +27,7 @@ import numpy as np
 
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
+    UNKNOWN_LABEL,
     Availability,
     ClimateReading,
     ErrorRecord,
@@ -163,9 +164,11 @@ class History:
         return {"kind": "forecast", "node_id": node.node_id, **_forecast(key, node.forecasts[key])}
 
     def _keyword(self, node: NodeHistory, result: KeywordResult) -> dict[str, Any] | None:
+        closest, probability = result.closest  # for "unknown": the word that came closest
         return _logged(node, "keyword", node.keywords, {
             "time": result.input_time, "label": result.label, "model": result.model,
-            "probability": result.probability})
+            "probability": result.probability if result.label != UNKNOWN_LABEL else probability,
+            "closest": closest if result.label == UNKNOWN_LABEL else None})
 
     def _error(self, node: NodeHistory, record: ErrorRecord) -> dict[str, Any] | None:
         event = _logged(node, "error", node.errors, {

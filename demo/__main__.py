@@ -39,6 +39,7 @@ from tinyml_core.cli import (
 from tinyml_core.config import BrokerConfig
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
+    CLIP,
     UNKNOWN_LABEL,
     AudioClip,
     Availability,
@@ -111,8 +112,8 @@ def said(spoken: str | None) -> str:
     return f"the sample says '{spoken}'"
 
 
-def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str],
-             keywords: tuple[str, ...] = ()) -> str | None:
+def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, str]
+             ) -> str | None:
     """One readable line per message, or None to keep the output short."""
     try:
         message = decode_message(inbound.topic, inbound.payload)
@@ -147,12 +148,9 @@ def describe(inbound: InboundMessage, counts: Counter[str], words: dict[float, s
         kind = "others" if spoken == UNKNOWN_LABEL else "keywords"
         counts[kind] += 1
         counts[f"{kind} right"] += message.label == spoken
-        # For 'unknown', the word that came closest (the model's own unknown and silence
-        # classes are no word); ``keywords`` are the spotter's.
-        candidates = [w for w in keywords if w in message.probabilities] or \
-            list(message.probabilities)
-        closest = max(candidates, key=message.probabilities.__getitem__)
-        why = f"closest '{closest}' {message.probabilities[closest]:.0%}" \
+        # For 'unknown', the word that came closest.
+        closest, probability = message.closest
+        why = f"closest '{closest}' {probability:.0%}" \
             if message.label == UNKNOWN_LABEL else f"{message.probability:.0%}"
         return (f"{inbound.topic:<30} {message.model}: '{message.label}' "
                 f"({why}, {message.latency_ms:.2f} ms)"
@@ -235,8 +233,6 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
         collector, collector_thread = start_collector(config, models,
                                                       Path(scratch) / "enrolled.json")
         print(f"collector: {collector.models_line()}")
-        spotter = collector.inference.spotter
-        keywords = spotter.contract.keywords if spotter is not None else ()
         node = MqttClient(config, node_id).connect()
         result = ReplayResult()
 
@@ -257,7 +253,7 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
             if inbound is None:
                 continue
             quiet_since = time.monotonic()
-            line = describe(inbound, counts, words, keywords)
+            line = describe(inbound, counts, words)
             if line:
                 print(line, flush=True)
         elapsed = time.monotonic() - started
@@ -302,8 +298,10 @@ def show_enrollment(config: BrokerConfig, node_id: str, collector: Worker,
     with MqttClient(config, f"{node_id}-sam", publish_availability=False) as node:
 
         def say_go() -> KeywordResult | None:
-            seq = (collector.inference.confirmations.highest(node_id, "audio") or 0) + 1
-            clip = AudioClip.from_samples(node_id, time.time(), seq, rate, audio)
+            book = collector.inference.confirmations  # the replay's numbering, carried on
+            seq = (book.highest(node_id, "audio") or 0) + 1
+            clip = AudioClip.from_samples(node_id, time.time(), seq, rate, audio,
+                                          book.current_spool(node_id, "audio"), CLIP)
             node.publish(audio_topic(node_id), clip.encode()).wait(5)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:

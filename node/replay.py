@@ -29,6 +29,7 @@ import numpy as np
 
 from tinyml_core.errors import MqttError, PayloadError, SubscriptionRefused
 from tinyml_core.messages import (
+    CLIP,
     AudioClip,
     ClimateReading,
     decode_sensor_message,
@@ -134,7 +135,8 @@ def items_from_climate_csv(path: Path | str, node_id: str, first_seq: int = 0) -
 
 def items_from_audio_dir(directory: Path | str, node_id: str, start_time: float,
                          first_seq: int = 0) -> list[ReplayItem]:
-    """One clip per ``<word>/*.wav``, ``CLIP_SPACING_S`` apart from ``start_time`` on."""
+    """One clip per ``<word>/*.wav``, ``CLIP_SPACING_S`` apart from ``start_time`` on, each
+    sent as one utterance (``capture`` "clip"), not as a microphone's sound event."""
     paths = sorted(Path(directory).glob("*/*.wav"))
     if not paths:
         raise RecordingError(f"{directory}: no <word>/*.wav files")
@@ -143,7 +145,7 @@ def items_from_audio_dir(directory: Path | str, node_id: str, start_time: float,
         rate, samples = read_wav(path)
         try:
             clip = AudioClip.from_samples(node_id, start_time + index * CLIP_SPACING_S,
-                                          first_seq + index, rate, samples)
+                                          first_seq + index, rate, samples, capture=CLIP)
         except PayloadError as error:
             raise RecordingError(f"{path}: {error}") from None
         items.append(ReplayItem(clip.time, sensor_message_topic(clip), clip.encode(),

@@ -77,13 +77,18 @@ def test_a_node_page_shows_the_chart_and_a_keyword_arriving_live(
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-temperature path.measured")
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-temperature path.forecast")
     assert wait_for(lambda: browser.find_element(By.ID, "connection").text == "live")
-    assert "go" not in keyword_words(browser)
+    assert not any("go" in words for words in keyword_words(browser))
     # Published only now that the page is listening: it can only arrive live.
     keyword = KeywordResult("pi-kitchen", "kws_b", "1+abc", T0 + 4000, 1.0, 0.1, "go",
                             {"go": 0.93, "no": 0.07})
     assert collector.publish(prediction_topic("pi-kitchen", PredictionKind.KEYWORD),
                              keyword.encode()).wait(5)
-    assert wait_for(lambda: "go" in keyword_words(browser)), "the keyword did not arrive live"
+    assert wait_for(lambda: "go 93 %" in keyword_words(browser)), "the keyword did not arrive"
+    unknown = KeywordResult("pi-kitchen", "kws_e", "1+abc", T0 + 4010, 1.0, 0.1, "unknown",
+                            {"go": 0.62, "no": 0.08, "unknown": 0.3})
+    assert collector.publish(prediction_topic("pi-kitchen", PredictionKind.KEYWORD),
+                             unknown.encode()).wait(5)
+    assert wait_for(lambda: "unknown, closest go 62 %" in keyword_words(browser))
     # The hostile topic is shown as text: no script ran, no element was made of it.
     cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#errors td")]
     assert HOSTILE in cells

@@ -80,6 +80,18 @@ def test_a_message_heard_twice_is_kept_once() -> None:
     assert len(node["forecasts"]) == 1 and len(node["keywords"]) == 1
 
 
+def test_an_unknown_sound_is_logged_with_the_word_that_came_closest() -> None:
+    history = History()
+    unknown = KeywordResult("pi-1", "kws_e", "1+abc", T0, 1.0, 0.1, "unknown",
+                            {"go": 0.62, "no": 0.08, "unknown": 0.25, "silence": 0.05})
+    history.add(prediction_topic("pi-1", PredictionKind.KEYWORD), unknown.encode())
+    history.add(*keyword("pi-1", T0 + 5, "yes"))
+    node = history.node("pi-1")
+    assert node is not None
+    assert [(k["label"], k["closest"], k["probability"]) for k in node["keywords"]] == [
+        ("unknown", "go", 0.62), ("yes", None, 0.9)]
+
+
 def test_nodes_and_other_clients_and_what_does_not_decode() -> None:
     history = History()
     history.add("status/collector-1", Availability.ONLINE.encode())

@@ -95,6 +95,11 @@ class FrontEnd:
         audio = resample(audio, sample_rate, self.params.sample_rate)
         return self.mfcc(fit_length(audio, self.params.clip_samples))
 
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        """A keyword model's frames of float audio at its rate: here, MFCCs (the speech
+        embedding's front end answers the same call with its vectors)."""
+        return self.mfcc(audio)
+
     def mfcc(self, audio: np.ndarray) -> np.ndarray:
         """MFCCs of float audio already at the model's rate (any length ≥ one frame)."""
         p = self.params

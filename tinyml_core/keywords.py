@@ -101,18 +101,22 @@ def smoothing_in_force(settings: ScanSettings, spotter: KeywordSpotter) -> int:
     return settings.smoothing
 
 
-def threshold_in_force(settings: ScanSettings, spotter: KeywordSpotter) -> float:
-    """The settings' threshold, or the model's own (its manifest's) when they set none."""
+def threshold_in_force(settings: ScanSettings, spotter: KeywordSpotter,
+                       clip: bool = False) -> float:
+    """The settings' threshold, or the model's own (its manifest's) when they set none: for a
+    microphone's sound events, or (``clip``) for one utterance sent on its own."""
     if settings.threshold is None:
-        return spotter.contract.default_threshold
+        contract = spotter.contract
+        return contract.clip_threshold if clip else contract.default_threshold
     return settings.threshold
 
 
 def find_keywords(spotter: KeywordSpotter, samples: np.ndarray, sample_rate: int,
-                  settings: ScanSettings) -> tuple[list[Detection], Scan]:
+                  settings: ScanSettings, clip: bool = False) -> tuple[list[Detection], Scan]:
     """Scan one event (int16 or float audio at any rate) and decide: the detections, and
-    the scan they were decided from."""
-    settings = replace(settings, threshold=threshold_in_force(settings, spotter),
+    the scan they were decided from. ``clip``: one utterance sent on its own (an audio
+    message's capture "clip"), decided with the model's clip threshold."""
+    settings = replace(settings, threshold=threshold_in_force(settings, spotter, clip),
                        smoothing=smoothing_in_force(settings, spotter))
     scan = spotter.scan(samples, sample_rate, settings.hop_s)
     return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.contract.keywords,

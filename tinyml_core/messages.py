@@ -68,6 +68,14 @@ UNIT_RELATIVE_HUMIDITY = "%RH"
 UNIT_HERTZ = "Hz"
 UNIT_SECOND = "s"
 UNKNOWN_LABEL = "unknown"
+# A keyword model's own classes for "no word" (other speech, noise): never a word said.
+NO_WORD_LABELS = frozenset({UNKNOWN_LABEL, "silence"})
+# What an audio message holds: a sound event a microphone cut from what it heard (the
+# default), or one utterance sent on its own (a button, a wake-word device, `node replay
+# --audio-dir`): a collector decides the two with different thresholds.
+SOUND_EVENT = "event"
+CLIP = "clip"
+CAPTURES = (SOUND_EVENT, CLIP)
 
 _JSON: TypeAlias = Any
 _LABEL_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
@@ -398,6 +406,7 @@ class AudioClip(_Samples):
     sample_rate: int
     pcm: bytes = field(repr=False)
     spool: str | None = None  # as ClimateReading's
+    capture: str = SOUND_EVENT  # or CLIP: one utterance sent on its own
 
     kind: ClassVar[SensorKind] = SensorKind.AUDIO
 
@@ -407,14 +416,17 @@ class AudioClip(_Samples):
         object.__setattr__(self, "seq", _integer(self.seq, "seq", 0, MAX_SEQ))
         self._check_samples("clip", "audio")
         _optional_spool(self.spool)
+        if self.capture not in CAPTURES:
+            raise PayloadError(f"{str(self.capture)[:20]!r} is not one of "
+                               f"{', '.join(CAPTURES)}", field="capture")
 
     @classmethod
     def from_samples(
         cls, node_id: str, time: float, seq: int, sample_rate: int, samples: np.ndarray,
-        spool: str | None = None,
+        spool: str | None = None, capture: str = SOUND_EVENT,
     ) -> Self:
         """Build a clip from a one-dimensional int16 array (no silent conversion from float)."""
-        return cls(node_id, time, seq, sample_rate, _pcm(samples, "audio"), spool)
+        return cls(node_id, time, seq, sample_rate, _pcm(samples, "audio"), spool, capture)
 
     def encode(self) -> bytes:
         return _dump_json(
@@ -431,6 +443,7 @@ class AudioClip(_Samples):
                 {"n": "duration", "u": UNIT_SECOND, "v": self.duration},
                 {"n": "seq", "v": self.seq},
                 *_spool_record(self.spool),
+                *([] if self.capture == SOUND_EVENT else [{"n": "capture", "vs": self.capture}]),
             ]
         )
 
@@ -438,7 +451,9 @@ class AudioClip(_Samples):
     def decode(cls, payload: bytes) -> Self:
         pack = _parse_senml(payload, MAX_AUDIO_PAYLOAD_BYTES, "audio")
         pack.expect_names({"audio", "sample_rate", "sample_format", "channels", "duration", "seq"},
-                          optional={"spool"})
+                          optional={"spool", "capture"})
+        capture = _text(pack.value("capture", "vs"), "capture") if "capture" in pack.records \
+            else SOUND_EVENT
         sample_format = _text(pack.value("sample_format", "vs"), "sample_format")
         if sample_format != SAMPLE_FORMAT:
             raise PayloadError(f"{sample_format[:20]!r} is not supported; only {SAMPLE_FORMAT!r}",
@@ -454,6 +469,7 @@ class AudioClip(_Samples):
             sample_rate=pack.value("sample_rate", "v", UNIT_HERTZ),
             pcm=_decode_base64url(encoded),
             spool=pack.spool(),
+            capture=capture,
         )
         stated = _number(pack.value("duration", "v", UNIT_SECOND), "duration", 0.0,
                          MAX_CLIP_SECONDS)
@@ -638,6 +654,15 @@ class KeywordResult(_PredictionHeader):
     def probability(self) -> float:
         """Probability of the chosen label (0 for ``unknown``)."""
         return self.probabilities.get(self.label, 0.0)
+
+    @property
+    def closest(self) -> tuple[str, float]:
+        """The word that came closest and its probability: for ``unknown``, what a person asks
+        ("unknown, closest go 62 %"); a model's own no-word classes are no word."""
+        words = {label: p for label, p in self.probabilities.items()
+                 if label not in NO_WORD_LABELS} or dict(self.probabilities)
+        word = max(words, key=words.__getitem__)
+        return word, words[word]
 
     def encode(self) -> bytes:
         return _dump_json(

@@ -25,12 +25,15 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from .errors import ModelLoadError, TinyMLError
 from .frontend import FrontEnd, MfccParams, fit_length, resample, to_float
+
+if TYPE_CHECKING:
+    from .embedding import EmbeddingParams, SpeechEmbedding
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -154,11 +157,12 @@ class ForecastContract:
 
 @dataclass(frozen=True)
 class KeywordContract:
-    """Input: MFCCs of the front end, standardised per coefficient with ``mean``/``std``
-    (training-split statistics). Output: the probability of each label; an open-set model
-    also names the labels that mean "no keyword" (``unknown`` speech, ``silence``)."""
+    """Input: the front end's frames (MFCCs, or the pretrained speech embedding's vectors),
+    standardised per coefficient with ``mean``/``std`` (training-split statistics). Output:
+    the probability of each label; an open-set model also names the labels that mean "no
+    keyword" (``unknown`` speech, ``silence``)."""
 
-    front_end: MfccParams
+    front_end: MfccParams | EmbeddingParams
     mean: np.ndarray
     std: np.ndarray
     labels: tuple[str, ...]
@@ -168,6 +172,9 @@ class KeywordContract:
     default_threshold: float = DEFAULT_KEYWORD_THRESHOLD
     # Windows averaged before the threshold, chosen with it (benchmarks/kws_strangers.py).
     default_smoothing: int = DEFAULT_KEYWORD_SMOOTHING
+    # The threshold for one utterance sent on its own (an audio message's capture "clip"):
+    # tried once, not ten windows a second, so it may be lower; the stream's when none chosen.
+    clip_threshold: float = DEFAULT_KEYWORD_THRESHOLD
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -175,7 +182,7 @@ class KeywordContract:
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> KeywordContract:
-        front_end = MfccParams.from_dict(entry["input"]["front_end"])
+        front_end = front_end_params(entry["input"]["front_end"])
         normalization = entry["input"]["normalization"]
         mean = np.array(normalization["mean"], dtype=np.float32)
         std = np.array(normalization["std"], dtype=np.float32)
@@ -192,6 +199,12 @@ class KeywordContract:
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
                 or not 0 < threshold <= 1:
             raise ValueError(f"default_threshold {threshold!r} is not a probability in (0, 1]")
+        clip = entry.get("default_clip_threshold", {"value": threshold})
+        clip_threshold = clip.get("value", threshold) if isinstance(clip, dict) else None
+        if isinstance(clip_threshold, bool) or not isinstance(clip_threshold, int | float) \
+                or not 0 < clip_threshold <= 1:
+            raise ValueError(f"default_clip_threshold {clip_threshold!r} is not a probability "
+                             "in (0, 1]")
         smoothing = entry.get("default_smoothing", {})
         windows = smoothing.get("value", DEFAULT_KEYWORD_SMOOTHING) \
             if isinstance(smoothing, dict) else None
@@ -199,7 +212,7 @@ class KeywordContract:
             raise ValueError(f"default_smoothing {windows!r} is not 1-20 windows")
         return cls(front_end=front_end, mean=mean, std=std, labels=labels,
                    not_keywords=not_keywords, default_threshold=float(threshold),
-                   default_smoothing=windows)
+                   default_smoothing=windows, clip_threshold=float(clip_threshold))
 
 
 # ---------------------------------------------------------------- interpreter
@@ -354,8 +367,11 @@ class TfliteModel:
     (an enrolled node's keyword model) are made so."""
 
     def __init__(self, model_bytes: bytes, name: str = "model", num_threads: int = 1,
-                 embedding: bool = False) -> None:
+                 embedding: bool = False, input_shape: Sequence[int] | None = None) -> None:
         self.name = name
+        # Inputs of any shape (the speech embedding's mel model takes any number of samples;
+        # it is allocated for ``input_shape`` first, as its stored [1, 1] cannot be).
+        self.flexible = input_shape is not None
         options = {"experimental_preserve_all_tensors": True} if embedding else {}
         try:
             with _runtime_notice_hidden(), warnings.catch_warnings():
@@ -363,6 +379,9 @@ class TfliteModel:
                 warnings.simplefilter("ignore", UserWarning)
                 self._interpreter = interpreter_class()(model_content=model_bytes,
                                                         num_threads=num_threads, **options)
+                if input_shape is not None:
+                    self._interpreter.resize_tensor_input(
+                        self._interpreter.get_input_details()[0]["index"], list(input_shape))
                 self._interpreter.allocate_tensors()
         except TinyMLError:
             raise
@@ -424,10 +443,11 @@ class TfliteModel:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.shape[1:] != self.input_shape[1:]:
+        if batch.shape[1:] != self.input_shape[1:] and not self.flexible:
             raise ModelLoadError(f"{self.name}: input of shape {batch.shape[1:]}, the model "
                                  f"takes {self.input_shape[1:]}")
-        if len(batch) != self._batch:
+        if len(batch) != self._batch or (self.flexible and batch.shape != self.input_shape):
+            self.input_shape = tuple(int(d) for d in batch.shape)
             self._interpreter.resize_tensor_input(self._input["index"], batch.shape)
             self._interpreter.allocate_tensors()
             self._input = self._interpreter.get_input_details()[0]
@@ -446,7 +466,7 @@ def load_model_bytes(models_dir: Path | str, name: str,
     """The decompressed .tflite of ``name`` after checking its size and sha256."""
     directory = Path(models_dir)
     entry = entry if entry is not None else _entry(directory, name)
-    path, compressed = _checked_file(directory, name, "model", entry.get("file"), MODEL_SUFFIX,
+    path, compressed = checked_file(directory, name, "model", entry.get("file"), MODEL_SUFFIX,
                                      MAX_MODEL_BYTES, entry.get("sha256"))
     try:
         return zlib.decompress(compressed)
@@ -454,7 +474,7 @@ def load_model_bytes(models_dir: Path | str, name: str,
         raise ModelLoadError(f"{name}: {path} is not zlib data ({exc})") from None
 
 
-def _checked_file(directory: Path, name: str, what: str, file_name: object, suffix: str,
+def checked_file(directory: Path, name: str, what: str, file_name: object, suffix: str,
                   max_bytes: int, sha256: object) -> tuple[Path, bytes]:
     """The bytes of a file a manifest entry names (a plain name in ``directory`` ending in
     ``suffix``), refused unless its size and sha256 are what the manifest says."""
@@ -539,13 +559,23 @@ class Scan(NamedTuple):
 
 
 class KeywordSpotter:
-    """A keyword model with its front end: a clip at any rate in, label probabilities out."""
+    """A keyword model with its front end: a clip at any rate in, label probabilities out.
+
+    The front end is of either kind: MFCCs computed here, or the pretrained speech
+    embedding (``front_end``, made by :func:`load_keyword_spotter` from its files)."""
 
     def __init__(self, name: str, entry: dict[str, Any], model: TfliteModel,
-                 head: ClassifierHead | None = None) -> None:
+                 head: ClassifierHead | None = None,
+                 front_end: FrontEnd | SpeechEmbedding | None = None) -> None:
         self.contract = _contract(name, entry, KEYWORD_TASK, "keyword spotter",
                                   KeywordContract.from_entry)
-        self.front_end = FrontEnd(self.contract.front_end)
+        params = self.contract.front_end
+        if front_end is None:
+            if not isinstance(params, MfccParams):
+                raise ModelLoadError(f"{name}: its front end ({params.kind}) is loaded from "
+                                     "its files: use load_keyword_spotter")
+            front_end = FrontEnd(params)
+        self.front_end: FrontEnd | SpeechEmbedding = front_end
         _check_shape(name, "input", model.input_shape, self.contract.front_end.feature_shape)
         _check_shape(name, "output", model.output_shape, (len(self.contract.labels),))
         if head is not None and (model.head is None
@@ -558,12 +588,12 @@ class KeywordSpotter:
 
     def with_head(self, head: ClassifierHead | None) -> KeywordSpotter:
         """The same model and front end answering with ``head`` (None: the model's own)."""
-        return KeywordSpotter(self.name, self.entry, self.model, head)
+        return KeywordSpotter(self.name, self.entry, self.model, head, self.front_end)
 
     def features(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """The model's input for one clip: standardised MFCCs."""
-        mfcc = self.front_end(samples, sample_rate)
-        standardized: np.ndarray = (mfcc - self.contract.mean) / self.contract.std
+        """The model's input for one clip: its standardised frames."""
+        frames = self.front_end(samples, sample_rate)
+        standardized: np.ndarray = (frames - self.contract.mean) / self.contract.std
         return standardized
 
     def classify_features(self, features: np.ndarray) -> np.ndarray:
@@ -600,7 +630,7 @@ class KeywordSpotter:
         audio = resample(to_float(samples), sample_rate, params.sample_rate)
         if len(audio) < params.clip_samples:
             audio = fit_length(audio, params.clip_samples)
-        frames = (self.front_end.mfcc(audio) - self.contract.mean) / self.contract.std
+        frames = (self.front_end.frames(audio) - self.contract.mean) / self.contract.std
         hop = max(1, round(hop_s * params.sample_rate / params.frame_step))
         last = len(frames) - params.num_frames
         starts = list(range(0, last + 1, hop))
@@ -629,7 +659,22 @@ def load_keyword_spotter(models_dir: Path | str, name: str, num_threads: int = 1
     entry = _entry(Path(models_dir), name)
     model = TfliteModel(load_model_bytes(models_dir, name, entry), name, num_threads,
                         embedding)
-    return KeywordSpotter(name, entry, model)
+    params = _contract(name, entry, KEYWORD_TASK, "keyword spotter",
+                       KeywordContract.from_entry).front_end
+    if isinstance(params, MfccParams):
+        return KeywordSpotter(name, entry, model)
+    from .embedding import load_speech_embedding
+
+    return KeywordSpotter(name, entry, model, front_end=load_speech_embedding(models_dir, params))
+
+
+def front_end_params(data: dict[str, Any]) -> MfccParams | EmbeddingParams:
+    """A manifest's (or recipe's) front end: MFCCs, or ``kind = "speech_embedding"``."""
+    if data.get("kind", "mfcc") == "mfcc":
+        return MfccParams.from_dict({k: v for k, v in data.items() if k != "kind"})
+    from .embedding import EmbeddingParams
+
+    return EmbeddingParams.from_dict(data)
 
 
 ANCHORS_SUFFIX = ".anchors.npz"
@@ -649,7 +694,7 @@ def load_anchors(models_dir: Path | str, name: str) -> tuple[np.ndarray, np.ndar
         return None
     if not isinstance(anchors, dict):
         raise ModelLoadError(f"{name}: manifest's anchors are not a table")
-    path, data = _checked_file(directory, name, "anchors", anchors.get("file"), ANCHORS_SUFFIX,
+    path, data = checked_file(directory, name, "anchors", anchors.get("file"), ANCHORS_SUFFIX,
                                MAX_ANCHORS_BYTES, anchors.get("sha256"))
     if anchors.get("model_sha256") != entry.get("sha256"):
         raise ModelLoadError(f"{name}: {path} was made for another build of the model")

@@ -1,4 +1,4 @@
-"""``python -m training.build forecast_a|forecast_b|kws_a|kws_b|kws_c|all``
+"""``python -m training.build forecast_a|forecast_b|kws_a|kws_b|kws_c|kws_e|all``
 
 Trains each model from its recipe (config/recipes.toml), compresses it, writes
 ``models/<name>.tflite.zlib`` and its manifest entry, measures the shipped file on the test
@@ -27,13 +27,16 @@ log = logging.getLogger("training.build")
 
 FORECASTERS = ("forecast_a", "forecast_b")
 KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c")
+# On the pretrained speech embedding (its two files come from a pinned wheel).
+EMBEDDING_MODELS = ("kws_e",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.build", description=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", choices=(*FORECASTERS, *KEYWORD_MODELS, "forecast", "kws", "all"),
+    parser.add_argument("target", choices=(*FORECASTERS, *KEYWORD_MODELS, *EMBEDDING_MODELS,
+                                           "forecast", "kws", "all"),
                         help="model to build; 'forecast', 'kws' or 'all' for several")
     parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="output folder for the models and manifest.json (default: models/)")
@@ -71,8 +74,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def targets(target: str) -> tuple[str, ...]:
-    return {"all": (*FORECASTERS, *KEYWORD_MODELS), "forecast": FORECASTERS,
-            "kws": KEYWORD_MODELS}.get(target, (target,))
+    return {"all": (*FORECASTERS, *KEYWORD_MODELS, *EMBEDDING_MODELS), "forecast": FORECASTERS,
+            "kws": (*KEYWORD_MODELS, *EMBEDDING_MODELS)}.get(target, (target,))
 
 
 def with_epochs(recipe: Recipe, epochs: int | None) -> Recipe:

