@@ -57,6 +57,7 @@ from .settings import (
     CollectorOptions,
     enrollment_path,
     journal_path,
+    parse_node_keyword_models,
     parse_node_models,
     parse_partition,
     scan_settings,
@@ -127,7 +128,8 @@ class Inference:
                  max_nodes: int = MAX_NODES, partition: tuple[int, int] = (1, 1),
                  rate_limit: NodeRateLimit | None = None,
                  node_models: dict[str, str] | None = None,
-                 confirmations: ConfirmationBook | None = None) -> None:
+                 confirmations: ConfirmationBook | None = None,
+                 node_keyword_models: dict[str, str] | None = None) -> None:
         self.forecasters: list[Forecaster] = []
         self.spotter: KeywordSpotter | None = None
         self.refused: dict[str, str] = {}
@@ -143,6 +145,18 @@ class Inference:
             except ModelLoadError as error:
                 self.refused[keyword_model] = str(error)
                 log.error("model refused: %s", error)
+        # Nodes answered by another keyword model than the default (one load per model).
+        self._node_spotters: dict[str, KeywordSpotter] = {}
+        loaded: dict[str, KeywordSpotter] = {} if self.spotter is None else \
+            {self.spotter.name: self.spotter}
+        for node_id, name in (node_keyword_models or {}).items():
+            try:
+                if name not in loaded:
+                    loaded[name] = load_keyword_spotter(models_dir, name)
+                self._node_spotters[node_id] = loaded[name]
+            except ModelLoadError as error:
+                self.refused[name] = str(error)
+                log.error("keyword model refused for node %s: %s", node_id, error)
         self.scan = scan or ScanSettings()
         self.repeated_keywords = 0  # words heard again in the overlap of two events
         # Per node: when and which word was last reported (events overlap in a long sound).
@@ -255,7 +269,9 @@ class Inference:
         inference = cls(options.models_dir, options.forecast_models, options.keyword_model,
                         scan_settings(options), partition=parse_partition(options.partition),
                         rate_limit=rate_limit,
-                        node_models=parse_node_models(options.node_models), confirmations=book)
+                        node_models=parse_node_models(options.node_models), confirmations=book,
+                        node_keyword_models=parse_node_keyword_models(
+                            options.node_keyword_models))
         inference.enrollment_file = enrollment_path(options)
         inference.use_enrollments(inference.enrollment_file)
         return inference
@@ -292,6 +308,11 @@ class Inference:
         """Whether this worker's partition forecasts ``node_id`` (a stable hash of the id)."""
         index, count = self.partition
         return count == 1 or zlib.crc32(node_id.encode()) % count == index - 1
+
+    @property
+    def node_keyword_models(self) -> dict[str, str]:
+        """Nodes answered by another keyword model than the default: {node: model}."""
+        return {node: spotter.name for node, spotter in self._node_spotters.items()}
 
     def discovery_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The forecasters' names and the keyword model's words (Home Assistant's entities)."""
@@ -478,11 +499,13 @@ class Inference:
         """One result per word found in the event, or one ``unknown`` when there is none.
         A word found again in the overlap of the next event (a long sound is cut with an
         overlap) is not reported twice."""
-        if self.spotter is None:
+        if self.spotter is None and clip.node_id not in self._node_spotters:
             return []
-        spotter = self._enrolled.get(clip.node_id, self.spotter)
-        enrolled = self.enrollments.nodes.get(clip.node_id) \
-            if spotter is not self.spotter and self.enrollments is not None else None
+        own = self._node_spotters.get(clip.node_id)
+        spotter = own or self._enrolled.get(clip.node_id, self.spotter)
+        assert spotter is not None
+        enrolled = self.enrollments.nodes.get(clip.node_id) if own is None \
+            and spotter is not self.spotter and self.enrollments is not None else None
         version = version_of(spotter, enrolled)
         started = time.perf_counter()
         detections, scanned = find_keywords(spotter, clip.samples, clip.sample_rate, self.scan,

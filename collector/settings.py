@@ -11,7 +11,7 @@ from tinyml_core.keywords import ScanSettings
 from tinyml_core.statefile import state_path
 
 FORECAST_MODELS = ("forecast_a", "forecast_b")
-KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c")
+KEYWORD_MODELS = ("kws_a", "kws_b", "kws_c", "kws_e")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class CollectorOptions:
                                            "in place of the one it was tuned from")
     keyword_model: str = setting("kws_b", "keyword spotter for audio clips",
                                  choices=KEYWORD_MODELS)
+    node_keyword_models: tuple[str, ...] = setting(
+        (), "NODE=MODEL: a node answered by another keyword model than keyword_model (e.g. "
+        "\"pi-kitchen=kws_e\"); such a node's enrollments, fitted to keyword_model, are not used")
     keyword_threshold: float = setting(0.0, "smoothed probability a word needs to be reported; "
                                        "below it the event's result is 'unknown'. 0: the "
                                        "model's own, chosen on streams of speakers it never "
@@ -85,16 +88,25 @@ class CollectorSettings:
     collector: CollectorOptions = setting(CollectorOptions(), "inference worker")
 
 
-def parse_node_models(entries: tuple[str, ...]) -> dict[str, str]:
-    """``("pi-kitchen=forecast_a.pi-kitchen", ...)`` → {node: model}."""
+def parse_node_models(entries: tuple[str, ...], key: str = "collector.node_models",
+                      example: str = "pi-kitchen=forecast_a.pi-kitchen",
+                      choices: tuple[str, ...] = ()) -> dict[str, str]:
+    """``("pi-kitchen=forecast_a.pi-kitchen", ...)`` → {node: model} (a model among
+    ``choices`` when given)."""
     mapping = {}
     for entry in entries:
         node, separator, model = entry.partition("=")
         if not separator or not node.strip() or not model.strip():
-            raise ConfigError(f"{entry!r} is not NODE=MODEL (e.g. pi-kitchen=forecast_a."
-                              "pi-kitchen)", key="collector.node_models")
+            raise ConfigError(f"{entry!r} is not NODE=MODEL (e.g. {example})", key=key)
+        if choices and model.strip() not in choices:
+            raise ConfigError(f"{model.strip()!r} is not one of {', '.join(choices)}", key=key)
         mapping[node.strip()] = model.strip()
     return mapping
+
+
+def parse_node_keyword_models(entries: tuple[str, ...]) -> dict[str, str]:
+    return parse_node_models(entries, "collector.node_keyword_models", "pi-kitchen=kws_e",
+                             KEYWORD_MODELS)
 
 
 def parse_partition(text: str) -> tuple[int, int]:

@@ -160,8 +160,10 @@ class Worker:
         clip_threshold = threshold_in_force(scan, spotter, clip=True)
         if f"{clip_threshold:g}" != threshold:
             threshold += f" for sound events, {clip_threshold:g} for single clips"
+        others = "".join(f"; {node} on {name}"
+                         for node, name in sorted(self.inference.node_keyword_models.items()))
         return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
-                f"{threshold} ({whose(scan.threshold)}), smoothed over {windows}")
+                f"{threshold} ({whose(scan.threshold)}), smoothed over {windows}{others}")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""

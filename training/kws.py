@@ -48,9 +48,11 @@ def features(front_end: AnyFrontEnd, audio: np.ndarray) -> np.ndarray:
         from tqdm import tqdm
 
         starts = range(0, len(audio), EMBEDDING_BATCH)
+        # A bar for the long draws, on a terminal only (disable=None: off when piped).
+        shown = tqdm(starts, desc="speech embedding", unit="batch", leave=False,
+                     disable=True if len(audio) < 1000 else None)
         return np.concatenate([front_end.batch(audio[start:start + EMBEDDING_BATCH])
-                               for start in tqdm(starts, desc="speech embedding", unit="batch",
-                                                 leave=False, disable=len(audio) < 1000)])
+                               for start in shown])
     return np.stack([front_end.mfcc(clip) for clip in audio])
 
 
@@ -152,6 +154,8 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
         self.on_epoch_end()
 
     def on_epoch_end(self) -> None:
+        if self._epoch >= int(self.recipe.train.get("epochs", 30)):
+            return  # after the last epoch (Keras calls this then too): nothing to draw
         if self.copies and len(self._drawn) >= self.copies:
             values, targets = self._drawn[self._epoch % self.copies]
             order = self.rng.permutation(len(targets))
@@ -160,9 +164,9 @@ class AugmentedFeatures(keras.utils.Sequence):  # type: ignore[misc]
             self.y = targets[order]
             return
         values, targets = self._draw()
+        self._epoch += 1
         if self.copies:
             self._drawn.append((values, targets))
-            self._epoch += 1
             log.info("%s: augmented copy %d of %d drawn", self.recipe.name, len(self._drawn),
                      self.copies)
         self.x = spec_augment(values, self.recipe.augment, self.rng)

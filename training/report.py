@@ -203,9 +203,14 @@ def keyword_section(entries: dict[str, dict[str, Any]], models_dir: Path) -> lis
     notes = []
     for name, entry in entries.items():
         front = entry["input"]["front_end"]
-        front_cells = (f"{front['sample_rate'] // 1000} kHz, {front['frame_length']}/"
-                       f"{front['frame_step']}, {front['num_mel_bins']} mel, "
-                       f"{front['num_coefficients']} MFCC")
+        if front.get("kind") == "speech_embedding":
+            front_cells = (f"{front['sample_rate'] // 1000} kHz, pretrained speech embedding "
+                           f"({front['window_embeddings']} x 96 every "
+                           f"{front['embedding_step_s'] * 1000:.0f} ms)")
+        else:
+            front_cells = (f"{front['sample_rate'] // 1000} kHz, {front['frame_length']}/"
+                           f"{front['frame_step']}, {front['num_mel_bins']} mel, "
+                           f"{front['num_coefficients']} MFCC")
         latency = entry.get("latency", {}).get("total_ms")
         lines.append("| " + " | ".join([
             f"**{name}**", front_cells, *_recipe_cells(entry["recipe"]),
