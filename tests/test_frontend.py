@@ -71,6 +71,9 @@ def test_int16_is_scaled_and_other_types_refused() -> None:
 def test_fit_length_pads_with_zeros_and_crops() -> None:
     assert fit_length(np.ones(3, np.float32), 5).tolist() == [1, 1, 1, 0, 0]
     assert fit_length(np.arange(8, dtype=np.float32), 5).tolist() == [0, 1, 2, 3, 4]
+    # Centred (the speech embedding's window is longer than a word): padded or cut evenly.
+    assert fit_length(np.ones(3, np.float32), 6, centered=True).tolist() == [0, 1, 1, 1, 0, 0]
+    assert fit_length(np.arange(8, dtype=np.float32), 4, centered=True).tolist() == [2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("params", [KWS_A, KWS_B], ids=["kws_a", "kws_b"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,6 +43,8 @@ class MfccParams:
     upper_hz: float
     num_coefficients: int
     clip_seconds: float = 1.0
+
+    centered: ClassVar[bool] = False  # a shorter clip is padded at its end (fit_length)
 
     def __post_init__(self) -> None:
         if not (0 < self.frame_step <= self.frame_length <= self.clip_samples):
@@ -164,11 +166,16 @@ def block_levels_dbfs(samples: np.ndarray, sample_rate: int, block_s: float = 0.
     return levels
 
 
-def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
-    """Zero-pad at the end or crop to exactly ``length`` samples."""
+def fit_length(audio: np.ndarray, length: int, centered: bool = False) -> np.ndarray:
+    """Zero-pad at the end or crop to exactly ``length`` samples; ``centered``: pad both ends
+    alike, or crop both (a front end whose window is longer than a word wants the word in its
+    middle: the speech embedding's)."""
     if len(audio) >= length:
-        return audio[:length]
-    return np.concatenate([audio, np.zeros(length - len(audio), dtype=audio.dtype)])
+        start = (len(audio) - length) // 2 if centered else 0
+        return audio[start:start + length]
+    before = (length - len(audio)) // 2 if centered else 0
+    return np.concatenate([np.zeros(before, dtype=audio.dtype), audio,
+                           np.zeros(length - len(audio) - before, dtype=audio.dtype)])
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

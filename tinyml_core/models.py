@@ -629,7 +629,7 @@ class KeywordSpotter:
         params = self.contract.front_end
         audio = resample(to_float(samples), sample_rate, params.sample_rate)
         if len(audio) < params.clip_samples:
-            audio = fit_length(audio, params.clip_samples)
+            audio = fit_length(audio, params.clip_samples, params.centered)
         frames = (self.front_end.frames(audio) - self.contract.mean) / self.contract.std
         hop = max(1, round(hop_s * params.sample_rate / params.frame_step))
         last = len(frames) - params.num_frames

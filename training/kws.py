@@ -346,8 +346,10 @@ def _prepare(recipe: Recipe, data: SpeechData, negatives: Negatives | None,
         if negatives is None:
             raise DataError(f"{recipe.name} is an open-set recipe: it needs the negatives")
         open_set = OpenSet.for_recipe(recipe, negatives, names)
-        unknown_train = negatives.word_audio("train", params.sample_rate, params.clip_samples)
-        unknown_val = negatives.word_audio("validation", params.sample_rate, params.clip_samples)
+        unknown_train = negatives.word_audio("train", params.sample_rate, params.clip_samples,
+                                             params.centered)
+        unknown_val = negatives.word_audio("validation", params.sample_rate,
+                                           params.clip_samples, params.centered)
         silence_val = silence_clips(negatives.noise_audio("validation", params.sample_rate),
                                     int(recipe.open_set.get("silence_validation", 200)),
                                     params.clip_samples, np.random.default_rng(recipe.seed))

@@ -96,9 +96,10 @@ class Negatives:
             raise DataError(f"{root}: needs words/<word>/*.wav and noise/*.wav")
         return cls(root, words, names, noise)
 
-    def word_audio(self, part: str, rate: int, length: int) -> np.ndarray:
+    def word_audio(self, part: str, rate: int, length: int, centered: bool = False
+                   ) -> np.ndarray:
         """[N, length] float32 at ``rate``, padded or cropped as the front end does."""
-        return np.stack([fit_length(resample(to_float(clip), clip_rate, rate), length)
+        return np.stack([fit_length(resample(to_float(clip), clip_rate, rate), length, centered)
                          for clip_rate, clip in self.words[part]])
 
     def noise_audio(self, part: str, rate: int) -> list[tuple[str, np.ndarray]]:

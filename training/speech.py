@@ -126,7 +126,8 @@ class SpeechData:
     def audio(self, part: str, params: MfccParams | EmbeddingParams) -> np.ndarray:
         """[N, clip samples] float32 at the model's rate, padded/cropped as the front end does."""
         return np.stack([fit_length(resample(to_float(clip), rate, params.sample_rate),
-                                    params.clip_samples) for rate, clip in self.clips[part]])
+                                    params.clip_samples, params.centered)
+                         for rate, clip in self.clips[part]])
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": "mini speech commands (Speech Commands, Pete Warden, Google, "
