@@ -142,6 +142,7 @@ class ConfirmationBook:
         self.gaps: dict[str, NodeGaps] = {}
         self._last_stream: tuple[str, str, str | None, _Stream] | None = None  # last looked up
         self._conflict_reported: dict[str, float] = {}  # node -> clock() of its last report
+        self._said_no_spool: set[str] = set()  # nodes warned of sending no spool id
         self.duplicates = 0
         self.restarts = 0  # numberings that started again (new spools of known nodes)
         self.conflicts = 0  # messages of a numbering that took turns with another
@@ -166,6 +167,12 @@ class ConfirmationBook:
         (``spool``). A message checked and not yet recorded (its answers on their way) counts
         as taken: a copy of it is a re-send, and the next number is no jump."""
         with self._lock:
+            if spool is None and node_id not in self._said_no_spool \
+                    and len(self._said_no_spool) < self.max_nodes:
+                self._said_no_spool.add(node_id)
+                log.warning("%s sends no spool id (a node from before them): if its numbering "
+                            "starts again (a new SD card, a deleted spool), its new messages "
+                            "are taken for repeats; update the node", node_id)
             restarted, conflict = self._turn_to(node_id, kind, spool, seq)
             stream = self._stream(node_id, kind, spool)
             if kind == SensorKind.AUDIO.value:

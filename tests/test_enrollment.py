@@ -437,3 +437,22 @@ def test_anchors_are_checked_against_the_manifest(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="another build of the model"):
         load_anchors(tmp_path, "kws_b")
     assert load_anchors(MODELS, "kws_a") is None  # no anchors: enrollment says how to make them
+
+
+def test_enrollment_works_on_the_pretrained_embedding_model(tmp_path: Path) -> None:
+    """`collector enroll` adapts kws_e's head as it adapts kws_b's last layer (numpy only)."""
+    from collector.inference import Inference
+    from collector.settings import CollectorOptions
+
+    config = config_file(tmp_path)
+    config.write_text(config.read_text() + 'keyword_model = "kws_e"\n')
+    code, out = run_enroll("kitchen", str(enroll_folder(tmp_path)), "--config", str(config))
+    assert code == 0, out
+    assert "enrolled ann on kitchen: 16 takes of 8 words" in out
+    options = CollectorOptions(models_dir=str(MODELS), state_path="", keyword_model="kws_e",
+                               enrollment_path=str(tmp_path / "enrolled.json"))
+    after = Inference.from_options(options)
+    assert after.spotter is not None and after.spotter.name == "kws_e"
+    takes = sorted((tmp_path / "ann" / "yes").glob("*.wav"))
+    (label, version), = keyword_answers(after, "kitchen", takes[:1])
+    assert label == "yes" and "+enrolled-" in version

@@ -92,11 +92,14 @@ def test_two_numberings_taking_turns_are_a_conflict_reported_once_an_interval() 
     assert "2 messages from two nodes under one id" in book.line()
 
 
-def test_a_node_without_spool_ids_keeps_todays_numbering_and_may_start_naming_one() -> None:
+def test_a_node_without_spool_ids_keeps_todays_numbering_and_may_start_naming_one(
+        caplog: pytest.LogCaptureFixture) -> None:
     book = ConfirmationBook()
     for seq in range(3):
+        book.check("old", "climate", seq, 0.0)
         book.record("old", "climate", seq, 0.0)
     assert not book.check("old", "climate", 2, 0.0).new
+    assert caplog.text.count("old sends no spool id") == 1  # said once
     taking = book.check("old", "climate", 3, 0.0, SPOOL_A)  # updated: its spool got an id
     assert taking.new and taking.restarted and not taking.conflict
 
