@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.settings import CollectorOptions, scan_settings  # noqa: E402
+from collector.settings import KEYWORD_MODELS, CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import threshold_in_force  # noqa: E402
 from tinyml_core.models import load_keyword_spotter  # noqa: E402
 from training.evaluate import evaluate_negatives  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> int:
         print(f"wrote {args.save_wav}")
     options = CollectorOptions()
     report = {}
-    for model in (("kws_a", "kws_b", "kws_c") if args.all else (args.model,)):
+    for model in (KEYWORD_MODELS if args.all else (args.model,)):
         spotter = load_keyword_spotter(args.models, model)
         base = scan_settings(options)
         default = threshold_in_force(base, spotter)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from collector.settings import KEYWORD_MODELS
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
 from tinyml_core.models import (
     ANCHORS_SUFFIX,
@@ -96,7 +97,7 @@ def write_anchors(models_dir: Path, name: str, embeddings: np.ndarray,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.anchors",
                                      description=__doc__.split("\n\n")[1].split("\n")[0])
-    parser.add_argument("model", choices=("kws_a", "kws_b", "kws_c"))
+    parser.add_argument("model", choices=KEYWORD_MODELS)
     parser.add_argument("--models", type=Path, default=None, help="default: models/")
     parser.add_argument("--count", type=int, default=1000, help="windows (default 1000)")
     parser.add_argument("--fold", type=int, nargs=2, metavar=("K", "N"),

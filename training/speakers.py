@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from collector.settings import KEYWORD_MODELS
 from tinyml_core.cli import add_logging_arguments, run_main, setup_logging
 from tinyml_core.errors import ConfigError
 
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    if args.record and args.model not in ("kws_a", "kws_b", "kws_c"):
+    if args.record and args.model not in KEYWORD_MODELS:
         parser.error(f"--record stores a shipped model's folds; {args.model} does not ship")
     if args.record and (args.augment or args.open_set or args.seed is not None
                         or args.household_takes):
