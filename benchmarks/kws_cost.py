@@ -99,7 +99,8 @@ def resident_kb(model: str, sound: np.ndarray) -> int:
             client.subscribe(prediction_topic("cost-node", PredictionKind.KEYWORD))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                clip = AudioClip.from_samples("cost-node", time.time(), 0, NODE_RATE, sound)
+                clip = AudioClip.from_samples("cost-node", time.time(), 0, NODE_RATE, sound,
+                                              spool="c0575c0575c0575c")
                 client.publish(audio_topic("cost-node"), clip.encode())
                 if client.receive(timeout=2.0) is not None:
                     break

@@ -231,7 +231,7 @@ def capture_events(stream: Stream, node_id: str = "stream",
     def publish(clips: list[Any]) -> None:
         for clip in clips:
             message = AudioClip.from_samples(node_id, clip.start_time, len(payloads),
-                                             clip.sample_rate, clip.samples)
+                                             clip.sample_rate, clip.samples, STREAM_SPOOL)
             payloads.append(message.encode())
 
     for page in stream.pages():
@@ -241,12 +241,16 @@ def capture_events(stream: Stream, node_id: str = "stream",
     return payloads
 
 
+STREAM_SPOOL = "5743a3005743a300"  # the stream's node numbers its events as one spool would
+
+
 class ScansOnce(KeywordSpotter):
     """A keyword spotter that scans each event once, however many thresholds are tried on it
     (the decision after the scan is the collector's own, run again per threshold)."""
 
     def __init__(self, spotter: KeywordSpotter) -> None:
-        super().__init__(spotter.name, spotter.entry, spotter.model, spotter.head)
+        super().__init__(spotter.name, spotter.entry, spotter.model, spotter.head,
+                         spotter.front_end)
         self._scans: dict[tuple[bytes, int, float], Scan] = {}
 
     def scan(self, samples: np.ndarray, sample_rate: int, hop_s: float = 0.1) -> Scan:
