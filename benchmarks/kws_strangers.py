@@ -407,6 +407,10 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
     entry = read_manifest(args.models)[args.model]
     validation = report["validation"]["at_default"]
+    scored = report["folds_scored"]
+    folds = f"{args.folds}" if len(scored) == args.folds else f"{len(scored)} of {args.folds}"
+    command = (f"benchmarks/kws_strangers.py --model {args.model}"
+               + "".join(f" --fold {fold}" for fold in scored if len(scored) < args.folds))
     if args.choose_default:
         # The rooms' numbers were measured at the default they had: gone with it.
         rooms = entry.get("strangers_in_rooms", {})
@@ -416,18 +420,16 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
         entry["default_smoothing"] = {
             "value": report["smoothing"],
             "chosen_on": "with the threshold, from 1, 3, 5 and 7 windows (see default_threshold)",
-            "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
-                       "--record"}
+            "command": f"{command} --choose-default --record"}
         entry["default_threshold"] = {
             "value": report["default_threshold"], "recall": validation["recall"],
             "false_accepts_per_hour": validation["false_accepts_per_hour"],
-            "chosen_on": (f"speaker-disjoint validation streams ({args.folds} speaker folds' "
+            "chosen_on": (f"speaker-disjoint validation streams ({folds} speaker folds' "
                           f"models, each on the validation half of the speakers it never "
                           f"heard: {report['validation']['speakers']} speakers, "
                           f"{report['validation']['minutes']:.0f} min): the most keywords "
                           f"found at <= {args.max_false_per_hour:g} false accepts an hour"),
-            "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
-                       "--record"}
+            "command": f"{command} --choose-default --record"}
         clip = report.get("clip_validation")
         entry["default_clip_threshold"] = {
             "value": report["default_clip_threshold"],
@@ -438,8 +440,7 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
                           f"answered right while >= {CLIP_OTHER_WORDS_UNKNOWN:.0%} of other words "
                           f"and >= {CLIP_NOISE_UNKNOWN:.0%} of noise crops stay unknown"
                           if clip else "none met the bar: the sound events' threshold"),
-            "command": f"benchmarks/kws_strangers.py --model {args.model} --choose-default "
-                       "--record"}
+            "command": f"{command} --choose-default --record"}
     # In simulated rooms, a result of its own beside the dry one (the defaults stay chosen on
     # the dry streams: the rooms are a model of a home, not a recording of one).
     entry["strangers" if args.rooms is None else "strangers_in_rooms"] = {
@@ -451,8 +452,7 @@ def record(args: argparse.Namespace, report: dict[str, Any]) -> None:
         "validation_at_default": validation, "singles": report["singles"],
         "default_clip_threshold": report["default_clip_threshold"],
         "singles_at_clip_default": report["singles_at_clip_default"],
-        "command": f"benchmarks/kws_strangers.py --model {args.model}"
-                   + (" --choose-default" if args.choose_default else "")
+        "command": command + (" --choose-default" if args.choose_default else "")
                    + (f" --rooms {args.rooms}" if args.rooms is not None else "") + " --record"}
     write_manifest_entry(args.models, args.model, entry)
     write_report(args.models, {})
