@@ -39,7 +39,6 @@ from tinyml_core.cli import (
 from tinyml_core.config import BrokerConfig
 from tinyml_core.errors import PayloadError
 from tinyml_core.messages import (
-    CLIP,
     UNKNOWN_LABEL,
     AudioClip,
     Availability,
@@ -297,11 +296,16 @@ def show_enrollment(config: BrokerConfig, node_id: str, collector: Worker,
     rate, audio = read_wav(spoken)
     with MqttClient(config, f"{node_id}-sam", publish_availability=False) as node:
 
+        said_at = [time.time()]
+
         def say_go() -> KeywordResult | None:
+            # Said to the node's microphone (a sound event), each time seconds after the last:
+            # words closer than a second are one utterance, answered once.
+            said_at[0] = max(time.time(), said_at[0] + 5.0)
             book = collector.inference.confirmations  # the replay's numbering, carried on
             seq = (book.highest(node_id, "audio") or 0) + 1
-            clip = AudioClip.from_samples(node_id, time.time(), seq, rate, audio,
-                                          book.current_spool(node_id, "audio"), CLIP)
+            clip = AudioClip.from_samples(node_id, said_at[0], seq, rate, audio,
+                                          book.current_spool(node_id, "audio"))
             node.publish(audio_topic(node_id), clip.encode()).wait(5)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
