@@ -229,22 +229,28 @@ def build_model(recipe: Recipe, shape: tuple[int, int], classes: int) -> keras.M
     regularizer = keras.regularizers.l2(float(recipe.train.get("weight_decay", 0.0)) or 0.0)
     inputs = keras.Input(shape, name="mfcc")
     x = keras.layers.Reshape((*shape, 1))(inputs)
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                            kernel_regularizer=regularizer, name="conv_0")(x)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
+    x = _normalized(keras.layers.Conv2D(filters, kernel, strides=stride, padding="same",
+                                        use_bias=False, kernel_regularizer=regularizer,
+                                        name="conv_0")(x))
     for block in range(1, blocks + 1):
-        x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
-                                         name=f"depthwise_{block}")(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=regularizer,
-                                name=f"pointwise_{block}")(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+        x = _normalized(keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+                                                     name=f"depthwise_{block}")(x))
+        x = _normalized(keras.layers.Conv2D(filters, 1, use_bias=False,
+                                            kernel_regularizer=regularizer,
+                                            name=f"pointwise_{block}")(x))
     x = keras.layers.GlobalAveragePooling2D()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
+    return _classifier(recipe, inputs, x, classes)
+
+
+def _normalized(x: Any) -> Any:
+    """Batch norm, then ReLU (after every convolution and hidden dense layer)."""
+    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+
+
+def _classifier(recipe: Recipe, inputs: Any, x: Any, classes: int) -> keras.Model:
+    """The labels' logits, then softmax: a plain dense last layer, which enrollment refits."""
     x = keras.layers.Dense(classes, name="logits")(x)
     outputs = keras.layers.Softmax(name="probabilities")(x)
     return keras.Model(inputs, outputs, name=recipe.name)
@@ -261,15 +267,11 @@ def build_embedding_head(recipe: Recipe, shape: tuple[int, int], classes: int) -
     inputs = keras.Input(shape, name="embeddings")
     x = keras.layers.Flatten()(inputs)
     for layer in range(int(model_cfg.get("layers", 2))):
-        x = keras.layers.Dense(units, use_bias=False, kernel_regularizer=regularizer,
-                               name=f"dense_{layer}")(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+        x = _normalized(keras.layers.Dense(units, use_bias=False, kernel_regularizer=regularizer,
+                                           name=f"dense_{layer}")(x))
         if dropout:
             x = keras.layers.Dropout(dropout)(x)
-    x = keras.layers.Dense(classes, name="logits")(x)
-    outputs = keras.layers.Softmax(name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=recipe.name)
+    return _classifier(recipe, inputs, x, classes)
 
 
 def describe_recipe(recipe: Recipe) -> str:
