@@ -68,7 +68,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Needs mini speech commands and negatives.tar.xz.")
     parser.add_argument("--model", default="kws_b", help="keyword model (default kws_b)")
-    parser.add_argument("--all", action="store_true", help="every keyword model the collector knows")
+    parser.add_argument("--all", action="store_true",
+                        help="every keyword model the collector knows")
     parser.add_argument("--part", choices=("validation", "test"), default="test",
                         help="split part the stream is built from (default test)")
     parser.add_argument("--models", type=Path, default=REPO / "models")
