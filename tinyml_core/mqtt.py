@@ -242,6 +242,10 @@ class MqttClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._connack_seen = threading.Event()
+        # After a reconnect: the SUBSCRIBEs sent again, not yet acknowledged. Until the broker
+        # has them the client does not count as connected: a message published meanwhile by
+        # another client would find no subscription where the broker lost the session.
+        self._restoring: set[int] = set()
         self._refusal: str | None = None
         self._closing = threading.Event()
         self._loop_running = False
@@ -475,9 +479,14 @@ class MqttClient:
             client.publish(self._full_topic(self._status_topic), Availability.ONLINE.encode(),
                            qos=DEFAULT_QOS, retain=True)
         with self._lock:
+            self._restoring = set()
             for topic_filter, qos in self._subscriptions.items():
-                client.subscribe(topic_filter, qos=qos)
-        self._connected.set()
+                result, mid = client.subscribe(topic_filter, qos=qos)
+                if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                    self._restoring.add(mid)
+            restored = not self._restoring
+        if restored:  # else when the last SUBACK arrives (_on_subscribe)
+            self._connected.set()
         self._connack_seen.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
@@ -526,6 +535,11 @@ class MqttClient:
                       properties: Any) -> None:
         with self._lock:
             pending = self._pending_subacks.pop(mid, None)
+            restored = mid in self._restoring
+            self._restoring.discard(mid)
+            restored = restored and not self._restoring
+        if restored:
+            self._connected.set()
         if pending is not None:
             pending[1].extend(reason_codes)
             pending[0].set()
