@@ -97,8 +97,12 @@ def test_a_node_page_shows_the_chart_and_a_keyword_arriving_live(
 
 
 def keyword_words(browser: Any) -> list[str]:
-    return [row.find_elements(By.TAG_NAME, "td")[1].text
-            for row in browser.find_elements(By.CSS_SELECTOR, "#keywords tbody tr")]
+    """The keyword log's "heard" column, read in one script call: the page replaces the rows
+    on every update, so rows found one call and read in the next may be gone (stale)."""
+    words: list[str] = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#keywords tbody tr'))"
+        ".map((row) => row.cells[1].textContent);")
+    return words
 
 
 def test_the_overview_lists_the_node(dashboard: Dashboard, connect: Callable[..., MqttClient],
