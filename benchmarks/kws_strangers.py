@@ -218,10 +218,11 @@ def single_scores(model: str, parts: list[FoldPart], negatives: Negatives, half:
 def choose_clip_threshold(validation: SingleScores) -> float | None:
     """The threshold for single clips: the most keywords right while other words and noise
     stay ``unknown`` at least CLIP_OTHER_WORDS_UNKNOWN and CLIP_NOISE_UNKNOWN of the time."""
-    allowed = [t for t in THRESHOLD_CHOICES
-               if validation.at(t)["other_words_unknown"] >= CLIP_OTHER_WORDS_UNKNOWN
-               and validation.at(t)["noise_unknown"] >= CLIP_NOISE_UNKNOWN]
-    return max(allowed, key=lambda t: (validation.at(t)["right_word"], -t), default=None)
+    rows = [validation.at(t) for t in THRESHOLD_CHOICES]
+    allowed = [row for row in rows if row["other_words_unknown"] >= CLIP_OTHER_WORDS_UNKNOWN
+               and row["noise_unknown"] >= CLIP_NOISE_UNKNOWN]
+    best = max(allowed, key=lambda row: (row["right_word"], -row["threshold"]), default=None)
+    return None if best is None else float(best["threshold"])
 
 
 def main() -> int:
