@@ -1,7 +1,7 @@
 """Collector throughput and latency against a private Mosquitto.
 
     .venv/bin/python benchmarks/collector_throughput.py [--nodes 20] [--clips 2000]
-        [--readings 20000] [--workers 1 2] [--state]
+        [--readings 20000] [--workers 1 2] [--state] [--keyword-model kws_b]
 
 For 1 and 2 workers (separate processes: clips shared with ``--share``, readings split by node
 with ``--partition K/N``) it measures:
@@ -37,11 +37,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from collector.settings import KEYWORD_MODELS, CollectorOptions  # noqa: E402
 from tinyml_core.broker import LocalMosquitto  # noqa: E402
 from tinyml_core.messages import AudioClip, ClimateReading  # noqa: E402
 from tinyml_core.recordings import read_wav  # noqa: E402
 from tinyml_core.topics import audio_topic, climate_topic  # noqa: E402
 
+KEYWORD_MODEL = CollectorOptions().keyword_model
 T0 = 1_700_000_400.0  # a multiple of 600 s: readings fall on step ends
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -55,8 +57,8 @@ class Result:
 
 
 def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
-                  rate_limit_per_s: float = 0.0, state: bool = False
-                  ) -> list[subprocess.Popen[str]]:
+                  rate_limit_per_s: float = 0.0, state: bool = False,
+                  keyword_model: str = KEYWORD_MODEL) -> list[subprocess.Popen[str]]:
     """Collector processes (no saved windows unless ``state``: then windows and the journal
     of what was taken, as a deployment runs; no per-node rate limit unless given: a
     throughput run sends far more per node than any real node)."""
@@ -66,7 +68,7 @@ def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
     for index in range(count):
         config = scratch / f"collector-{index}.toml"
         config.write_text(f'[collector]\nid = "bench-worker-{index}"\n'
-                          f'forecast_models = {forecasts}\nkeyword_model = "kws_b"\n'
+                          f'forecast_models = {forecasts}\nkeyword_model = "{keyword_model}"\n'
                           "stats_interval_s = 3600\n"
                           f"state_path = \"{scratch / '{id}.json' if state else ''}\"\n"
                           f"rate_limit_per_s = {rate_limit_per_s}\n")
@@ -76,6 +78,18 @@ def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
              *(["--share", "bench", "--partition", f"{index + 1}/{count}"] if count > 1 else []),
              "-q"], cwd=REPO, env=env, text=True))
     return workers
+
+
+def wait_until_online(broker: LocalMosquitto, count: int, timeout_s: float = 60.0) -> None:
+    """Until every worker said ``online`` (its models loaded, connected): a keyword model on
+    the speech embedding loads three models, and a message sent before a worker subscribed
+    would be counted lost."""
+    done = subprocess.run(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
+                           "-t", "status/bench-worker-+", "-C", str(count),
+                           "-W", str(int(timeout_s))], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the workers did not come online in {timeout_s:.0f} s")
+    time.sleep(0.5)  # its subscriptions, made on the same connection
 
 
 def cpu_seconds(processes: list[subprocess.Popen[str]]) -> float:
@@ -164,6 +178,9 @@ def main() -> int:
                         default=["clips", "readings"])
     parser.add_argument("--state", action="store_true",
                         help="workers keep a state file and its journal, as deployed")
+    parser.add_argument("--keyword-model", default=KEYWORD_MODEL, choices=KEYWORD_MODELS,
+                        help=f"what answers the clips (default: the collector's, "
+                             f"{KEYWORD_MODEL})")
     args = parser.parse_args()
     _, sample = read_wav(next((REPO / "samples" / "speech" / "yes").glob("*.wav")))
     for tool in ("mosquitto_pub", "mosquitto_sub"):
@@ -178,9 +195,9 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as scratch:
                 broker = LocalMosquitto(Path(scratch) / "mosquitto").start()
                 processes = start_workers(broker, workers, kind, Path(scratch),
-                                          state=args.state)
+                                          state=args.state, keyword_model=args.keyword_model)
                 try:
-                    time.sleep(2.0)  # workers load models and subscribe
+                    wait_until_online(broker, workers)
                     # Readings need 5 earlier steps per node before the first forecast.
                     warm = 0 if kind == "clips" else 5 * args.nodes
                     batch = messages(kind, "burst", args.nodes, count + warm, sample)

@@ -30,7 +30,7 @@ import json
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.enrollment import AdaptSettings, Anchors, Takes, adapt  # noqa: E402
+from collector.enrollment import (  # noqa: E402
+    AdaptSettings,
+    Anchors,
+    Takes,
+    adapt,
+    adapt_settings,
+)
 from collector.settings import CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force  # noqa: E402
 from tinyml_core.models import KeywordSpotter, load_keyword_spotter  # noqa: E402
@@ -97,39 +103,38 @@ def main() -> int:
     parser.add_argument("--takes", type=int, nargs="+", default=[1, 2, 3],
                         help="takes per word to enroll with (default 1 2 3)")
     parser.add_argument("--threshold", type=float, help="default: the shipped model's")
-    parser.add_argument("--l2", type=float, default=AdaptSettings.l2,
-                        help=f"pull towards the shipped layer (default {AdaptSettings.l2})")
-    parser.add_argument("--steps", type=int, default=AdaptSettings.steps)
-    parser.add_argument("--variants", type=int, default=AdaptSettings.variants,
+    # Each setting's default is the model's own (its manifest's enrollment.settings, as
+    # `collector enroll` adapts it), else collector/enrollment.py's.
+    tuning = parser.add_argument_group(
+        "adaptation", "how the household's layer is made (default: as `collector enroll` "
+        "makes it for the model: its manifest's enrollment settings, else "
+        "collector/enrollment.py's)")
+    tuning.add_argument("--l2", type=float, help="pull towards the shipped layer")
+    tuning.add_argument("--steps", type=int)
+    tuning.add_argument("--variants", type=int,
                         help="varied copies of each take (speed, level, noise)")
-    parser.add_argument("--takes-weight", type=float, default=AdaptSettings.takes_weight)
-    parser.add_argument("--label-smoothing", type=float, default=AdaptSettings.label_smoothing)
-    parser.add_argument("--lift", type=float, default=AdaptSettings.prototype_lift,
-                        help="the most a take's likeness raises its word's logit (default "
-                             f"{AdaptSettings.prototype_lift:g}; 0 with --penalty 0 and "
-                             "--anchor-lift 0: the fitted layer alone)")
-    parser.add_argument("--floor", type=float, default=AdaptSettings.prototype_floor,
+    tuning.add_argument("--takes-weight", type=float)
+    tuning.add_argument("--label-smoothing", type=float)
+    tuning.add_argument("--lift", type=float, dest="prototype_lift",
+                        help="the most a take's likeness raises its word's logit (0 with "
+                             "--penalty 0 and --anchor-lift 0: the fitted layer alone)")
+    tuning.add_argument("--floor", type=float, dest="prototype_floor",
                         help="the likeness (cosine similarity) below which a take lifts "
-                             f"nothing (default {AdaptSettings.prototype_floor:g})")
-    parser.add_argument("--penalty", type=float, default=AdaptSettings.keyword_penalty,
-                        help="how much every keyword's logit is lowered on an enrolled node "
-                             f"(default {AdaptSettings.keyword_penalty:g})")
-    parser.add_argument("--anchor-lift", type=float, default=AdaptSettings.anchor_lift,
-                        help="the same from the anchors' keywords (other voices; default "
-                             f"{AdaptSettings.anchor_lift:g}, 0: none)")
-    parser.add_argument("--anchor-floor", type=float, default=AdaptSettings.anchor_floor,
-                        help=f"(default {AdaptSettings.anchor_floor:g})")
+                             "nothing")
+    tuning.add_argument("--penalty", type=float, dest="keyword_penalty",
+                        help="how much every keyword's logit is lowered on an enrolled node")
+    tuning.add_argument("--anchor-lift", type=float,
+                        help="the same from the anchors' keywords (other voices; 0: none)")
+    tuning.add_argument("--anchor-floor", type=float)
+    tuning.add_argument("--exclusive", action=argparse.BooleanOptionalAction,
+                        help="each word's takes also rival every other word's: a window lifts "
+                             "a word only by its lead over the closest take of another word")
+    tuning.add_argument("--no-clip", dest="clip_logits", action="store_false", default=None,
+                        help="let the household's layer pass the int8 model's logit range")
     parser.add_argument("--guests", type=int, default=1, metavar="N",
                         help="voices that did not enroll per household: its fourth member, "
                              "then the fold's next speakers (default 1; more make the "
                              "guests' numbers less noisy)")
-    parser.add_argument("--exclusive", action=argparse.BooleanOptionalAction,
-                        default=AdaptSettings.exclusive,
-                        help="each word's takes also rival every other word's: a window lifts "
-                             "a word only by its lead over the closest take of another word "
-                             f"(default: {AdaptSettings.exclusive})")
-    parser.add_argument("--no-clip", action="store_true",
-                        help="let the household's layer pass the int8 model's logit range")
     parser.add_argument("--thresholds", type=float, nargs="+",
                         default=[0.5, 0.6, 0.7, 0.76, 0.8, 0.85, 0.9, 0.95],
                         help="thresholds to sweep (the default's row is the headline)")
@@ -139,6 +144,10 @@ def main() -> int:
                              "training.anchors makes them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="FILE")
+    parser.add_argument("--record", action="store_true",
+                        help="store the settings and the numbers in the shipped model's "
+                             "manifest entry (enrollment): `collector enroll` then adapts it "
+                             "so; refreshes models/REPORT.md")
     args = parser.parse_args()
     folds = [k for k in (args.fold or range(args.folds))
              if (fold_dir(args.folds_dir, args.model, k, args.folds) / "manifest.json").exists()]
@@ -149,12 +158,16 @@ def main() -> int:
     negatives = Negatives.load()
     noise = negatives.noise_audio("test", RATE)
     shipped = load_keyword_spotter(args.models, args.model)
+    settings = replace(adapt_settings(shipped.entry), **{
+        f.name: getattr(args, f.name) for f in fields(AdaptSettings)
+        if getattr(args, f.name, None) is not None})
     threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
     # The shipped model's smoothing: the fold models' manifests choose none.
     smoothing = smoothing_in_force(scan_settings(CollectorOptions()), shipped)
     print(f"{args.model} at threshold {threshold:.2f}, smoothed over {smoothing} windows; folds "
-          f"{folds}; enrolling with "
-          f"{args.takes} takes per word")
+          f"{folds}; enrolling with {args.takes} takes per word")
+    print("adapting with " + ", ".join(f"{name} {value}"
+                                       for name, value in asdict(settings).items()))
     rows: dict[tuple[str, str, float], list[StreamResult]] = defaultdict(list)
     names = ["base"] + [f"takes {t}" for t in args.takes]
     sweep = sorted({*args.thresholds, threshold})
@@ -186,18 +199,8 @@ def main() -> int:
                 if name != "base":
                     per_word = int(name.split()[1])
                     started = time.perf_counter()
-                    head = adapt(base, [enrollment(m, per_word) for m in members],
-                                 AdaptSettings(l2=args.l2, steps=args.steps,
-                                               takes_weight=args.takes_weight,
-                                               label_smoothing=args.label_smoothing,
-                                               clip_logits=not args.no_clip,
-                                               variants=args.variants,
-                                               prototype_lift=args.lift,
-                                               prototype_floor=args.floor,
-                                               keyword_penalty=args.penalty,
-                                               anchor_lift=args.anchor_lift,
-                                               anchor_floor=args.anchor_floor,
-                                               exclusive=args.exclusive), anchors)
+                    head = adapt(base, [enrollment(m, per_word) for m in members], settings,
+                                 anchors)
                     timings[per_word].append(time.perf_counter() - started)
                     spotter = base.with_head(head)
                 spotter = ScansOnce(spotter)  # each event scanned once for every threshold
@@ -244,7 +247,30 @@ def main() -> int:
                                          "summary": summary,
                                          "enroll_seconds": {k: v for k, v in timings.items()}},
                                         indent=1))
+    if args.record:
+        record(args, settings, summary, folds, len(report))
     return 0
+
+
+def record(args: argparse.Namespace, settings: AdaptSettings, summary: dict[str, Any],
+           folds: list[int], households: int) -> None:
+    """The settings `collector enroll` adapts the model with, and what they measured."""
+    from tinyml_core.models import read_manifest, write_manifest_entry
+    from training.report import write_report
+
+    entry = read_manifest(args.models)[args.model]
+    takes = " ".join(str(t) for t in args.takes)
+    options = "".join(f" --fold {fold}" for fold in folds) + f" --takes {takes}"
+    entry["enrollment"] = {
+        "settings": asdict(settings),
+        "chosen_on": (f"{households} households of {MEMBERS} speakers the fold models never "
+                      f"heard (speaker folds {', '.join(map(str, folds))} of {args.folds}), "
+                      f"each with one voice that did not enroll"),
+        "households": households, "folds_scored": folds,
+        "rows": {name: summary[name] for name in summary if name != "sweep"},
+        "command": f"benchmarks/kws_household.py --model {args.model}{options} --record"}
+    write_manifest_entry(args.models, args.model, entry)
+    write_report(args.models, {})
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from collector_throughput import start_workers  # noqa: E402
+from collector_throughput import start_workers, wait_until_online  # noqa: E402
 
 from tinyml_core.broker import LocalMosquitto  # noqa: E402
 from tinyml_core.config import BrokerConfig  # noqa: E402
@@ -145,9 +145,9 @@ class Flooder:
 def run(broker: LocalMosquitto, collectors: int, nodes: int, duration: int,
         sample: np.ndarray, scratch: Path, flood: bool = False, rate_limit: float = 0.0) -> None:
     config = BrokerConfig(host=broker.host, port=broker.port, connect_timeout_s=10)
-    workers = start_workers(broker, collectors, "readings", scratch,  # forecast_a + kws_b
+    workers = start_workers(broker, collectors, "readings", scratch,  # forecast_a + kws_e
                             rate_limit_per_s=rate_limit)
-    time.sleep(3.0)  # models load, subscriptions made
+    wait_until_online(broker, collectors)
     result = Run()
     lock = threading.Lock()
 

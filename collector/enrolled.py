@@ -39,6 +39,7 @@ from .enrollment import (
     AdaptSettings,
     Anchors,
     Takes,
+    adapt_settings,
     examples,
     fit_head,
     household_prototypes,
@@ -177,9 +178,11 @@ class Enrollments:
             node_id: _node_document(node) for node_id, node in sorted(self.nodes.items())}})
 
     def add(self, node_id: str, takes: Takes, spotter: KeywordSpotter,
-            settings: AdaptSettings = ADAPT, anchors: Anchors | None = None) -> EnrolledNode:
+            settings: AdaptSettings | None = None, anchors: Anchors | None = None
+            ) -> EnrolledNode:
         """Enroll (or enroll again) one person of ``node_id``; the node's layer is fitted again
-        over everyone enrolled there. Nothing changes when it fails."""
+        over everyone enrolled there (``settings``: the model's own, :func:`adapt_settings`).
+        Nothing changes when it fails."""
         validate_id(node_id)
         if not takes.person or len(takes.person) > MAX_NAME or not takes.person.isprintable():
             raise ValueError(f"a person's name is 1-{MAX_NAME} printable characters")
@@ -194,6 +197,7 @@ class Enrollments:
         people = dict(node.people) if node is not None else {}
         if takes.person not in people and len(people) >= MAX_PEOPLE:
             raise ValueError(f"{node_id} has {MAX_PEOPLE} people enrolled already")
+        settings = settings or adapt_settings(spotter.entry)
         x, y = examples(spotter, [takes], settings)
         people[takes.person] = Person(
             takes.person, datetime.now(UTC).isoformat(timespec="seconds"), takes_sha256(takes),
@@ -207,7 +211,7 @@ class Enrollments:
         return fitted
 
     def remove(self, node_id: str, person: str, spotter: KeywordSpotter,
-               settings: AdaptSettings = ADAPT, anchors: Anchors | None = None
+               settings: AdaptSettings | None = None, anchors: Anchors | None = None
                ) -> EnrolledNode | None:
         """Forget one person; the node's layer is fitted again over the others (or the node
         answers with the shipped layer again when none is left)."""
@@ -221,7 +225,7 @@ class Enrollments:
             return None
         if spotter.model.head is None:
             raise ValueError(f"{spotter.name}: load it with embedding=True")
-        node.people, node.settings = people, settings
+        node.people, node.settings = people, settings or adapt_settings(spotter.entry)
         node.layer = _fit(spotter, node, anchors)
         return node
 

@@ -15,8 +15,9 @@ benchmarks/kws_household.py measures it on households the model never heard.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,27 @@ class AdaptSettings:
 
 
 ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
+
+
+def adapt_settings(entry: dict[str, Any]) -> AdaptSettings:
+    """How to adapt this keyword model: :data:`ADAPT`, with what its manifest entry's
+    ``enrollment.settings`` sets (chosen for that model by ``benchmarks/kws_household.py
+    --record``: a pretrained embedding's likenesses are not kws_b's). ValueError for a
+    setting that is not one or a value out of range."""
+    chosen = (entry.get("enrollment") or {}).get("settings") or {}
+    known = {f.name: f.type for f in fields(AdaptSettings)}
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise ValueError(f"{entry.get('file', 'model')}: unknown enrollment settings "
+                         f"{', '.join(unknown)}")
+    try:
+        settings = replace(ADAPT, **{name: type(getattr(ADAPT, name))(value)
+                                     for name, value in chosen.items()})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"enrollment settings {chosen}: {error}") from None
+    if not (0 <= settings.prototype_floor < 1 and 0 <= settings.anchor_floor < 1):
+        raise ValueError(f"enrollment settings {chosen}: a floor is a similarity in [0, 1)")
+    return settings
 
 
 def variants(clip: Clip, count: int, rng: np.random.Generator) -> list[Clip]:

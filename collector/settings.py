@@ -23,11 +23,11 @@ class CollectorOptions:
     node_models: tuple[str, ...] = setting((), "NODE=MODEL: a node's own forecaster (made by "
                                            "`training.build forecast_a --from-recording`) "
                                            "in place of the one it was tuned from")
-    keyword_model: str = setting("kws_b", "keyword spotter for audio clips",
+    keyword_model: str = setting("kws_e", "keyword spotter for audio clips",
                                  choices=KEYWORD_MODELS)
     node_keyword_models: tuple[str, ...] = setting(
         (), "NODE=MODEL: a node answered by another keyword model than keyword_model (e.g. "
-        "\"pi-kitchen=kws_e\"); such a node's enrollments, fitted to keyword_model, are not used")
+        "\"pi-kitchen=kws_b\"); such a node's enrollments, fitted to keyword_model, are not used")
     keyword_threshold: float = setting(0.0, "smoothed probability a word needs to be reported; "
                                        "below it the event's result is 'unknown'. 0: the "
                                        "model's own, chosen on streams of speakers it never "

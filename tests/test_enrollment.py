@@ -456,3 +456,31 @@ def test_enrollment_works_on_the_pretrained_embedding_model(tmp_path: Path) -> N
     takes = sorted((tmp_path / "ann" / "yes").glob("*.wav"))
     (label, version), = keyword_answers(after, "kitchen", takes[:1])
     assert label == "yes" and "+enrolled-" in version
+
+
+def test_a_model_is_adapted_with_the_settings_its_manifest_names(tmp_path: Path) -> None:
+    """A pretrained embedding's likenesses are not kws_b's: `benchmarks/kws_household.py
+    --record` stores each model's own settings, and enrolling uses them."""
+    from collector.enrolled import Enrollments, adaptation_models
+    from collector.enrollment import ADAPT, adapt_settings
+
+    spotter, anchors = adaptation_models(MODELS, "kws_b")
+    assert adapt_settings({}) == ADAPT
+    own = KeywordSpotter(spotter.name, {**spotter.entry, "enrollment": {
+        "settings": {"prototype_floor": 0.5, "anchor_floor": 0.55, "keyword_penalty": 2}}},
+        spotter.model, None, spotter.front_end)
+    store = Enrollments(tmp_path / "enrolled.json")
+    node = store.add("kitchen", Takes("ann", {"go": clips(SPEECH / "go")}), own,
+                     anchors=anchors)
+    assert (node.settings.prototype_floor, node.settings.anchor_floor,
+            node.settings.keyword_penalty) == (0.5, 0.55, 2.0)
+    assert node.settings.prototype_lift == ADAPT.prototype_lift  # what it does not name
+    household, _ = node.head(own, anchors).prototypes
+    assert household.floor == 0.5
+    store.save()
+    assert Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"].settings \
+        == node.settings
+    with pytest.raises(ValueError, match="unknown enrollment settings prototype_flor"):
+        adapt_settings({"enrollment": {"settings": {"prototype_flor": 0.5}}})
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        adapt_settings({"enrollment": {"settings": {"prototype_floor": 1.2}}})

@@ -64,7 +64,7 @@ def test_an_unknown_sensor_is_a_clear_error() -> None:
     assert "unknown sensor 'bme280'; known: none, dht11, dht22" in done.stderr
 
 
-@pytest.mark.parametrize("model", ["kws_a", "kws_b", "kws_c"])
+@pytest.mark.parametrize("model", ["kws_a", "kws_b", "kws_c", "kws_e"])
 def test_keyword_models_recognise_the_bundled_clips(
         model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = evaluate_json(capsys, model, "--speech-dir", str(SPEECH),
