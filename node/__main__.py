@@ -76,11 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = commands.add_parser(
         "enroll", help="record a person's keyword takes at the node's microphone",
         description="Standing at the node's microphone, a person is asked to say each keyword "
-                    "--takes times, then to read a short text aloud; each take is checked as it "
-                    "is recorded (too quiet, clipped, no sound, more than one, too long) and "
+                    "--takes times, then once each word that sounds like one (off, on, yeah, "
+                    "...), then to read a short text aloud; each take is checked as it is "
+                    "recorded (too quiet, clipped, no sound, more than one, too long) and "
                     "asked for again with the reason. Accepted takes are written at once to "
-                    "--out (<word>/take-N.wav, _unknown_/speech-N.wav): Ctrl-C keeps them, and "
-                    "a second run adds to them. Then the folder goes to the collector over the "
+                    "--out (<word>/take-N.wav, _unknown_/like-<word>-N.wav, "
+                    "_unknown_/speech-N.wav): Ctrl-C keeps them, and a second run adds to "
+                    "them. Then the folder goes to the collector over the "
                     "broker, which teaches the node's keyword model that voice and answers "
                     "(or, where the collector runs: `python -m collector enroll NODE DIR`). "
                     "A node daemon running on this machine with the same config lends its "
@@ -92,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="takes per keyword (default: 3)")
     enroll.add_argument("--words", metavar="W1,W2,...",
                         help="the keywords to record (default: the shipped models' eight)")
+    enroll.add_argument("--soundalikes", metavar="W1,W2,...",
+                        help="words that sound like a keyword, said once each and learnt as "
+                             "not a keyword (default: those of the words recorded, e.g. off, "
+                             "on, yeah, light, top, town, so; \"\": none)")
     enroll.add_argument("--speech-s", type=float, default=30.0, metavar="SECONDS",
                         help="how long to record ordinary speech; 0: none (default: 30)")
     enroll.add_argument("--out", type=Path, metavar="DIR",
@@ -216,7 +222,7 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     import dataclasses
     import getpass
 
-    from .enroll import DEFAULT_WORDS, enroll
+    from .enroll import DEFAULT_WORDS, SOUNDALIKES, enroll
     from .loan import loan_for
     from .microphone import Microphone, RecordedStream
     from .sources import capture, open_microphone
@@ -225,6 +231,12 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
              if word.strip()]
     if not words or args.takes < 1:
         raise ConfigError("--words needs at least one word and --takes at least 1")
+    soundalikes = ([word.strip() for word in args.soundalikes.split(",") if word.strip()]
+                   if args.soundalikes is not None
+                   else [alike for alike, like in SOUNDALIKES.items() if like in words])
+    if set(soundalikes) & set(words):
+        raise ConfigError(f"--soundalikes {', '.join(sorted(set(soundalikes) & set(words)))}: "
+                          "a keyword cannot also be a word like one")
     person = args.person or getpass.getuser()
     node_id = args.node_id or settings.node.id
     if args.send is not None:
@@ -249,14 +261,15 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
             microphone, source = opened, "the microphone"
         stop = threading.Event()
         stop_on_signals(stop.set)
+        alike = f", then {len(soundalikes)} words like them once" if soundalikes else ""
         print(f"enrolling {person} from {source} into {out}: {args.takes} takes of "
-              f"{', '.join(words)}, then {args.speech_s:g} s of reading (Ctrl-C keeps what is "
-              "accepted)")
+              f"{', '.join(words)}{alike}, then {args.speech_s:g} s of reading (Ctrl-C keeps "
+              "what is accepted)")
         microphone.start()
         try:
             result = enroll(microphone, out, words, args.takes, args.speech_s,
                             gate_dbfs=settings.audio.gate_dbfs, live=args.microphone is None,
-                            stopped=stop.is_set)
+                            stopped=stop.is_set, soundalikes=soundalikes)
         finally:
             microphone.stop()
     print(result.line())

@@ -107,6 +107,39 @@ def test_stopping_keeps_what_was_accepted_and_a_second_run_adds_to_it(tmp_path: 
         ["take-1.wav", "take-2.wav"]
 
 
+def test_words_like_a_keyword_are_asked_for_once_and_kept_as_other_speech(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gap = quiet(2.5)
+    others = sorted((SPEECH / "_unknown_").glob("*.wav"))
+    recording = np.concatenate([gap, sample("yes", 1), gap, read_wav(others[0])[1], gap,
+                                read_wav(others[1])[1], gap])
+    said: list[str] = []
+    microphone = recorded_microphone(recording)
+    try:
+        result = enroll(microphone, tmp_path / "ann", ("yes",), 1, 0.0, gate_dbfs=-50.0,
+                        live=False, say=said.append, soundalikes=("yeah", "bed"))
+    finally:
+        microphone.stop()
+    assert result.complete and result.soundalikes == 2, "\n".join(said)
+    assert result.line() == "1 keyword takes, 2 words like them and 0 pieces of speech kept"
+    assert any('say "yeah"' in line for line in said)
+    assert sorted(p.name for p in (tmp_path / "ann" / "_unknown_").iterdir()) == \
+        ["like-bed-1.wav", "like-yeah-1.wav"]
+    takes = read_takes(tmp_path / "ann", "ann", DEFAULT_WORDS)  # as `collector enroll` reads
+    assert list(takes.words) == ["yes"] and len(takes.speech) == 2
+    # The command asks for the words like the keywords recorded; a keyword cannot be one.
+    write_wav(tmp_path / "mic.wav", RATE, recording)
+    assert main(["enroll", "--microphone", str(tmp_path / "mic.wav"), "--out",
+                 str(tmp_path / "bob"), "--words", "yes", "--takes", "1", "--speech-s", "0",
+                 "--no-send"]) == 0
+    assert "then 1 words like them once" in capsys.readouterr().out
+    assert (tmp_path / "bob" / "_unknown_" / "like-yeah-1.wav").is_file()
+    assert main(["enroll", "--microphone", str(tmp_path / "mic.wav"), "--words", "yes",
+                 "--soundalikes", "off,yes"]) == 1
+    assert "--soundalikes yes: a keyword cannot also be a word like one" in \
+        capsys.readouterr().err
+
+
 def test_a_recording_that_ends_early_says_what_is_missing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recording = tmp_path / "short.wav"
