@@ -57,6 +57,33 @@ def test_forecaster_as_a_dht11_reads_the_inputs(capsys: pytest.CaptureFixture[st
     assert dht11["persistence"]["temperature"] > recorded["persistence"]["temperature"]  # type: ignore[index]
 
 
+def test_a_node_reading_more_often_gives_inputs_nearer_the_recording(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--reads-per-step N: each step as the collector averages N noisy, rounded DHT11 reads;
+    many reads recover what one read's rounding and noise lose, and a seed repeats a run."""
+    def persistence(*args: str) -> dict[str, float]:
+        result = evaluate_json(capsys, "forecast_a", "--climate-csv", str(SAMPLE_CSV),
+                               "--sensor", "dht11", *args)
+        return result["persistence"]  # type: ignore[return-value]
+
+    one, sixty = persistence("--reads-per-step", "1"), persistence("--reads-per-step", "60")
+    # Persistence repeats the last input against the recorded target: its error is the
+    # inputs' distance from the recording, which averaging shrinks.
+    assert sixty["temperature"] < one["temperature"]
+    assert sixty["humidity"] < one["humidity"]
+    assert persistence("--reads-per-step", "1") == one  # seeded
+    assert persistence("--reads-per-step", "1", "--seed", "5") != one
+    lossy = evaluate_json(capsys, "forecast_a", "--climate-csv", str(SAMPLE_CSV), "--sensor",
+                          "dht11", "--reads-per-step", "60", "--dropped", "0.5")
+    assert (lossy["reads_per_step"], lossy["dropped"]) == (60, 0.5)
+    for args, message in ((["--reads-per-step", "0"], "a step has at least one read"),
+                          (["--dropped", "0.2"], "--dropped needs --reads-per-step"),
+                          (["--reads-per-step", "3", "--dropped", "1"], "in [0, 1)")):
+        done = run("-m", "training.evaluate", "forecast_a", "--climate-csv", str(SAMPLE_CSV),
+                   *args)
+        assert done.returncode == 2 and message in done.stderr
+
+
 def test_an_unknown_sensor_is_a_clear_error() -> None:
     done = run("-m", "training.evaluate", "forecast_a", "--climate-csv", str(SAMPLE_CSV),
                "--sensor", "bme280")

@@ -36,11 +36,15 @@ log = logging.getLogger("training.evaluate")
 
 
 def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
-                        sensor: Sensor | None = None) -> dict[str, Any]:
+                        sensor: Sensor | None = None, reads_per_step: int | None = None,
+                        dropped: float = 0.0, seed: int = 0) -> dict[str, Any]:
     """MAE per feature over every window of ``files`` (no split), next to persistence.
 
     With a ``sensor``, the inputs are what it would report (its resolution); the targets stay
-    as recorded, and persistence repeats the sensor's last reading."""
+    as recorded, and persistence repeats the sensor's last reading. With ``reads_per_step``,
+    each step's input is what the collector makes of that many reads of the sensor (each
+    with its noise, rounded, a share ``dropped`` lost, the rest averaged; seeded by
+    ``seed``): a node reading every 10 s gives 60 a 10-minute step, 1 is the harshest case."""
     forecaster = load_forecaster(models_dir, name)
     steps = forecaster.contract.steps
     parts = climate.load_segments(files, forecaster.contract.step_s)
@@ -49,9 +53,16 @@ def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
     if not len(inputs):
         raise climate.DataError(f"no gap-free run of {forecaster.contract.window + steps} "
                                 f"readings in {', '.join(map(str, files))}")
-    if sensor is not None:
+    reads = {}
+    if reads_per_step is not None:
+        read_as = sensor or Sensor("none", (0.0, 0.0), (0.0, 0.0), "as recorded")
+        inputs = read_as.collected(inputs, np.random.default_rng(seed),
+                                   (reads_per_step, reads_per_step), dropped)
+        reads = {"reads_per_step": reads_per_step, "dropped": dropped, "seed": seed}
+    elif sensor is not None:
         inputs = sensor.quantize(inputs)
     return {"model": name, "windows": len(inputs), "sensor": sensor.name if sensor else "none",
+            **reads,
             **climate.against_persistence(forecaster.predict(inputs, end_times), inputs, labels)}
 
 
@@ -232,8 +243,10 @@ def stream_on_folder(models_dir: Path, name: str, clips: Sequence[tuple[int, np.
 
 
 def print_forecast(result: dict[str, Any]) -> None:
+    reads = (f" ({result['reads_per_step']} reads a step averaged, {result['dropped']:.0%} "
+             f"lost, seed {result['seed']})" if "reads_per_step" in result else "")
     print(f"{result['model']} on {result['windows']} windows, inputs as {result['sensor']} "
-          "reads them, targets as recorded")
+          f"reads them{reads}, targets as recorded")
     print(f"{'MAE':<12}{'model':>10}{'persistence':>14}{'skill':>9}")
     for feature, unit in (("temperature", "°C"), ("humidity", "%RH")):
         print(f"{feature:<12}{result['mae'][feature]:>8.3f} {unit:<3}"
@@ -264,6 +277,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="forecasters: feed the inputs as this sensor reads them (its "
                              "resolution, config/sensors.toml: none, dht11, dht22); targets "
                              "stay as recorded (default: none)")
+    parser.add_argument("--reads-per-step", type=int, metavar="N",
+                        help="forecasters: each step's input averaged from N reads of --sensor, "
+                             "each with its noise and resolution, as the collector averages a "
+                             "node's reads (a node reading every 10 s: 60 a 10-minute step; "
+                             "1: the harshest case); default: one exact read")
+    parser.add_argument("--dropped", type=float, default=0.0, metavar="P",
+                        help="with --reads-per-step: the share of reads lost (failed reads; "
+                             "at least one a step is kept; default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="with --reads-per-step: the noise's seed (default 0)")
     parser.add_argument("--speech-dir", type=Path,
                         help="keyword models: folder of <word>/*.wav; clips in _unknown_/ are "
                              "none of the words (how often they get one is reported)")
@@ -282,7 +305,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also save the confusion matrix as a picture (PNG) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_logging_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.reads_per_step is not None and args.reads_per_step < 1:
+        parser.error(f"--reads-per-step {args.reads_per_step}: a step has at least one read")
+    if not 0.0 <= args.dropped < 1.0:
+        parser.error(f"--dropped {args.dropped}: a share of reads in [0, 1)")
+    if args.dropped and args.reads_per_step is None:
+        parser.error("--dropped needs --reads-per-step")
+    return args
 
 
 def enrolled_spotter(args: argparse.Namespace) -> KeywordSpotter:
@@ -321,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise climate.DataError("a forecaster needs --climate-csv FILE")
         chosen = sensor(args.sensor)
         result = evaluate_forecaster(args.models, args.model, args.climate_csv,
-                                     None if chosen.name == "none" else chosen)
+                                     None if chosen.name == "none" else chosen,
+                                     args.reads_per_step, args.dropped, args.seed)
         if args.json:
             print(json.dumps(result))
         else:
