@@ -248,12 +248,12 @@ def main() -> int:
                                          "enroll_seconds": {k: v for k, v in timings.items()}},
                                         indent=1))
     if args.record:
-        record(args, settings, summary, folds, len(report))
+        record(args, settings, summary, folds, len(report), threshold, smoothing)
     return 0
 
 
 def record(args: argparse.Namespace, settings: AdaptSettings, summary: dict[str, Any],
-           folds: list[int], households: int) -> None:
+           folds: list[int], households: int, threshold: float, smoothing: int) -> None:
     """The settings `collector enroll` adapts the model with, and what they measured."""
     from tinyml_core.models import read_manifest, write_manifest_entry
     from training.report import write_report
@@ -266,7 +266,8 @@ def record(args: argparse.Namespace, settings: AdaptSettings, summary: dict[str,
         "chosen_on": (f"{households} households of {MEMBERS} speakers the fold models never "
                       f"heard (speaker folds {', '.join(map(str, folds))} of {args.folds}), "
                       f"each with one voice that did not enroll"),
-        "households": households, "folds_scored": folds,
+        "households": households, "folds_scored": folds, "threshold": threshold,
+        "smoothing": smoothing,
         "rows": {name: summary[name] for name in summary if name != "sweep"},
         "command": f"benchmarks/kws_household.py --model {args.model}{options} --record"}
     write_manifest_entry(args.models, args.model, entry)
