@@ -207,7 +207,7 @@ def test_evaluate_answers_as_an_enrolled_node_does(capsys: pytest.CaptureFixture
         shutil.copytree(SPEECH / word, folder / word)
     config = tmp_path / "collector.toml"
     store = tmp_path / "enrolled.json"
-    config.write_text(f'[collector]\nenrollment_path = "{store}"\n'
+    config.write_text(f'[collector]\nenrollment_path = "{store}"\nkeyword_model = "kws_b"\n'
                       f'models_dir = "{REPO_ROOT / "models"}"\n')
     assert collector_main(["enroll", "kitchen", str(folder), "--config", str(config)]) == 0
     capsys.readouterr()
