@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from collector.enrolled import Enrollments, adaptation_models  # noqa: E402
 from collector.enrollment import read_takes  # noqa: E402
+from collector.settings import CollectorOptions  # noqa: E402
 from node.enroll import send_takes  # noqa: E402
 from tests.collector_runner import start_worker, stop_worker  # noqa: E402
 from tests.conftest import broker_config  # noqa: E402
@@ -85,7 +86,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=5)
     parser.add_argument("--takes", type=int, default=3, help="takes per keyword per person")
-    parser.add_argument("--model", default="kws_b")
+    parser.add_argument("--model", default=CollectorOptions().keyword_model,
+                        help="keyword model (default: the collector's, %(default)s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)

@@ -93,7 +93,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Needs mini speech commands, negatives.tar.xz and "
                                             "the fold models.")
-    parser.add_argument("--model", default="kws_b")
+    parser.add_argument("--model", default=CollectorOptions().keyword_model,
+                        help="keyword model (default: the collector's, %(default)s)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--fold", type=int, action="append", metavar="K",
                         help="only these folds (repeatable; default: every fold with a model)")

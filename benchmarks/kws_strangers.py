@@ -230,7 +230,8 @@ def main() -> int:
                                      epilog="Needs mini speech commands, negatives.tar.xz and "
                                             "the fold models (python -m training.speakers "
                                             "MODEL --keep data/folds).")
-    parser.add_argument("--model", default="kws_b", help="keyword model (default kws_b)")
+    parser.add_argument("--model", default=CollectorOptions().keyword_model,
+                        help="keyword model (default: the collector's, %(default)s)")
     parser.add_argument("--folds", type=int, default=5, help="speaker folds (default 5)")
     parser.add_argument("--fold", type=int, action="append", metavar="K",
                         help="score only these folds (repeatable; default: all)")

@@ -67,7 +67,8 @@ def record_default(models: Path, model: str, chosen: StreamResult, args: argpars
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Needs mini speech commands and negatives.tar.xz.")
-    parser.add_argument("--model", default="kws_b", help="keyword model (default kws_b)")
+    parser.add_argument("--model", default=CollectorOptions().keyword_model,
+                        help="keyword model (default: the collector's, %(default)s)")
     parser.add_argument("--all", action="store_true",
                         help="every keyword model the collector knows")
     parser.add_argument("--part", choices=("validation", "test"), default="test",
