@@ -45,6 +45,7 @@ from tinyml_core.topics import audio_topic, climate_topic  # noqa: E402
 
 KEYWORD_MODEL = CollectorOptions().keyword_model
 T0 = 1_700_000_400.0  # a multiple of 600 s: readings fall on step ends
+SPOOL = "0123456789abcdef"  # every simulated node's numbering, as a node's spool names it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -85,11 +86,11 @@ def wait_until_online(broker: LocalMosquitto, count: int, timeout_s: float = 60.
     the speech embedding loads three models, and a message sent before a worker subscribed
     would be counted lost."""
     done = subprocess.run(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
-                           "-t", "status/bench-worker-+", "-C", str(count),
+                           "-t", "status/+", "-C", str(count),
                            "-W", str(int(timeout_s))], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the workers did not come online in {timeout_s:.0f} s")
-    time.sleep(0.5)  # its subscriptions, made on the same connection
+    time.sleep(1.0)  # "online" goes out on connect, its subscriptions right after
 
 
 def cpu_seconds(processes: list[subprocess.Popen[str]]) -> float:
@@ -109,10 +110,11 @@ def messages(kind: str, prefix: str, nodes: int, count: int,
         step = index // nodes
         if kind == "clips":
             message: ClimateReading | AudioClip = AudioClip.from_samples(
-                node, T0 + step, step, 16000, sample)
+                node, T0 + step, step, 16000, sample, SPOOL)
             topic = audio_topic(node)
         else:
-            message = ClimateReading(node, T0 + 600.0 * step, step, 20.0 + 0.01 * step, 50.0)
+            message = ClimateReading(node, T0 + 600.0 * step, step, 20.0 + 0.01 * step, 50.0,
+                                     SPOOL)
             topic = climate_topic(node)
         out.append((topic, message.encode(), f"{node}@{message.time}"))
     return out
