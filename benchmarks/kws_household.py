@@ -1,7 +1,7 @@
 """Households the model never heard, before and after they enroll (issue 26).
 
-    .venv/bin/python benchmarks/kws_household.py [--model kws_b] [--folds-dir data/folds]
-        [--takes 1 2 3] [--fold K ...] [--json FILE]
+    .venv/bin/python benchmarks/kws_household.py [--model kws_e] [--folds-dir data/folds]
+        [--takes 1 2 3] [--fold K ...] [--json FILE] [--record]
 
 Each speaker fold's model (``python -m training.speakers kws_b --keep data/folds``) never
 heard that fold's speakers, so they make households of strangers: speakers of one fold who

@@ -1,6 +1,6 @@
 """Keyword spotting for voices the model never heard: the speaker folds' streams.
 
-    .venv/bin/python benchmarks/kws_strangers.py [--model kws_b] [--folds-dir data/folds]
+    .venv/bin/python benchmarks/kws_strangers.py [--model kws_e] [--folds-dir data/folds]
         [--choose-default [--record] | --threshold T] [--rooms SEED] [--json FILE]
 
 The course split's test speakers also spoke in training, so every number measured on it (and
