@@ -197,7 +197,8 @@ class Enrollments:
         people = dict(node.people) if node is not None else {}
         if takes.person not in people and len(people) >= MAX_PEOPLE:
             raise ValueError(f"{node_id} has {MAX_PEOPLE} people enrolled already")
-        settings = settings or adapt_settings(spotter.entry)
+        if settings is None:
+            settings = adapt_settings(spotter.entry)
         x, y = examples(spotter, [takes], settings)
         people[takes.person] = Person(
             takes.person, datetime.now(UTC).isoformat(timespec="seconds"), takes_sha256(takes),
@@ -225,7 +226,8 @@ class Enrollments:
             return None
         if spotter.model.head is None:
             raise ValueError(f"{spotter.name}: load it with embedding=True")
-        node.people, node.settings = people, settings or adapt_settings(spotter.entry)
+        node.people = people
+        node.settings = adapt_settings(spotter.entry) if settings is None else settings
         node.layer = _fit(spotter, node, anchors)
         return node
 
@@ -291,13 +293,15 @@ def _settings(document: Any, what: str) -> AdaptSettings:
     if document is None or isinstance(document, list):  # a file that kept the prototypes
         return ADAPT
     values: dict[str, Any] = {name: float(document[name]) for name in PROTOTYPE_NUMBERS}
-    if not np.isfinite(list(values.values())).all() \
-            or not (0 <= values["prototype_floor"] < 1 and 0 <= values["anchor_floor"] < 1):
+    if not np.isfinite(list(values.values())).all():
         raise ValueError(f"{what}: prototype settings {values}")
     values["exclusive"] = document.get("exclusive", False)  # files from before it: as enrolled
     if not isinstance(values["exclusive"], bool):
         raise ValueError(f"{what}: prototype setting exclusive {values['exclusive']!r}")
-    return replace(ADAPT, **values)
+    try:
+        return replace(ADAPT, **values)
+    except ValueError as error:  # AdaptSettings checks its floors
+        raise ValueError(f"{what}: prototype settings {values}: {error}") from None
 
 
 def enrolled_spotters(store: Enrollments, spotter: KeywordSpotter, anchors: Anchors | None

@@ -82,6 +82,12 @@ class AdaptSettings:
     # visitors' words became words on an enrolled node.
     exclusive: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("prototype_floor", "anchor_floor"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)}: a floor is a similarity in "
+                                 "[0, 1)")
+
 
 ADAPT = AdaptSettings()  # as `collector enroll` adapts (benchmarks/kws_household.py measures it)
 
@@ -92,19 +98,15 @@ def adapt_settings(entry: dict[str, Any]) -> AdaptSettings:
     --record``: a pretrained embedding's likenesses are not kws_b's). ValueError for a
     setting that is not one or a value out of range."""
     chosen = (entry.get("enrollment") or {}).get("settings") or {}
-    known = {f.name: f.type for f in fields(AdaptSettings)}
-    unknown = sorted(set(chosen) - set(known))
+    unknown = sorted(set(chosen) - {f.name for f in fields(AdaptSettings)})
     if unknown:
         raise ValueError(f"{entry.get('file', 'model')}: unknown enrollment settings "
                          f"{', '.join(unknown)}")
     try:
-        settings = replace(ADAPT, **{name: type(getattr(ADAPT, name))(value)
-                                     for name, value in chosen.items()})
+        return replace(ADAPT, **{name: type(getattr(ADAPT, name))(value)
+                                 for name, value in chosen.items()})
     except (TypeError, ValueError) as error:
         raise ValueError(f"enrollment settings {chosen}: {error}") from None
-    if not (0 <= settings.prototype_floor < 1 and 0 <= settings.anchor_floor < 1):
-        raise ValueError(f"enrollment settings {chosen}: a floor is a similarity in [0, 1)")
-    return settings
 
 
 def variants(clip: Clip, count: int, rng: np.random.Generator) -> list[Clip]:
