@@ -75,7 +75,7 @@ def main() -> int:
 
     def reads(count: int) -> Callable[[np.ndarray], np.ndarray]:
         def collected(values: np.ndarray) -> np.ndarray:
-            rng = np.random.default_rng(args.seed)  # as training.evaluate --seed feeds them
+            rng = np.random.default_rng(args.seed)  # the same reads for every model
             return dht11.collected(values, rng, (count, count), args.dropped)
         return collected
 

@@ -29,7 +29,7 @@ from tinyml_core.models import (
 
 from . import MODELS_DIR, climate
 from .negatives import Negatives, silence_clips
-from .sensors import Sensor, sensor
+from .sensors import Sensor, load_sensors, sensor
 from .speech import read_clip
 
 log = logging.getLogger("training.evaluate")
@@ -55,7 +55,7 @@ def evaluate_forecaster(models_dir: Path, name: str, files: Sequence[Path],
                                 f"readings in {', '.join(map(str, files))}")
     reads = {}
     if reads_per_step is not None:
-        read_as = sensor or Sensor("none", (0.0, 0.0), (0.0, 0.0), "as recorded")
+        read_as = sensor or load_sensors()["none"]
         inputs = read_as.collected(inputs, np.random.default_rng(seed),
                                    (reads_per_step, reads_per_step), dropped)
         reads = {"reads_per_step": reads_per_step, "dropped": dropped, "seed": seed}
