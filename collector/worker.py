@@ -153,7 +153,8 @@ class Worker:
         def whose(setting: object) -> str:
             return "the model's own" if setting is None else "set in the config"
 
-        windows = f"{smoothing_in_force(scan, spotter)} windows"
+        count = smoothing_in_force(scan, spotter)
+        windows = "no smoothing" if count == 1 else f"smoothed over {count} windows"
         if whose(scan.smoothing) != whose(scan.threshold):  # else said once, for both
             windows += f" ({whose(scan.smoothing)})"
         threshold = f"{threshold_in_force(scan, spotter):g}"
@@ -163,7 +164,7 @@ class Worker:
         others = "".join(f"; {node} on {name}"
                          for node, name in sorted(self.inference.node_keyword_models.items()))
         return (f"forecasters: {forecasters}; keyword model: {spotter.name}, threshold "
-                f"{threshold} ({whose(scan.threshold)}), smoothed over {windows}{others}")
+                f"{threshold} ({whose(scan.threshold)}), {windows}{others}")
 
     def run(self, duration_s: float | None = None) -> None:
         """Log stats until stop() (e.g. from tinyml_core.cli.stop_on_signals) or ``duration_s``."""

@@ -526,3 +526,6 @@ def test_the_collector_says_which_threshold_is_in_force_and_whose_it_is(tmp_path
     line = Worker(CollectorSettings(collector=strict), Inference.from_options(strict)).models_line()
     assert line.endswith("threshold 0.9 (set in the config), smoothed over 7 windows "
                          "(the model's own)")
+    single = replace(options, keyword_smoothing=1)
+    line = Worker(CollectorSettings(collector=single), Inference.from_options(single)).models_line()
+    assert line.endswith("threshold 0.83 (the model's own), no smoothing (set in the config)")
