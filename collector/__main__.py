@@ -93,13 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "and _unknown_/*.wav (their other speech). Several people add up; a "
                     "running collector with the same config picks the change up within a "
                     "few seconds. Only NODE answers with it; numpy and the TFLite runtime "
-                    "only (no TensorFlow).")
+                    "only (no TensorFlow). A word of the household's own (--word) is "
+                    "learned from <word>/*.wav the same way and answered as a keyword by "
+                    "NODE only.")
     enroll.add_argument("node_id", metavar="NODE")
     enroll.add_argument("folder", nargs="?", type=Path, metavar="DIR",
                         help="the person's takes (<word>/*.wav, _unknown_/*.wav)")
     enroll.add_argument("--person", help="whose takes (default: the folder's name)")
-    enroll.add_argument("--list", action="store_true", help="who is enrolled on NODE")
+    enroll.add_argument("--word", action="append", default=[], metavar="WORD",
+                        help="a word of NODE's own, not one of the model's keywords: DIR's "
+                             "WORD/*.wav teach it (repeatable)")
+    enroll.add_argument("--list", action="store_true",
+                        help="who is enrolled on NODE, and its own words")
     enroll.add_argument("--remove", metavar="NAME", help="forget NAME's takes on NODE")
+    enroll.add_argument("--remove-word", metavar="WORD",
+                        help="forget NODE's own WORD and everyone's takes of it")
     add_broker_arguments(enroll, DEFAULT_CONFIG)
     add_logging_arguments(enroll)
     for command in (show, run, recorder, remove, enroll):
@@ -190,6 +198,8 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
             return 0
         print(f"{args.node_id}: {len(node.people)} people on {node.base_model} "
               f"{node.base_sha256[:8]} (model_version …{node.version})")
+        if node.words:
+            print(f"  its own words: {', '.join(node.words)}")
         for person in node.people.values():
             print(f"  {person.describe()}")
         return 0
@@ -197,26 +207,40 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
         spotter, anchors = adaptation_models(options.models_dir, options.keyword_model)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if not args.remove and args.folder is None:
-        raise ConfigError("give the folder of takes (or --list, --remove NAME)")
+    removing = args.remove or args.remove_word
+    if not removing and args.folder is None:
+        raise ConfigError("give the folder of takes (or --list, --remove NAME, "
+                          "--remove-word WORD)")
     started = time.perf_counter()
     try:
-        takes = None if args.remove else read_takes(
-            args.folder, args.person or args.folder.resolve().name, spotter.contract.keywords)
+        takes = None
+        if not removing:
+            enrolled = Enrollments.load(path).nodes.get(args.node_id)
+            known = enrolled.words if enrolled is not None else ()  # its own words so far
+            takes = read_takes(args.folder, args.person or args.folder.resolve().name,
+                               spotter.contract.keywords, [*known, *args.word])
         # Held from reading the file to writing it: a running collector enrolling someone
         # over the broker meanwhile waits, and neither loses the other's person.
         with Enrollments.changing(path) as store:
-            if takes is None:
+            if args.remove_word:
+                left = store.remove_word(args.node_id, args.remove_word, spotter,
+                                         anchors=anchors)
+                done = (f"removed the word {args.remove_word!r} from {args.node_id}; "
+                        + (f"{len(left.people)} people left" if left is not None
+                           else "it answers with the shipped model again"))
+            elif takes is None:
                 left = store.remove(args.node_id, args.remove, spotter, anchors=anchors)
                 done = (f"removed {args.remove} from {args.node_id}; "
                         + (f"{len(left.people)} people left" if left is not None
                            else "it answers with the shipped model again"))
             else:
-                node = store.add(args.node_id, takes, spotter, anchors=anchors)
+                node = store.add(args.node_id, takes, spotter, anchors=anchors,
+                                 new_words=[w for w in args.word if w not in known])
+                own = f"; its own words: {', '.join(node.words)}" if node.words else ""
                 done = (f"enrolled {takes.person} on {args.node_id}: {takes.count} takes of "
                         f"{len(takes.words)} words, {len(takes.speech)} clips of other "
                         f"speech; {len(node.people)} people in all (model_version "
-                        f"…{node.version})")
+                        f"…{node.version}){own}")
     except ValueError as error:
         raise ConfigError(str(error)) from None
     print(f"{done} ({time.perf_counter() - started:.1f} s; {path})")

@@ -15,7 +15,7 @@ import base64
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.errors import TinyMLError
+from tinyml_core.messages import OWN_WORD_PATTERN, UNKNOWN_LABEL
 from tinyml_core.models import (
     ClassifierHead,
     KeywordSpotter,
@@ -40,9 +41,11 @@ from .enrollment import (
     Anchors,
     Takes,
     adapt_settings,
-    examples,
+    check_word,
     fit_head,
     household_prototypes,
+    own_words,
+    takes_examples,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ FORMAT = "tinyml-enrolled"
 VERSION = 1
 MAX_PEOPLE = 20
 MAX_NAME = 64
+MAX_WORDS = 8  # of a node's own
 
 
 @dataclass
@@ -62,6 +66,9 @@ class Person:
     speech_clips: int
     embeddings: np.ndarray  # [N, D] float32
     targets: np.ndarray  # [N] label indices
+    # Takes of the node's own words: word → (embeddings [M, D], answered `unknown` by the
+    # last layer; templates [K, frames, coefficients], tinyml_core.models.OwnWords).
+    own: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def describe(self) -> str:
         takes = ", ".join(f"{word} {count}" for word, count in sorted(self.words.items()))
@@ -73,7 +80,8 @@ class Person:
 # answers as it was enrolled even after the defaults change.
 PROTOTYPE_NUMBERS = ("prototype_lift", "prototype_floor", "keyword_penalty", "anchor_lift",
                      "anchor_floor")
-PROTOTYPE_SETTINGS = (*PROTOTYPE_NUMBERS, "exclusive")
+OWN_WORD_NUMBERS = ("own_word_floor", "own_word_slope")  # files from before them: today's
+PROTOTYPE_SETTINGS = (*PROTOTYPE_NUMBERS, *OWN_WORD_NUMBERS, "exclusive")
 
 
 @dataclass
@@ -84,19 +92,29 @@ class EnrolledNode:
     people: dict[str, Person] = field(default_factory=dict)
     layer: ClassifierHead | None = None  # the last layer fitted to everyone enrolled
     settings: AdaptSettings = ADAPT
+    # Words of the node's own (``--word``), labelled after the model's labels in this order.
+    words: tuple[str, ...] = ()
 
     def head(self, spotter: KeywordSpotter, anchors: Anchors | None) -> ClassifierHead:
-        """The node's layer with its people's takes and ``anchors`` as prototypes (made
-        again from the examples kept: only the fitted layer is stored)."""
+        """The node's layer with its people's takes and ``anchors`` as prototypes, and its
+        own words (made again from the examples kept: only the fitted layer is stored)."""
         assert self.layer is not None
-        x, y = self.examples()
-        return replace(self.layer, prototypes=household_prototypes(spotter, x, y,
-                                                                   self.settings, anchors))
+        x, y = self.examples(spotter.labels.index(UNKNOWN_LABEL))
+        templates = {word: np.concatenate([p.own[word][1] for p in self.people.values()
+                                           if word in p.own]) for word in self.words}
+        return replace(self.layer, prototypes=household_prototypes(
+            spotter, x, y, self.settings, anchors),
+            own_words=own_words(spotter, templates, self.settings))
 
-    def examples(self) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate([p.embeddings for p in self.people.values()])
-        y = np.concatenate([p.targets for p in self.people.values()]).astype(np.int64)
-        return x, y
+    def examples(self, unknown: int) -> tuple[np.ndarray, np.ndarray]:
+        """Everyone's examples for the last layer: their own words' as ``unknown``."""
+        x = [p.embeddings for p in self.people.values()]
+        y = [p.targets.astype(np.int64) for p in self.people.values()]
+        for person in self.people.values():
+            for embeddings, _ in person.own.values():
+                x.append(embeddings)
+                y.append(np.full(len(embeddings), unknown, np.int64))
+        return np.concatenate(x), np.concatenate(y)
 
     @property
     def version(self) -> str:
@@ -104,6 +122,8 @@ class EnrolledNode:
         digest = hashlib.sha256(self.base_sha256.encode())
         for name in sorted(self.people):
             digest.update(f"{name}:{self.people[name].sha256}".encode())
+        if self.words:  # a word taken away changes what the node answers, not the takes
+            digest.update(f"words:{','.join(self.words)}".encode())
         return f"+enrolled-{digest.hexdigest()[:8]}"
 
 
@@ -178,11 +198,13 @@ class Enrollments:
             node_id: _node_document(node) for node_id, node in sorted(self.nodes.items())}})
 
     def add(self, node_id: str, takes: Takes, spotter: KeywordSpotter,
-            settings: AdaptSettings | None = None, anchors: Anchors | None = None
-            ) -> EnrolledNode:
+            settings: AdaptSettings | None = None, anchors: Anchors | None = None,
+            new_words: Sequence[str] = ()) -> EnrolledNode:
         """Enroll (or enroll again) one person of ``node_id``; the node's layer is fitted again
         over everyone enrolled there (``settings``: the model's own, :func:`adapt_settings`).
-        Nothing changes when it fails."""
+        A take of a word that is no keyword must be of one of the node's own words, or of
+        ``new_words``, which it then learns (:func:`check_word`). Nothing changes when it
+        fails."""
         validate_id(node_id)
         if not takes.person or len(takes.person) > MAX_NAME or not takes.person.isprintable():
             raise ValueError(f"a person's name is 1-{MAX_NAME} printable characters")
@@ -199,14 +221,35 @@ class Enrollments:
             raise ValueError(f"{node_id} has {MAX_PEOPLE} people enrolled already")
         if settings is None:
             settings = adapt_settings(spotter.entry)
-        x, y = examples(spotter, [takes], settings)
+        words = list(node.words) if node is not None else []
+        for word in new_words:
+            if word not in words:
+                check_word(word, spotter.contract.labels)
+                if word not in takes.words:
+                    raise ValueError(f"no takes of the new word {word!r}: it is learned from "
+                                     f"its takes ({word}/*.wav)")
+                words.append(word)
+        if len(words) > MAX_WORDS:
+            raise ValueError(f"{node_id} may have {MAX_WORDS} words of its own, not "
+                             f"{len(words)} ({', '.join(words)})")
+        strange = sorted(set(takes.words) - set(spotter.contract.keywords) - set(words))
+        if strange:
+            own = f" ({', '.join(words)})" if words else ""
+            raise ValueError(f"{', '.join(map(repr, strange))} is not a keyword of "
+                             f"{spotter.name} ({', '.join(spotter.contract.keywords)}) nor a "
+                             f"word of {node_id}'s own{own}; to teach it a word of its own, "
+                             f"name it: --word {strange[0]}")
+        found = takes_examples(spotter, [takes], settings, words)
         people[takes.person] = Person(
             takes.person, datetime.now(UTC).isoformat(timespec="seconds"), takes_sha256(takes),
             {word: len(clips) for word, clips in takes.words.items()}, len(takes.speech),
             # Kept as float16, in memory as in the file: a node fitted again after a
             # restart answers exactly as before it.
-            x.astype(np.float16).astype(np.float32), y.astype(np.int16))
-        fitted = EnrolledNode(node_id, spotter.name, sha, people, settings=settings)
+            _half(found.embeddings), found.targets.astype(np.int16),
+            {word: (_half(embeddings), _half(templates))
+             for word, (embeddings, templates) in found.own.items()})
+        fitted = EnrolledNode(node_id, spotter.name, sha, people, settings=settings,
+                              words=tuple(words))
         fitted.layer = _fit(spotter, fitted, anchors)
         self.nodes[node_id] = fitted
         return fitted
@@ -227,15 +270,50 @@ class Enrollments:
         if spotter.model.head is None:
             raise ValueError(f"{spotter.name}: load it with embedding=True")
         node.people = people
+        # A word nobody left has takes of is no longer the node's.
+        for word in [w for w in node.words if not any(w in p.words for p in people.values())]:
+            _drop_word(node, word)
+        node.settings = adapt_settings(spotter.entry) if settings is None else settings
+        node.layer = _fit(spotter, node, anchors)
+        return node
+
+    def remove_word(self, node_id: str, word: str, spotter: KeywordSpotter,
+                    settings: AdaptSettings | None = None, anchors: Anchors | None = None
+                    ) -> EnrolledNode | None:
+        """Forget one of the node's own words and every take of it; the layer is fitted again
+        (a person left with no takes at all is forgotten too)."""
+        node = self.nodes.get(node_id)
+        if node is None or word not in node.words:
+            own = ", ".join(node.words) if node is not None and node.words else "none"
+            raise ValueError(f"{word!r} is not a word of {node_id}'s own (its own: {own})")
+        _drop_word(node, word)
+        node.people = {name: p for name, p in node.people.items() if p.words}
+        if not node.people:
+            del self.nodes[node_id]
+            return None
+        if spotter.model.head is None:
+            raise ValueError(f"{spotter.name}: load it with embedding=True")
         node.settings = adapt_settings(spotter.entry) if settings is None else settings
         node.layer = _fit(spotter, node, anchors)
         return node
 
 
+def _drop_word(node: EnrolledNode, word: str) -> None:
+    """Take ``word`` and everyone's takes of it out of the node."""
+    for person in node.people.values():
+        person.own.pop(word, None)
+        person.words.pop(word, None)
+    node.words = tuple(w for w in node.words if w != word)
+
+
+def _half(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float16).astype(np.float32)
+
+
 def _fit(spotter: KeywordSpotter, node: EnrolledNode, anchors: Anchors | None
          ) -> ClassifierHead:
     assert spotter.model.head is not None
-    x, y = node.examples()
+    x, y = node.examples(spotter.labels.index(UNKNOWN_LABEL))
     return fit_head(spotter.model.head, x, y, node.settings, anchors)
 
 
@@ -245,12 +323,15 @@ def _node_document(node: EnrolledNode) -> dict[str, Any]:
                             "bias": _array(node.layer.bias),
                             "logit_range": [float(v) for v in node.layer.logit_range]}
     return {"base_model": node.base_model, "base_sha256": node.base_sha256,
-            "version": node.version, "head": head,
+            "version": node.version, "head": head, "words": list(node.words),
             "prototypes": {name: getattr(node.settings, name) for name in PROTOTYPE_SETTINGS},
             "people": {name: {"when": p.when, "sha256": p.sha256, "words": p.words,
                               "speech_clips": p.speech_clips,
                               "embeddings": _array(p.embeddings.astype(np.float16)),
-                              "targets": _array(p.targets)}
+                              "targets": _array(p.targets),
+                              "own": {word: {"embeddings": _array(e.astype(np.float16)),
+                                             "templates": _array(t.astype(np.float16))}
+                                      for word, (e, t) in sorted(p.own.items())}}
                        for name, p in sorted(node.people.items())}}
 
 
@@ -265,7 +346,9 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
         if weights.ndim != 2 or bias.shape != (weights.shape[0],) \
                 or not np.isfinite(weights).all() or not np.isfinite(bias).all():
             raise ValueError(f"{what}: a layer of shape {weights.shape} with bias {bias.shape}")
-        node = EnrolledNode(node_id, str(entry["base_model"]), str(entry["base_sha256"]))
+        words = tuple(str(word) for word in entry.get("words", ()))
+        node = EnrolledNode(node_id, str(entry["base_model"]), str(entry["base_sha256"]),
+                            words=words)
         for name, person in entry["people"].items():
             embeddings = _from_array(person["embeddings"], f"{what} {name}").astype(np.float32)
             targets = _from_array(person["targets"], f"{what} {name}").astype(np.int16)
@@ -275,10 +358,25 @@ def _node_from(node_id: str, entry: Any) -> EnrolledNode:
                     or not ((targets >= 0) & (targets < len(bias))).all():
                 raise ValueError(f"{what} {name}: examples of shape {embeddings.shape} with "
                                  f"labels {targets.shape} do not fit its layer")
+            own = {}
+            for word, arrays in (person.get("own") or {}).items():
+                if word not in words:
+                    raise ValueError(f"{what} {name}: takes of {word!r}, not a word of the "
+                                     "node's own")
+                found = _from_array(arrays["embeddings"], f"{what} {name} {word}")
+                shapes = _from_array(arrays["templates"], f"{what} {name} {word}")
+                if found.ndim != 2 or found.shape[1] != weights.shape[1] or shapes.ndim != 3 \
+                        or not np.isfinite(found).all() or not np.isfinite(shapes).all():
+                    raise ValueError(f"{what} {name} {word}: examples of shape {found.shape} "
+                                     f"and templates {shapes.shape} do not fit its layer")
+                own[str(word)] = (found.astype(np.float32), shapes.astype(np.float32))
             node.people[name] = Person(
                 name, str(person["when"]), str(person["sha256"]),
                 {str(k): int(v) for k, v in person["words"].items()},
-                int(person["speech_clips"]), embeddings, targets)
+                int(person["speech_clips"]), embeddings, targets, own)
+        if len(set(words)) != len(words) \
+                or any(not OWN_WORD_PATTERN.fullmatch(word) for word in words):
+            raise ValueError(f"{what}: words of its own {list(words)}")
         node.layer = ClassifierHead(weights, bias, (low, high))
         node.settings = _settings(entry.get("prototypes"), what)
         return node
@@ -293,6 +391,8 @@ def _settings(document: Any, what: str) -> AdaptSettings:
     if document is None or isinstance(document, list):  # a file that kept the prototypes
         return ADAPT
     values: dict[str, Any] = {name: float(document[name]) for name in PROTOTYPE_NUMBERS}
+    values |= {name: float(document.get(name, getattr(ADAPT, name)))
+               for name in OWN_WORD_NUMBERS}
     if not np.isfinite(list(values.values())).all():
         raise ValueError(f"{what}: prototype settings {values}")
     values["exclusive"] = document.get("exclusive", False)  # files from before it: as enrolled

@@ -90,6 +90,8 @@ class TakesInbox:
                 takes.speech.append(clip)
             else:
                 takes.words.setdefault(one.word, []).append(clip)
+                if one.new_word and one.word not in takes.new_words:
+                    takes.new_words.append(one.word)
         return takes
 
 
@@ -156,18 +158,16 @@ class Enroller:
         if self._models is None:
             self._models = adaptation_models(self.models_dir, self.model)
         spotter, anchors = self._models
-        keywords = spotter.contract.keywords
         for word, clips in job.takes.words.items():
-            if word not in keywords:
-                raise ValueError(f"{word!r} is not a keyword of {spotter.name} "
-                                 f"({', '.join(keywords)}) nor {UNKNOWN_FOLDER}")
             for number, (rate, samples) in enumerate(clips, 1):
                 check_take(f"{word} take {number}", rate, samples)
         for number, (rate, samples) in enumerate(job.takes.speech, 1):
             check_take(f"{UNKNOWN_FOLDER} take {number}", rate, samples)
         # Read again each time, and held meanwhile: `collector enroll` may change it too.
+        # It refuses a word that is no keyword, nor the node's own, nor one to learn.
         with Enrollments.changing(self.path) as store:
-            node = store.add(job.node_id, job.takes, spotter, anchors=anchors)
+            node = store.add(job.node_id, job.takes, spotter, anchors=anchors,
+                             new_words=job.takes.new_words)
         return len(node.people), version_of(spotter, node)
 
     def _answer(self, job: _Job, enrolled: bool, reason: str, people: int, version: str,

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from tinyml_core.frontend import block_levels_dbfs, resample, to_float
-from tinyml_core.messages import UNKNOWN_FOLDER, UNKNOWN_LABEL
-from tinyml_core.models import ClassifierHead, KeywordSpotter, Prototypes
+from tinyml_core.messages import OWN_WORD_PATTERN, OWN_WORD_RULE, UNKNOWN_FOLDER, UNKNOWN_LABEL
+from tinyml_core.models import ClassifierHead, KeywordSpotter, OwnWords, Prototypes
 
 Clip = tuple[int, np.ndarray]  # (sample rate, samples)
 
@@ -39,6 +39,7 @@ class Takes:
     person: str
     words: dict[str, list[Clip]] = field(default_factory=dict)
     speech: list[Clip] = field(default_factory=list)  # not a keyword: their ordinary talk
+    new_words: list[str] = field(default_factory=list)  # of ``words``: for the node to learn
 
     @property
     def count(self) -> int:
@@ -81,9 +82,15 @@ class AdaptSettings:
     # several words' takes (noise is like many) lifts none of them much. Without it, noise and
     # visitors' words became words on an enrolled node.
     exclusive: bool = True
+    # A word of the node's own (tinyml_core.models.OwnWords) is accepted where a window is
+    # this like one of its takes (cosine similarity of the pretrained embedding's frames; a
+    # person's next take is about 0.8 like their last, other words by anyone 0.25, and 0.59
+    # at most: benchmarks/kws_new_word.py).
+    own_word_floor: float = 0.55
+    own_word_slope: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("prototype_floor", "anchor_floor"):
+        for name in ("prototype_floor", "anchor_floor", "own_word_floor"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}: a floor is a similarity in "
                                  "[0, 1)")
@@ -127,17 +134,31 @@ def variants(clip: Clip, count: int, rng: np.random.Generator) -> list[Clip]:
     return out
 
 
-def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
-                  hop_s: float = 0.1) -> np.ndarray:
-    """Embeddings of the windows where the word is: the window the shipped model finds the
-    word in most (or, where it finds no word, the loudest second), and its neighbours."""
+def _take_windows(spotter: KeywordSpotter, word: str, clip: Clip, hop_s: float
+                  ) -> tuple[np.ndarray, int]:
+    """The windows of a take (padded with quiet) and the one where the word is: where the
+    shipped model finds the word most, or for a word of the node's own, which it does not
+    know, the loudest second."""
     rate, samples = clip
     # Quiet either side, so that a one-second take still gives windows shifted in time.
     pad = np.zeros(int(PAD_S * rate), dtype=samples.dtype)
-    _, windows = spotter.windows(np.concatenate([pad, samples, pad]), rate, hop_s)
+    padded = np.concatenate([pad, samples, pad])
+    offsets, windows = spotter.windows(padded, rate, hop_s)
     base = spotter.with_head(None)
-    probabilities = base.classify_features(windows)
-    peak = int(probabilities[:, spotter.labels.index(word)].argmax())
+    if word in base.labels:
+        return windows, int(base.classify_features(windows)[:, base.labels.index(word)].argmax())
+    audio = to_float(padded).astype(np.float64)
+    energy = np.concatenate([[0.0], np.cumsum(audio * audio)])
+    starts = np.minimum(np.round(offsets * rate).astype(int), len(audio))
+    ends = np.minimum(starts + rate, len(audio))
+    return windows, int((energy[ends] - energy[starts]).argmax())
+
+
+def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
+                  hop_s: float = 0.1) -> np.ndarray:
+    """Embeddings of the windows where the word is (:func:`_take_windows`) and of their
+    neighbours."""
+    windows, peak = _take_windows(spotter, word, clip, hop_s)
     chosen = sorted({min(len(windows) - 1, max(0, peak + shift)) for shift in SHIFTS})
     return spotter.embed_features(windows[chosen])
 
@@ -149,27 +170,64 @@ def speech_examples(spotter: KeywordSpotter, clip: Clip, hop_s: float = 0.1) -> 
     return spotter.embed_features(windows)
 
 
-def examples(spotter: KeywordSpotter, households: Iterable[Takes],
-             settings: AdaptSettings = ADAPT) -> tuple[np.ndarray, np.ndarray]:
-    """All takes as (embeddings [N, D], label indices [N])."""
-    unknown = spotter.labels.index(UNKNOWN_LABEL)
+@dataclass
+class Examples:
+    """What takes showed the model: its last layer's input for the keywords and other speech
+    (with label indices), and for each of the node's own words, the embeddings of its takes'
+    windows (``unknown`` to the last layer: no keyword may answer them) and its templates
+    (:class:`~tinyml_core.models.OwnWords`, the model's input at each take's word)."""
+
+    embeddings: np.ndarray  # [N, D]
+    targets: np.ndarray  # [N]
+    own: dict[str, tuple[np.ndarray, np.ndarray]]  # word → ([M, D], [K, frames, coeffs])
+
+
+def takes_examples(spotter: KeywordSpotter, households: Iterable[Takes],
+                   settings: AdaptSettings = ADAPT, words: Sequence[str] = ()) -> Examples:
+    """Every take, each also varied (:func:`variants`), as :class:`Examples`; a take of a
+    word that is none of the model's keywords nor of ``words`` is refused."""
+    labels = spotter.contract.labels
+    unknown = labels.index(UNKNOWN_LABEL)
     rng = np.random.default_rng(settings.seed)
     rows, targets = [], []
+    own: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for takes in households:
         for word, clips in takes.words.items():
-            target = spotter.labels.index(word)
+            if word not in spotter.contract.keywords and word not in words:
+                raise ValueError(f"{word!r} is not a keyword of {spotter.name} nor a word of "
+                                 "the node's own")
             for take in clips:
                 for clip in variants(take, settings.variants, rng):
-                    found = take_examples(spotter, word, clip, settings.hop_s)
-                    rows.append(found)
-                    targets += [target] * len(found)
+                    windows, peak = _take_windows(spotter, word, clip, settings.hop_s)
+                    chosen = sorted({min(len(windows) - 1, max(0, peak + shift))
+                                     for shift in SHIFTS})
+                    found = spotter.embed_features(windows[chosen])
+                    if word in labels:
+                        rows.append(found)
+                        targets += [labels.index(word)] * len(found)
+                    else:
+                        embeddings, templates = own.setdefault(word, ([], []))
+                        embeddings.append(found)
+                        templates.append(windows[peak])
         for clip in takes.speech:
             found = speech_examples(spotter, clip, settings.hop_s)
             rows.append(found)
             targets += [unknown] * len(found)
-    if not rows:
+    if not rows and not own:
         raise ValueError("no takes to adapt from")
-    return np.concatenate(rows).astype(np.float32), np.array(targets)
+    width = spotter.model.head.weights.shape[1] if spotter.model.head is not None else 0
+    return Examples(
+        np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, width), np.float32),
+        np.array(targets, np.int64),
+        {word: (np.concatenate(e).astype(np.float32), np.stack(t).astype(np.float32))
+         for word, (e, t) in own.items()})
+
+
+def examples(spotter: KeywordSpotter, households: Iterable[Takes],
+             settings: AdaptSettings = ADAPT) -> tuple[np.ndarray, np.ndarray]:
+    """The keyword takes and other speech as (embeddings [N, D], label indices [N])."""
+    found = takes_examples(spotter, households, settings)
+    return found.embeddings, found.targets
 
 
 @dataclass(frozen=True)
@@ -238,15 +296,30 @@ def fit_head(base: ClassifierHead, embeddings: np.ndarray, targets: np.ndarray,
 
 
 def household_head(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.ndarray,
-                   settings: AdaptSettings = ADAPT,
-                   anchors: Anchors | None = None) -> ClassifierHead:
+                   settings: AdaptSettings = ADAPT, anchors: Anchors | None = None,
+                   own: OwnWords | None = None) -> ClassifierHead:
     """The node's last layer from its household's examples: fitted to them
-    (:func:`fit_head`), with their keyword examples as prototypes, and the anchors' too."""
+    (:func:`fit_head`), with their keyword examples as prototypes, and the anchors' too;
+    and the node's ``own`` words beside it."""
     if spotter.model.head is None:
         raise ValueError(f"{spotter.name}: load it with embedding=True to adapt it")
     head = fit_head(spotter.model.head, embeddings, targets, settings, anchors)
     return replace(head, prototypes=household_prototypes(spotter, embeddings, targets,
-                                                         settings, anchors))
+                                                         settings, anchors), own_words=own)
+
+
+def own_words(spotter: KeywordSpotter, templates: dict[str, np.ndarray],
+              settings: AdaptSettings = ADAPT) -> OwnWords | None:
+    """The node's own words (in the order of ``templates``: word → [K, frames, coeffs]),
+    accepted where a window is as like one of a word's takes as ``settings.own_word_floor``
+    (at the model's default threshold)."""
+    words = [word for word, found in templates.items() if len(found)]
+    if not words:
+        return None
+    return OwnWords(tuple(words), np.concatenate([templates[w] for w in words]),
+                    np.concatenate([np.full(len(templates[w]), i) for i, w in enumerate(words)]),
+                    settings.own_word_floor, spotter.contract.default_threshold,
+                    settings.own_word_slope)
 
 
 def household_prototypes(spotter: KeywordSpotter, embeddings: np.ndarray, targets: np.ndarray,
@@ -260,8 +333,8 @@ def household_prototypes(spotter: KeywordSpotter, embeddings: np.ndarray, target
     center = (anchors.embeddings if anchors is not None else embeddings).mean(axis=0)
     keywords = [spotter.labels.index(word) for word in spotter.contract.keywords]
     # What is no keyword (the anchors' noise and other words, the household's own other
-    # speech): the prototypes' rivals, so that a take that also sounds like the room lifts
-    # the word and not the room.
+    # speech and own words): the prototypes' rivals, so that a take that also sounds like the
+    # room lifts the word and not the room.
     not_words = embeddings[~np.isin(targets, keywords)]
     if anchors is not None:
         not_words = np.concatenate([not_words,
@@ -277,17 +350,37 @@ def household_prototypes(spotter: KeywordSpotter, embeddings: np.ndarray, target
 
 
 def adapt(spotter: KeywordSpotter, households: Sequence[Takes],
-          settings: AdaptSettings = ADAPT,
-          anchors: Anchors | None = None) -> ClassifierHead:
-    """The household's last layer for ``spotter`` (made with ``embedding=True``)."""
+          settings: AdaptSettings = ADAPT, anchors: Anchors | None = None,
+          words: Sequence[str] = ()) -> ClassifierHead:
+    """The household's last layer for ``spotter`` (made with ``embedding=True``), with its
+    own ``words`` (:func:`check_word`) as keywords too."""
     if spotter.model.head is None:
         raise ValueError(f"{spotter.name}: load it with embedding=True to adapt it")
+    for word in words:
+        check_word(word, spotter.contract.labels)
     unknown_words = {word for takes in households for word in takes.words} - set(
-        spotter.contract.keywords)
+        spotter.contract.keywords) - set(words)
     if unknown_words:
         raise ValueError(f"not keywords of {spotter.name}: {', '.join(sorted(unknown_words))}")
-    x, y = examples(spotter, households, settings)
-    return household_head(spotter, x, y, settings, anchors)
+    found = takes_examples(spotter, households, settings, words)
+    x, y = found.embeddings, found.targets
+    unknown = spotter.labels.index(UNKNOWN_LABEL)
+    for embeddings, _ in found.own.values():  # no keyword may answer the node's own words
+        x = np.concatenate([x, embeddings])
+        y = np.concatenate([y, np.full(len(embeddings), unknown)])
+    own = own_words(spotter, {word: found.own[word][1] for word in words if word in found.own},
+                    settings)
+    return household_head(spotter, x, y, settings, anchors, own)
+
+
+def check_word(word: str, labels: Sequence[str]) -> str:
+    """A word of the node's own must be a lower-case word that is none of the model's labels;
+    ValueError saying why not."""
+    if not OWN_WORD_PATTERN.fullmatch(word):
+        raise ValueError(f"{word!r}: a word of a node's own is {OWN_WORD_RULE}")
+    if word in labels:
+        raise ValueError(f"{word!r} is already a label of the model ({', '.join(labels)})")
+    return word
 
 
 MAX_TAKE_S = 10.0
@@ -307,18 +400,21 @@ def check_take(path: Path | str, rate: int, samples: np.ndarray) -> None:
         raise ValueError(f"{path}: silence (loudest {loudest:.0f} dBFS)")
 
 
-def read_takes(folder: Path, person: str, keywords: Sequence[str]) -> Takes:
+def read_takes(folder: Path, person: str, keywords: Sequence[str],
+               words: Sequence[str] = ()) -> Takes:
     """``<word>/*.wav`` takes and ``_unknown_/*.wav`` other speech of one person, at any rate
-    (stereo is mixed down); ValueError with the reason for anything else."""
+    (stereo is mixed down); ``words``: the node's own words, which may have takes too.
+    ValueError with the reason for anything else."""
     from tinyml_core.recordings import RecordingError, read_wav
 
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
     takes = Takes(person)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if sub.name != UNKNOWN_FOLDER and sub.name not in keywords:
+        if sub.name != UNKNOWN_FOLDER and sub.name not in keywords and sub.name not in words:
             raise ValueError(f"{sub}: not a keyword of the model ({', '.join(keywords)}) nor "
-                             f"{UNKNOWN_FOLDER} (other speech)")
+                             f"{UNKNOWN_FOLDER} (other speech); to teach the node a word of "
+                             f"its own, name it: --word {sub.name}")
         for path in sorted(sub.glob("*.wav")):
             try:
                 rate, samples = read_wav(path)
@@ -331,5 +427,5 @@ def read_takes(folder: Path, person: str, keywords: Sequence[str]) -> Takes:
                 takes.words.setdefault(sub.name, []).append((rate, samples))
     if not takes.words:
         raise ValueError(f"{folder}: no takes (<word>/*.wav with a word in "
-                         f"{', '.join(keywords)})")
+                         f"{', '.join([*keywords, *words])})")
     return takes

@@ -177,9 +177,17 @@ def discovery_messages(node_id: str, collector_id: str, forecasters: Sequence[st
             trigger = {"automation_type": "trigger", "topic": keyword, "type": "action",
                        "subtype": word, "payload": word,
                        "value_template": "{{ value_json.label }}", "device": device}
-            messages.append((f"{DISCOVERY_PREFIX}/device_automation/{base}/keyword_"
-                             f"{_OBJECT_ID.sub('_', word)}/config", _json(trigger)))
+            messages.append((_trigger_topic(base, word), _json(trigger)))
     return messages
+
+
+def _trigger_topic(base: str, word: str) -> str:
+    return f"{DISCOVERY_PREFIX}/device_automation/{base}/keyword_{_OBJECT_ID.sub('_', word)}/config"
+
+
+def trigger_removal_messages(node_id: str, words: Sequence[str]) -> list[tuple[str, bytes]]:
+    """Empty retained configs for the device triggers of words the node no longer answers."""
+    return [(_trigger_topic(object_id(node_id), word), b"") for word in words]
 
 
 def removal_messages(node_id: str, collector_id: str, forecasters: Sequence[str] = (),

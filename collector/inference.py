@@ -175,6 +175,7 @@ class Inference:
         self._enrolled: dict[str, KeywordSpotter] = {}
         self._enrollment_stamp: tuple[int, int] | None = None
         self.enrollment_file: Path | None = None  # read again by refresh_enrollments()
+        self._changed_words: dict[str, tuple[str, ...]] = {}  # take_changed_words()
         # A node's own forecaster replaces the one it was tuned from, for that node only.
         self._own: dict[str, dict[str, Forecaster]] = {}
         for node_id, name in (node_models or {}).items():
@@ -235,8 +236,15 @@ class Inference:
                 log.error("enrollment not used: %s", reason)
         if own or self._enrolled:
             log.info("enrolled nodes: %s", ", ".join(
-                f"{node} ({len(store.nodes[node].people)} people)" for node in sorted(own))
-                or "none")
+                f"{node} ({len(store.nodes[node].people)} people"
+                + (f"; its own words: {', '.join(own[node].own_words)})"
+                   if own[node].own_words else ")")
+                for node in sorted(own)) or "none")
+        for node_id in set(own) | set(self._enrolled):
+            before = self.node_keywords(node_id)
+            after = (own.get(node_id) or self.spotter).keywords
+            if before != after:
+                self._changed_words[node_id] = tuple(w for w in before if w not in after)
         self.enrollments, self._enrolled = store, own
 
     def refresh_enrollments(self) -> None:
@@ -314,10 +322,22 @@ class Inference:
         """Nodes answered by another keyword model than the default: {node: model}."""
         return {node: spotter.name for node, spotter in self._node_spotters.items()}
 
-    def discovery_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The forecasters' names and the keyword model's words (Home Assistant's entities)."""
-        keywords = tuple(self.spotter.contract.keywords) if self.spotter is not None else ()
-        return tuple(f.name for f in self.forecasters), keywords
+    def discovery_names(self, node_id: str | None = None
+                        ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The forecasters' names and the words a node's keyword model answers (Home
+        Assistant's entities): the model's keywords, and the node's own words if any."""
+        return tuple(f.name for f in self.forecasters), self.node_keywords(node_id)
+
+    def node_keywords(self, node_id: str | None) -> tuple[str, ...]:
+        spotter = self._node_spotters.get(node_id or "") \
+            or self._enrolled.get(node_id or "", self.spotter)
+        return spotter.keywords if spotter is not None else ()
+
+    def take_changed_words(self) -> dict[str, tuple[str, ...]]:
+        """Nodes whose words changed (a word of their own learned or forgotten) since the
+        last call, with the words they no longer answer."""
+        changed, self._changed_words = self._changed_words, {}
+        return changed
 
     @property
     def uncommitted(self) -> int:

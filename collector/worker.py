@@ -39,7 +39,7 @@ from tinyml_core.topics import (
 )
 
 from .enroller import Enroller, TakesInbox
-from .homeassistant import BIRTH_TOPIC, discovery_messages
+from .homeassistant import BIRTH_TOPIC, discovery_messages, trigger_removal_messages
 from .inference import Inference
 from .settings import CollectorSettings, enrollment_path
 from .state import load_state, state_document
@@ -191,6 +191,8 @@ class Worker:
             if now >= next_enrollment_check:  # `collector enroll` changed it: no restart
                 with self._windows_lock:  # between two messages
                     self.inference.refresh_enrollments()
+                if self.settings.collector.ha_discovery:
+                    self.announce_changed_words()
                 next_enrollment_check = now + ENROLLMENT_CHECK_S
             wake = next_stats if deadline is None else min(next_stats, deadline)
             self.stop_requested.wait(min(0.1, max(0.0, wake - now)))
@@ -319,9 +321,19 @@ class Worker:
 
     def announce(self, node_id: str) -> None:
         for topic, payload in discovery_messages(node_id, self.settings.collector.id,
-                                                 *self.inference.discovery_names()):
+                                                 *self.inference.discovery_names(node_id)):
             self.client.publish(topic, payload, retain=True)
         log.info("Home Assistant discovery sent for %s", node_id)
+
+    def announce_changed_words(self) -> None:
+        """Nodes that learned or forgot a word of their own: Home Assistant's event entity
+        and triggers follow (a forgotten word's trigger is removed)."""
+        for node_id, forgotten in sorted(self.inference.take_changed_words().items()):
+            if node_id not in self.announced:
+                continue  # announced with its words when it next reports
+            for topic, payload in trigger_removal_messages(node_id, forgotten):
+                self.client.publish(topic, payload, retain=True)
+            self.announce(node_id)
 
     def stop(self) -> None:
         self.stop_requested.set()

@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--takes", type=int, default=3, metavar="N",
                         help="takes per keyword (default: 3)")
     enroll.add_argument("--words", metavar="W1,W2,...",
-                        help="the keywords to record (default: the shipped models' eight)")
+                        help="the keywords to record (default: the shipped models' eight; "
+                             "none with --word)")
+    enroll.add_argument("--word", action="append", default=[], metavar="WORD",
+                        help="a word of the household's own (e.g. lights): recorded like a "
+                             "keyword, and learnt by the collector as one this node answers "
+                             "(repeatable; with --send: DIR's WORD/*.wav are such takes)")
     enroll.add_argument("--soundalikes", metavar="W1,W2,...",
                         help="words that sound like a keyword, said once each and learnt as "
                              "not a keyword (default: those of the words recorded, e.g. off, "
@@ -222,13 +227,21 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     import dataclasses
     import getpass
 
+    from tinyml_core.messages import OWN_WORD_PATTERN, OWN_WORD_RULE
+
     from .enroll import DEFAULT_WORDS, SOUNDALIKES, enroll
     from .loan import loan_for
     from .microphone import Microphone, RecordedStream
     from .sources import capture, open_microphone
 
-    words = [word.strip() for word in (args.words or ",".join(DEFAULT_WORDS)).split(",")
-             if word.strip()]
+    new_words = [word.strip() for word in args.word if word.strip()]
+    for word in new_words:
+        if not OWN_WORD_PATTERN.fullmatch(word):
+            raise ConfigError(f"--word {word!r}: a word of the household's own is "
+                              f"{OWN_WORD_RULE}")
+    default = "" if new_words else ",".join(DEFAULT_WORDS)
+    words = [word.strip() for word in (args.words or default).split(",") if word.strip()]
+    words += [word for word in new_words if word not in words]
     if not words or args.takes < 1:
         raise ConfigError("--words needs at least one word and --takes at least 1")
     soundalikes = ([word.strip() for word in args.soundalikes.split(",") if word.strip()]
@@ -240,7 +253,7 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     person = args.person or getpass.getuser()
     node_id = args.node_id or settings.node.id
     if args.send is not None:
-        return send_command(settings, node_id, person, args.send, args.wait)
+        return send_command(settings, node_id, person, args.send, args.wait, new_words)
     out = args.out or Path("takes") / person
     cutting = capture(settings.audio)
     with contextlib.ExitStack() as borrowed:
@@ -276,15 +289,17 @@ def enroll_command(args: argparse.Namespace, settings: NodeSettings) -> int:
     if not result.accepted:
         return 1
     if args.no_send or stop.is_set():
-        print(f"next: python -m node enroll --send {out} --person {person}, or where the "
-              f"collector runs: python -m collector enroll {node_id} {out} --person {person}")
+        flags = "".join(f" --word {word}" for word in new_words)
+        print(f"next: python -m node enroll --send {out} --person {person}{flags}, or where "
+              f"the collector runs: python -m collector enroll {node_id} {out} --person "
+              f"{person}{flags}")
         return 0 if result.complete else 1
-    sent = send_command(settings, node_id, person, out, args.wait)
+    sent = send_command(settings, node_id, person, out, args.wait, new_words)
     return sent or (0 if result.complete else 1)
 
 
 def send_command(settings: NodeSettings, node_id: str, person: str, folder: Path,
-                 wait_s: float) -> int:
+                 wait_s: float, new_words: Sequence[str] = ()) -> int:
     """Send a folder of takes as one enrollment and print the collector's answer."""
     from tinyml_core.errors import MqttConnectError
 
@@ -292,13 +307,15 @@ def send_command(settings: NodeSettings, node_id: str, person: str, folder: Path
 
     stop = threading.Event()
     stop_on_signals(stop.set)
+    flags = "".join(f" --word {word}" for word in new_words)
     fallback = (f"the takes stay in {folder}: send them again with `python -m node enroll "
-                f"--send {folder} --person {person}`, or where the collector runs: `python -m "
-                f"collector enroll {node_id} {folder} --person {person}`")
+                f"--send {folder} --person {person}{flags}`, or where the collector runs: "
+                f"`python -m collector enroll {node_id} {folder} --person {person}{flags}`")
     try:
         with MqttClient(settings.broker, f"{node_id}-enroll",
                         publish_availability=False) as client:
-            result = send_takes(client, node_id, person, folder, wait_s, stopped=stop.is_set)
+            result = send_takes(client, node_id, person, folder, wait_s, stopped=stop.is_set,
+                                new_words=new_words)
     except MqttConnectError as error:
         print(f"not sent: {error}; {fallback}")
         return 1

@@ -22,7 +22,7 @@ import re
 import secrets
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,10 +300,16 @@ def folder_takes(folder: Path) -> list[tuple[str, Path]]:
 
 def send_takes(client: MqttClient, node_id: str, person: str, folder: Path, wait_s: float,
                say: Callable[[str], None] = print,
-               stopped: Callable[[], bool] = lambda: False) -> EnrollmentResult | None:
+               stopped: Callable[[], bool] = lambda: False,
+               new_words: Collection[str] = ()) -> EnrollmentResult | None:
     """Send every take in ``folder`` as one enrollment of ``person`` and wait up to ``wait_s``
-    for the collector's answer (None when none came)."""
+    for the collector's answer (None when none came). ``new_words``: words of the node's own
+    for the collector to learn (their takes say so)."""
     takes = folder_takes(folder)
+    missing = sorted(set(new_words) - {word for word, _ in takes})
+    if missing:
+        raise RecordingError(f"{folder}: no takes of {', '.join(missing)} "
+                             f"({missing[0]}/*.wav) to learn the word from")
     session = secrets.token_hex(4)
     client.subscribe(enrolled_topic(node_id))  # before sending: the answer is not retained
     window: PublishWindow[int] = PublishWindow(client, SEND_WINDOW)
@@ -312,7 +318,8 @@ def send_takes(client: MqttClient, node_id: str, person: str, folder: Path, wait
         rate, samples = read_wav(path)
         try:
             take = EnrollmentTake.from_samples(node_id, person, session, word, index,
-                                               len(takes), rate, samples, time.time())
+                                               len(takes), rate, samples, time.time(),
+                                               new_word=word in new_words)
         except PayloadError as error:
             raise RecordingError(f"{path}: {error}") from None
         while window.room() == 0 and not stopped():

@@ -484,3 +484,117 @@ def test_a_model_is_adapted_with_the_settings_its_manifest_names(tmp_path: Path)
         adapt_settings({"enrollment": {"settings": {"prototype_flor": 0.5}}})
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         adapt_settings({"enrollment": {"settings": {"prototype_floor": 1.2}}})
+
+
+# --- a word of the household's own (`--word`) -----------------------------------------------
+
+KIM = REPO_ROOT / "samples" / "enroll" / "kim"  # two takes of "happy" (not a keyword)
+KIM_TEST = REPO_ROOT / "samples" / "enroll" / "kim-happy.wav"  # their third
+
+
+def kws_e_config(tmp_path: Path) -> Path:
+    config = config_file(tmp_path)
+    config.write_text(config.read_text() + 'keyword_model = "kws_e"\n')
+    return config
+
+
+def kws_e_inference(tmp_path: Path) -> object:
+    from collector.inference import Inference
+    from collector.settings import CollectorOptions
+
+    return Inference.from_options(CollectorOptions(
+        models_dir=str(MODELS), state_path="", keyword_model="kws_e",
+        enrollment_path=str(tmp_path / "enrolled.json")))
+
+
+def test_a_node_learns_a_word_of_its_own_and_only_that_node_answers_it(
+        tmp_path: Path) -> None:
+    config = kws_e_config(tmp_path)
+    code, out = run_enroll("kitchen", str(KIM), "--word", "happy", "--config", str(config))
+    assert code == 0, out
+    assert "enrolled kim on kitchen: 2 takes of 1 words" in out
+    assert "its own words: happy" in out
+    inference = kws_e_inference(tmp_path)
+    (label, version), = keyword_answers(inference, "kitchen", [KIM_TEST])
+    assert label == "happy" and "+enrolled-" in version
+    (label, _), = keyword_answers(inference, "hallway", [KIM_TEST])
+    assert label == "unknown"  # no other node knows it
+    # Its keywords and other sounds answer as before: other words and noise stay unknown.
+    answers = keyword_answers(inference, "kitchen", [
+        *sorted((SPEECH / "_unknown_").glob("[bcm]*.wav")),
+        *sorted((SPEECH / "_background_noise_").glob("*.wav")),
+        sorted((SPEECH / "yes").glob("*.wav"))[0]], first=1)
+    assert [label for label, _ in answers] == ["unknown"] * 5 + ["yes"]
+    assert inference.discovery_names("kitchen")[1][-1] == "happy"  # type: ignore[attr-defined]
+    assert "happy" not in inference.discovery_names("hallway")[1]  # type: ignore[attr-defined]
+
+
+def test_a_word_of_its_own_must_be_named_and_a_proper_word(tmp_path: Path) -> None:
+    import shutil
+
+    config = kws_e_config(tmp_path)
+    code, out = run_enroll("kitchen", str(KIM), "--config", str(config))
+    assert code != 0 and "happy: not a keyword of the model" in out and "--word happy" in out
+    for bad, reason in (("Happy", "lower-case"), ("stop", "already a label"),
+                        ("so-", "lower-case"), ("lights", "no takes of the new word")):
+        code, out = run_enroll("kitchen", str(KIM), "--word", "happy", "--word", bad,
+                               "--config", str(config))
+        assert code != 0 and reason in out, (bad, out)
+    folder = tmp_path / "odd"
+    shutil.copytree(KIM / "happy", folder / "Lights!")
+    code, out = run_enroll("kitchen", str(folder), "--word", "Lights!", "--config", str(config))
+    assert code != 0 and "lower-case" in out
+    assert not (tmp_path / "enrolled.json").exists()  # nothing changed
+
+
+def test_own_words_are_listed_kept_and_forgotten(tmp_path: Path) -> None:
+    from collector.enrolled import Enrollments
+
+    config = kws_e_config(tmp_path)
+    assert run_enroll("kitchen", str(KIM), "--word", "happy", "--config", str(config))[0] == 0
+    assert run_enroll("kitchen", str(enroll_folder(tmp_path)), "--config", str(config))[0] == 0
+    code, out = run_enroll("kitchen", "--list", "--config", str(config))
+    assert code == 0 and "its own words: happy" in out and "kim: 2 takes (happy 2)" in out
+    # What the file gives back answers as the node did when it was enrolled.
+    store = Enrollments.load(tmp_path / "enrolled.json")
+    node = store.nodes["kitchen"]
+    assert node.words == ("happy",) and set(node.people["kim"].own) == {"happy"}
+    inference = kws_e_inference(tmp_path)
+    spotter = inference._enrolled["kitchen"]  # type: ignore[attr-defined]
+    rate, samples = read_wav(KIM_TEST)
+    again = kws_e_inference(tmp_path)._enrolled["kitchen"]  # type: ignore[attr-defined]
+    assert np.allclose(spotter.classify(samples, rate), again.classify(samples, rate))
+    assert spotter.labels[-1] == "happy" and spotter.keywords[-1] == "happy"
+    # Forgetting the word forgets kim (who enrolled nothing else); ann stays.
+    code, out = run_enroll("kitchen", "--remove-word", "happy", "--config", str(config))
+    assert code == 0 and "removed the word 'happy' from kitchen; 1 people left" in out, out
+    node = Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"]
+    assert node.words == () and set(node.people) == {"ann"}
+    (label, _), = keyword_answers(kws_e_inference(tmp_path), "kitchen", [KIM_TEST])
+    assert label == "unknown"
+    code, out = run_enroll("kitchen", "--remove-word", "happy", "--config", str(config))
+    assert code != 0 and "not a word of kitchen's own" in out
+
+
+def test_own_words_are_matched_on_the_model_input_at_any_offset() -> None:
+    from tinyml_core.models import OwnWords
+
+    rng = np.random.default_rng(0)
+    take = rng.normal(size=(10, 96)).astype(np.float32)
+    other = rng.normal(size=(10, 96)).astype(np.float32)
+    own = OwnWords(("happy",), take[None], np.array([0]), floor=0.55, threshold=0.72)
+    later = np.concatenate([rng.normal(size=(2, 96)), take[:-2]]).astype(np.float32)
+    likeness = own.likeness(np.stack([take, later, other]))[:, 0]
+    assert likeness[0] == pytest.approx(1.0, abs=1e-5)
+    assert likeness[1] > 0.85  # the word two frames later in the window
+    assert abs(likeness[2]) < 0.2
+    # At the floor the word's probability is the threshold, whatever the model's logits.
+    at_floor = np.stack([take, other])
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]], np.float32)
+    shifted = OwnWords(("happy",), take[None], np.array([0]), floor=0.9999, threshold=0.72)
+    column = shifted.logits(logits, at_floor)
+    together = np.concatenate([logits, column], axis=1)
+    probability = np.exp(together[0]) / np.exp(together[0]).sum()
+    assert probability[-1] == pytest.approx(0.72, abs=0.01)
+    with pytest.raises(ValueError, match="templates"):
+        OwnWords(("a", "b"), take[None], np.array([2]), floor=0.5, threshold=0.7)

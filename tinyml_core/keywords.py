@@ -119,5 +119,5 @@ def find_keywords(spotter: KeywordSpotter, samples: np.ndarray, sample_rate: int
     settings = replace(settings, threshold=threshold_in_force(settings, spotter, clip),
                        smoothing=smoothing_in_force(settings, spotter))
     scan = spotter.scan(samples, sample_rate, settings.hop_s)
-    return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.contract.keywords,
+    return decide(scan.offsets, scan.probabilities, spotter.labels, spotter.keywords,
                   settings), scan

@@ -913,6 +913,10 @@ class NodeDiagnostics:
 MAX_ENROLL_TAKES = 400  # takes in one enrollment (8 words x 3 takes and speech is ~40)
 MAX_PERSON_CHARS = 64
 UNKNOWN_FOLDER = "_unknown_"  # what is none of the keywords: a take's word, a folder name
+# A word of a node's own (``node enroll --word``): it names a Home Assistant event type and a
+# device trigger, a folder of takes and a label in results.
+OWN_WORD_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,22}[a-z0-9])?")
+OWN_WORD_RULE = "1-24 lower-case letters or digits (inner hyphens allowed)"
 # (Speech Commands' convention; a person's ordinary speech, in an enrollment)
 _SESSION_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 _WORD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
@@ -931,7 +935,8 @@ class EnrollmentTake(_Samples):
     """``enroll/<node_id>``: one take of one person (a keyword said once, or a piece of their
     ordinary speech as ``word`` ``_unknown_``), number ``index`` of the ``count`` takes of one
     enrollment ``session``. The collector adapts once it has all of them, and answers on
-    ``enrolled/<node_id>`` (:class:`EnrollmentResult`)."""
+    ``enrolled/<node_id>`` (:class:`EnrollmentResult`). ``new_word``: ``word`` is none of the
+    model's keywords but one the node is to learn as its own (``node enroll --word``)."""
 
     node_id: str
     person: str
@@ -942,6 +947,7 @@ class EnrollmentTake(_Samples):
     sample_rate: int
     pcm: bytes = field(repr=False)
     time: float
+    new_word: bool = False
 
     def __post_init__(self) -> None:
         validate_id(self.node_id)
@@ -951,27 +957,34 @@ class EnrollmentTake(_Samples):
         count = _integer(self.count, "count", 1, MAX_ENROLL_TAKES)
         _integer(self.index, "index", 0, count - 1)
         object.__setattr__(self, "time", _timestamp(self.time))
+        if not isinstance(self.new_word, bool):
+            raise PayloadError("new_word must be true or false", field="new_word")
+        if self.new_word and not OWN_WORD_PATTERN.fullmatch(self.word):
+            raise PayloadError(f"new word {self.word!r}: a word of a node's own is "
+                               f"{OWN_WORD_RULE}", field="word")
         self._check_samples("take", "pcm")
 
     @classmethod
     def from_samples(cls, node_id: str, person: str, session: str, word: str, index: int,
-                     count: int, sample_rate: int, samples: np.ndarray, time: float) -> Self:
+                     count: int, sample_rate: int, samples: np.ndarray, time: float,
+                     new_word: bool = False) -> Self:
         return cls(node_id, person, session, word, index, count, sample_rate,
-                   _pcm(samples, "pcm"), time)
+                   _pcm(samples, "pcm"), time, new_word)
 
     def encode(self) -> bytes:
         return _dump_json({"node_id": self.node_id, "person": self.person,
                            "session": self.session, "word": self.word, "index": self.index,
                            "count": self.count, "sample_rate": self.sample_rate,
                            "sample_format": SAMPLE_FORMAT,
-                           "pcm": _encode_base64url(self.pcm), "time": self.time})
+                           "pcm": _encode_base64url(self.pcm), "time": self.time}
+                          | ({"new_word": True} if self.new_word else {}))
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
         document = _object(_parse_json(payload, MAX_AUDIO_PAYLOAD_BYTES, "enrollment take"),
                            "enrollment take", {"node_id", "person", "session", "word", "index",
                                                "count", "sample_rate", "sample_format", "pcm",
-                                               "time"})
+                                               "time"}, {"new_word"})
         if document.pop("sample_format") != SAMPLE_FORMAT:
             raise PayloadError(f"only {SAMPLE_FORMAT!r} takes", field="sample_format")
         try:

@@ -276,16 +276,20 @@ class Prototypes:
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, keywords: Sequence[int],
            center: np.ndarray, lift: float, floor: float, keyword_penalty: float,
-           not_words: np.ndarray | None = None, exclusive: bool = False) -> Prototypes:
+           not_words: np.ndarray | None = None, exclusive: bool = False,
+           penalized: Sequence[int] | None = None) -> Prototypes:
         """From takes' embeddings [P, D] and their labels (only keyword labels are kept),
-        with ``not_words`` [M, D], embeddings of noise and other speech, as the rivals."""
+        with ``not_words`` [M, D], embeddings of noise and other speech, as the rivals.
+        ``penalized``: the keywords the penalty lowers (default: all of them; a node's own
+        word has no shipped confidence to discount)."""
         if not 0 <= floor < 1:
             raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
         keep = np.flatnonzero(np.isin(labels, keywords))
         keep = keep[np.argsort(labels[keep], kind="stable")]  # each word's takes together
         rivals = _unit(not_words, center) if not_words is not None and len(not_words) else None
         return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
-                   np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
+                   np.asarray(labels[keep], np.int64),
+                   np.asarray(keywords if penalized is None else penalized, np.int64),
                    float(lift), float(floor), float(keyword_penalty), rivals, exclusive)
 
     def offsets(self, embeddings: np.ndarray, labels: int) -> np.ndarray:
@@ -312,6 +316,71 @@ class Prototypes:
         return out
 
 
+@dataclass(frozen=True)
+class OwnWords:
+    """Words of a node's own (``node enroll --word``), which the model was never taught: the
+    household's takes of them as templates of the model's input (the pretrained speech
+    embedding's frames, [frames, coefficients] each). A window's likeness to a word is its
+    best cosine similarity to one of the word's takes, over all frame offsets within
+    ``max_shift`` (a word said a little earlier or later in the window). The probability is
+    made so that likeness ``floor`` gives ``threshold`` (the model's default, where the
+    collector accepts a word), ``slope`` logits more for each 1.0 of likeness beyond it.
+    Why the input and not the last layer's: the last layer was trained to answer every word
+    that is no keyword alike (``unknown``), so it hardly tells one such word from another;
+    the pretrained embedding does (benchmarks/kws_new_word.py)."""
+
+    words: tuple[str, ...]
+    templates: np.ndarray  # [T, frames, coefficients] float32
+    labels: np.ndarray  # [T] index into ``words``
+    floor: float
+    threshold: float
+    slope: float = 20.0
+    max_shift: int = 3
+
+    def __post_init__(self) -> None:
+        if self.templates.ndim != 3 or self.labels.shape != (len(self.templates),) \
+                or not set(np.unique(self.labels)) <= set(range(len(self.words))):
+            raise ValueError(f"own words: {self.templates.shape} templates with labels "
+                             f"{self.labels.shape} for {len(self.words)} words")
+        if not 0 < self.floor < 1 or not 0 < self.threshold < 1:
+            raise ValueError(f"own words: floor {self.floor} and threshold {self.threshold} "
+                             "must be in (0, 1)")
+
+    def likeness(self, features: np.ndarray) -> np.ndarray:
+        """[N, words]: each window's best likeness to each word's takes."""
+        windows = np.asarray(features, np.float32)
+        frames = windows.shape[1]
+        if windows.shape[1:] != self.templates.shape[1:]:
+            raise ValueError(f"own words: windows of {windows.shape[1:]} against templates "
+                             f"of {self.templates.shape[1:]}")
+        best = np.full((len(windows), len(self.templates)), -1.0, np.float32)
+        for shift in range(-min(self.max_shift, frames - 1), min(self.max_shift, frames - 1) + 1):
+            a = windows[:, max(0, shift):frames + min(0, shift)]  # the window, moved
+            b = self.templates[:, max(0, -shift):frames + min(0, -shift)]
+            dot = np.einsum("nfc,tfc->nt", a, b)
+            norms = np.sqrt(np.einsum("nfc,nfc->n", a, a))[:, None] \
+                * np.sqrt(np.einsum("tfc,tfc->t", b, b))[None, :]
+            np.maximum(best, dot / (norms + 1e-9), out=best)
+        out = np.full((len(windows), len(self.words)), -1.0, np.float32)
+        for index in range(len(self.words)):
+            mine = self.labels == index
+            if mine.any():
+                out[:, index] = best[:, mine].max(axis=1)
+        return out
+
+    def logits(self, model_logits: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """[N, words] to put beside the model's logits [N, labels]: each word's softmax
+        probability then comes out as its likeness says, the model's labels sharing the rest."""
+        likeness = self.likeness(features)
+        odds = self.slope * (likeness - self.floor) + np.log(self.threshold
+                                                             / (1 - self.threshold))
+        top = model_logits.max(axis=1, keepdims=True)
+        rest = top + np.log(np.exp(model_logits - top).sum(axis=1, keepdims=True))
+        # Each own word against the model's labels alone (several own words rarely meet).
+        out: np.ndarray = (rest + odds).astype(np.float32)
+        return out
+
+
 def _unit(embeddings: np.ndarray, center: np.ndarray) -> np.ndarray:
     centred = np.asarray(embeddings, np.float32) - center
     unit: np.ndarray = centred / (np.linalg.norm(centred, axis=1, keepdims=True) + 1e-9)
@@ -330,16 +399,29 @@ class ClassifierHead:
     bias: np.ndarray  # [labels]
     logit_range: tuple[float, float] = (-np.inf, np.inf)
     prototypes: tuple[Prototypes, ...] = ()
+    own_words: OwnWords | None = None  # a node's own words: labels after the model's
 
-    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+    @property
+    def words(self) -> tuple[str, ...]:
+        return self.own_words.words if self.own_words is not None else ()
+
+    def logits(self, embeddings: np.ndarray, features: np.ndarray | None = None
+               ) -> np.ndarray:
+        """[N, labels] from the embeddings [N, D]; with own words, a column more for each,
+        from the model's input ``features`` [N, frames, coefficients]."""
         raw = np.asarray(embeddings, np.float32) @ self.weights.T + self.bias
         clipped: np.ndarray = np.clip(raw, *self.logit_range)
         for prototypes in self.prototypes:
             clipped += prototypes.offsets(embeddings, len(self.bias))
-        return clipped
+        if self.own_words is None:
+            return clipped
+        if features is None:
+            raise ValueError("a head with words of its own needs the model's input features")
+        return np.concatenate([clipped, self.own_words.logits(clipped, features)], axis=1)
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        logits = self.logits(embeddings)
+    def probabilities(self, embeddings: np.ndarray, features: np.ndarray | None = None
+                      ) -> np.ndarray:
+        logits = self.logits(embeddings, features)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         out: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
         return out
@@ -582,8 +664,16 @@ class KeywordSpotter:
                                  or head.weights.shape != model.head.weights.shape):
             raise ModelLoadError(f"{name}: a head of shape {head.weights.shape} does not fit "
                                  "this model (it needs the model made with embedding=True)")
+        if head is not None and head.own_words is not None \
+                and head.own_words.templates.shape[1:] != self.contract.front_end.feature_shape:
+            raise ModelLoadError(f"{name}: words of its own with templates of "
+                                 f"{head.own_words.templates.shape[1:]} do not fit this model's "
+                                 f"input {self.contract.front_end.feature_shape}")
         self.name, self.entry, self.model = name, entry, model
-        self.labels = self.contract.labels
+        # A node's own words (enrolled) answer as keywords, after the model's labels.
+        self.own_words: tuple[str, ...] = head.words if head is not None else ()
+        self.labels: tuple[str, ...] = (*self.contract.labels, *self.own_words)
+        self.keywords: tuple[str, ...] = (*self.contract.keywords, *self.own_words)
         self.head = head  # a node's own last layer in place of the model's (enrollment)
 
     def with_head(self, head: ClassifierHead | None) -> KeywordSpotter:
@@ -600,7 +690,7 @@ class KeywordSpotter:
         """[N, frames, coefficients] → [N, labels] probabilities."""
         if self.head is None:
             return self.model.predict(features)
-        return self.head.probabilities(self.model.embed(features))
+        return self.head.probabilities(self.model.embed(features), features)
 
     def embed_features(self, features: np.ndarray) -> np.ndarray:
         """[N, frames, coefficients] → [N, D]: what the last layer sees (needs a model made

@@ -1,0 +1,246 @@
+"""A word of the household's own, learned from its members' takes (issue 41, item 3).
+
+    .venv/bin/python benchmarks/kws_new_word.py [--model kws_e] [--words happy bed cat]
+        [--takes 2] [--keyword-clips 60] [--json FILE]
+
+No keyword model here was taught these words as keywords, and none heard these voices: the
+new word's speakers are those of the negatives' held-back part (never trained on) who said
+it twice or more, three to a household. Each member enrolls all but their last take of the
+word (at most ``--takes``), and half of their other words as ordinary speech; the last take
+is the test. The eight keywords are the fold's held-out speakers' (each household is given
+to a speaker fold in turn, answered by that fold's model: it never heard them either).
+
+One stream per household, built as kws_stream.py builds its own: the members' test takes of
+the new word, ``--keyword-clips`` of the fold's keyword clips, the other words of the
+held-back part (never the new word, never the members' enrolled clips) alone and in
+phrases, and noise bursts. The collector's keyword path answers it with the shipped layer
+and with the node's layer after enrolling the word (collector/enrolled.py, as ``collector
+enroll --word`` makes it). Prints the new word's recall, the keywords' recall before and
+after, and false accepts an hour (and how many of them said the new word).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.kws_household import fold_anchors  # noqa: E402
+from collector.enrollment import Takes, adapt, adapt_settings  # noqa: E402
+from collector.settings import CollectorOptions, scan_settings  # noqa: E402
+from tinyml_core.keywords import smoothing_in_force, threshold_in_force  # noqa: E402
+from tinyml_core.messages import UNKNOWN_LABEL, KeywordResult  # noqa: E402
+from tinyml_core.models import load_keyword_spotter  # noqa: E402
+from training.negatives import Negatives, find_negatives, speaker, speaker_part  # noqa: E402
+from training.speakers import fold_dir, fold_of  # noqa: E402
+from training.speech import SpeechData, read_clip, split_paths  # noqa: E402
+from training.stream import (  # noqa: E402
+    MATCH_S,
+    RATE,
+    START_TIME,
+    ScansOnce,
+    Stream,
+    StreamResult,
+    build_stream,
+    capture_events,
+    combined,
+    run_stream,
+    score,
+)
+
+Clip = tuple[int, np.ndarray]
+MEMBERS = 3
+
+
+@dataclass
+class Member:
+    speaker: str
+    word_takes: list[Clip]  # of the new word, the last is the test
+    other_words: list[tuple[str, Clip]]  # their other (non-keyword) words, by name
+
+
+def members_saying(word: str, negatives_dir: Path) -> list[Member]:
+    """The held-back part's speakers who said ``word`` twice or more, in a fixed order."""
+    clips: dict[str, dict[str, list[Clip]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted((negatives_dir / "words").glob("*/*.wav")):
+        who = speaker(path)
+        if speaker_part(who) == "test":
+            clips[who][path.parent.name].append(read_clip(path))
+    chosen = [Member(who, said[word], [(name, clip) for name, takes in sorted(said.items())
+                                       if name != word for clip in takes])
+              for who, said in clips.items() if len(said.get(word, ())) >= 2]
+    return sorted(chosen, key=lambda m: zlib.crc32(m.speaker.encode()))
+
+
+def fold_keywords(speech: SpeechData, fold: int, folds: int) -> list[tuple[str, int, np.ndarray]]:
+    """The fold's held-out speakers' keyword clips (mini speech commands train split)."""
+    return [(speech.labels[target], *clip) for path, clip, target in zip(
+        split_paths(speech.root, "train"), speech.clips["train"], speech.targets["train"],
+        strict=True) if fold_of(speaker(path), folds) == fold]
+
+
+def recall_of(stream: Stream, results: list[KeywordResult], words: set[str]
+              ) -> tuple[int, int, int]:
+    """(said, found, false results naming one of ``words``): the stream's items of
+    ``words`` and the results that match them, as training.stream.score matches."""
+    truth = [item for item in stream.keywords() if item.label in words]
+    starts = np.array([item.start / stream.rate for item in truth])
+    matched = np.zeros(len(truth), dtype=bool)
+    false = 0
+    for result in results:
+        if result.label == UNKNOWN_LABEL or result.label not in words:
+            continue
+        at = result.input_time - START_TIME
+        near = np.flatnonzero(np.abs(starts - at) <= MATCH_S) if len(truth) else []
+        hit = [i for i in near if truth[i].label == result.label and not matched[i]]
+        if hit:
+            matched[hit[0]] = True
+        else:
+            false += 1
+    return len(truth), int(matched.sum()), false
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Needs mini speech commands, negatives.tar.xz and "
+                                            "the fold models.")
+    parser.add_argument("--model", default=CollectorOptions().keyword_model,
+                        help="keyword model (default: the collector's, %(default)s)")
+    parser.add_argument("--words", nargs="+", default=["happy", "bed", "cat"],
+                        help="new words, from the negatives (default: the three with "
+                             "speakers who said them twice or more)")
+    parser.add_argument("--takes", type=int, default=2,
+                        help="at most this many takes of the word per member (default 2)")
+    parser.add_argument("--keyword-clips", type=int, default=60, metavar="N",
+                        help="the fold's keyword clips in each household's stream")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds-dir", type=Path, default=REPO / "data" / "folds")
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--threshold", type=float, help="default: the shipped model's")
+    parser.add_argument("--thresholds", type=float, nargs="+",
+                        default=[0.5, 0.6, 0.7, 0.8, 0.9], help="thresholds to sweep")
+    parser.add_argument("--anchors", type=int, default=1000, metavar="N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, metavar="FILE")
+    args = parser.parse_args()
+    folds = [k for k in range(args.folds)
+             if (fold_dir(args.folds_dir, args.model, k, args.folds) / "manifest.json").exists()]
+    if not folds:
+        parser.error(f"no fold models in {args.folds_dir}: train them with `python -m "
+                     f"training.speakers {args.model} --keep {args.folds_dir}`")
+    speech = SpeechData.load(parts=("train",), show_progress=False)
+    negatives = Negatives.load()
+    noise = negatives.noise_audio("test", RATE)
+    shipped = load_keyword_spotter(args.models, args.model)
+    settings = adapt_settings(shipped.entry)
+    threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
+    smoothing = smoothing_in_force(scan_settings(CollectorOptions()), shipped)
+    sweep = sorted({*args.thresholds, threshold})
+    print(f"{args.model} at threshold {threshold:.2f}; folds {folds}; new words "
+          f"{', '.join(args.words)}; up to {args.takes} takes per member")
+    loaded: dict[int, Any] = {}
+    rows: dict[tuple[str, float], list[StreamResult]] = defaultdict(list)
+    counts: dict[tuple[str, float], np.ndarray] = defaultdict(lambda: np.zeros(5, int))
+    report, timings, number = [], [], 0
+    for word in args.words:
+        members = members_saying(word, find_negatives())
+        for start in range(0, len(members) - MEMBERS + 1, MEMBERS):
+            home = members[start:start + MEMBERS]
+            fold = folds[number % len(folds)]
+            seed = args.seed * 10_000 + number
+            number += 1
+            if fold not in loaded:
+                directory = fold_dir(args.folds_dir, args.model, fold, args.folds)
+                base = load_keyword_spotter(directory, args.model, embedding=True)
+                anchors = fold_anchors(base, speech, negatives, fold, args.folds, args.anchors,
+                                       args.seed) if args.anchors else None
+                loaded[fold] = (directory, base, anchors, fold_keywords(speech, fold,
+                                                                         args.folds))
+            directory, base, anchors, keyword_clips = loaded[fold]
+            rng = np.random.default_rng(seed)
+            picked = [keyword_clips[i] for i in
+                      rng.permutation(len(keyword_clips))[:args.keyword_clips]]
+            tests = [(word, *m.word_takes[-1]) for m in home]
+            enrolled = [Takes(m.speaker, {word: m.word_takes[:-1][:args.takes]},
+                              [clip for _, clip in m.other_words[:len(m.other_words) // 2]])
+                        for m in home]
+            kept_back = {id(clip) for m in home for _, clip in m.other_words}
+            others = [clip for m in home for _, clip in m.other_words[len(m.other_words) // 2:]]
+            others += [clip for name, clip in zip(negatives.word_names["test"],
+                                                  negatives.words["test"], strict=True)
+                       if name != word and id(clip) not in kept_back]
+            stream = build_stream(tests + picked, others, noise, seed=seed,
+                                  noise_bursts_per_keyword=0.5)
+            events = capture_events(stream)
+            started = time.perf_counter()
+            head = adapt(base, enrolled, settings, anchors, words=[word])
+            timings.append(time.perf_counter() - started)
+            line: dict[str, Any] = {"word": word, "fold": fold,
+                                    "members": [m.speaker for m in home],
+                                    "takes": sum(len(t.words[word]) for t in enrolled),
+                                    "minutes": round(stream.hours * 60, 1)}
+            for name, spotter in (("shipped", base), ("with the word", base.with_head(head))):
+                once = ScansOnce(spotter)
+                for value in sweep:
+                    settings_here = replace(scan_settings(CollectorOptions()), threshold=value,
+                                            smoothing=smoothing)
+                    results = run_stream(events, directory, args.model, settings_here,
+                                         spotter=once)
+                    scored = score(stream, results, value)
+                    said, found, false_word = recall_of(stream, results, {word})
+                    said_k, found_k, _ = recall_of(stream, results, set(base.keywords))
+                    rows[(name, value)].append(scored)
+                    counts[(name, value)] += [said, found, false_word, said_k, found_k]
+                    if value == threshold:
+                        line[name] = {"word_found": found, "word_said": said,
+                                      "keywords_found": found_k, "keywords_said": said_k,
+                                      "false_accepts": scored.false_accepts,
+                                      "false_saying_the_word": false_word}
+            report.append(line)
+            print(f"{word} household {number} (fold {fold}, {line['takes']} takes): the word "
+                  f"{line['with the word']['word_found']}/{len(tests)}, keywords "
+                  f"{line['shipped']['keywords_found']} -> "
+                  f"{line['with the word']['keywords_found']}/{len(picked)}, false accepts "
+                  f"{line['shipped']['false_accepts']} -> "
+                  f"{line['with the word']['false_accepts']}", flush=True)
+    if not report:
+        parser.error("no households: no held-back speaker said these words twice")
+    print(f"\n{len(report)} households of {MEMBERS}; never heard by their fold's model")
+    print(f"{'':14} {'threshold':>9} {'new word':>9} {'keywords':>9} {'false/h':>8} "
+          f"{'saying it':>9} {'hours':>6}")
+    summary: dict[str, Any] = {}
+    for value in sweep:
+        for name in ("shipped", "with the word"):
+            said, found, false_word, said_k, found_k = counts[(name, value)]
+            total = combined(rows[(name, value)])
+            word_recall = found / said if name != "shipped" else 0.0
+            print(f"{name:14} {value:>9.2f} {word_recall:>9.1%} {found_k / said_k:>9.1%} "
+                  f"{total.false_per_hour:>8.1f} {false_word:>9} {total.hours:>6.2f}"
+                  + ("  <- default" if value == threshold else ""))
+            summary[f"{name} {value:.2f}"] = {
+                "word_recall": round(word_recall, 4), "word_said": int(said),
+                "keyword_recall": round(found_k / said_k, 4), "keywords_said": int(said_k),
+                "false_accepts_per_hour": round(total.false_per_hour, 2),
+                "false_accepts": total.false_accepts, "false_saying_the_word": int(false_word),
+                "false_by_kind": total.by_kind, "hours": round(total.hours, 3)}
+    print(f"learning the word: {np.mean(timings):.2f} s per household of {MEMBERS} "
+          f"(max {max(timings):.2f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"threshold": threshold, "households": report,
+                                         "summary": summary, "seconds": timings}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
