@@ -130,6 +130,9 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, help="default: the shipped model's")
     parser.add_argument("--thresholds", type=float, nargs="+",
                         default=[0.5, 0.6, 0.7, 0.8, 0.9], help="thresholds to sweep")
+    parser.add_argument("--floors", type=float, nargs="+", metavar="LIKENESS",
+                        help="likeness to a take at which the word is accepted, each tried "
+                             "(default: the model's enrollment setting own_word_floor)")
     parser.add_argument("--anchors", type=int, default=1000, metavar="N")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="FILE")
@@ -147,6 +150,7 @@ def main() -> int:
     threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
     smoothing = smoothing_in_force(scan_settings(CollectorOptions()), shipped)
     sweep = sorted({*args.thresholds, threshold})
+    floors = sorted({*(args.floors or ()), settings.own_word_floor})
     print(f"{args.model} at threshold {threshold:.2f}; folds {folds}; new words "
           f"{', '.join(args.words)}; up to {args.takes} takes per member")
     loaded: dict[int, Any] = {}
@@ -190,7 +194,11 @@ def main() -> int:
                                     "members": [m.speaker for m in home],
                                     "takes": sum(len(t.words[word]) for t in enrolled),
                                     "minutes": round(stream.hours * 60, 1)}
-            for name, spotter in (("shipped", base), ("with the word", base.with_head(head))):
+            assert head.own_words is not None
+            for name, spotter in [("shipped", base)] + [
+                    (_floor_name(floor), base.with_head(replace(
+                        head, own_words=replace(head.own_words, floor=floor))))
+                    for floor in floors]:
                 once = ScansOnce(spotter)
                 for value in sweep:
                     settings_here = replace(scan_settings(CollectorOptions()), threshold=value,
@@ -208,20 +216,22 @@ def main() -> int:
                                       "false_accepts": scored.false_accepts,
                                       "false_saying_the_word": false_word}
             report.append(line)
+            chosen = line[_floor_name(settings.own_word_floor)]
             print(f"{word} household {number} (fold {fold}, {line['takes']} takes): the word "
-                  f"{line['with the word']['word_found']}/{len(tests)}, keywords "
+                  f"{chosen['word_found']}/{len(tests)}, keywords "
                   f"{line['shipped']['keywords_found']} -> "
-                  f"{line['with the word']['keywords_found']}/{len(picked)}, false accepts "
-                  f"{line['shipped']['false_accepts']} -> "
-                  f"{line['with the word']['false_accepts']}", flush=True)
+                  f"{chosen['keywords_found']}/{len(picked)}, false accepts "
+                  f"{line['shipped']['false_accepts']} -> {chosen['false_accepts']} "
+                  f"(at likeness {settings.own_word_floor:.2f})", flush=True)
     if not report:
         parser.error("no households: no held-back speaker said these words twice")
     print(f"\n{len(report)} households of {MEMBERS}; never heard by their fold's model")
     print(f"{'':14} {'threshold':>9} {'new word':>9} {'keywords':>9} {'false/h':>8} "
           f"{'saying it':>9} {'hours':>6}")
     summary: dict[str, Any] = {}
+    names = ["shipped"] + [_floor_name(floor) for floor in floors]
     for value in sweep:
-        for name in ("shipped", "with the word"):
+        for name in names:
             said, found, false_word, said_k, found_k = counts[(name, value)]
             total = combined(rows[(name, value)])
             word_recall = found / said if name != "shipped" else 0.0
@@ -240,6 +250,10 @@ def main() -> int:
         args.json.write_text(json.dumps({"threshold": threshold, "households": report,
                                          "summary": summary, "seconds": timings}, indent=1))
     return 0
+
+
+def _floor_name(floor: float) -> str:
+    return f"likeness {floor:.2f}"
 
 
 if __name__ == "__main__":

@@ -168,13 +168,15 @@ def ha_remove_command(args: argparse.Namespace, settings: CollectorSettings) -> 
     options = settings.collector
     for node_id in args.node_ids:
         validate_id(node_id)
-    # The models say which entities there are (a forecaster's sensors, a trigger per word).
-    names = Inference(options.models_dir, options.forecast_models,
-                      options.keyword_model).discovery_names()
+    # The models say which entities there are (a forecaster's sensors, a trigger per word,
+    # the node's own words too).
+    inference = Inference(options.models_dir, options.forecast_models, options.keyword_model)
+    inference.use_enrollments(enrollment_path(options))
     with MqttClient(settings.broker, f"{options.id}-admin", publish_availability=False) as client:
         handles = [client.publish(topic, payload, retain=True)
                    for node_id in args.node_ids
-                   for topic, payload in removal_messages(node_id, options.id, *names)]
+                   for topic, payload in removal_messages(
+                       node_id, options.id, *inference.discovery_names(node_id))]
         if not all(handle.wait(10) for handle in handles):
             raise MqttError("the broker did not acknowledge every removal within 10 s")
     print(f"removed {len(args.node_ids)} node(s) from Home Assistant ({len(handles)} configs)")
@@ -237,8 +239,10 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
                 node = store.add(args.node_id, takes, spotter, anchors=anchors,
                                  new_words=[w for w in args.word if w not in known])
                 own = f"; its own words: {', '.join(node.words)}" if node.words else ""
+                words = len(takes.words)
                 done = (f"enrolled {takes.person} on {args.node_id}: {takes.count} takes of "
-                        f"{len(takes.words)} words, {len(takes.speech)} clips of other "
+                        f"{words} {'word' if words == 1 else 'words'}, {len(takes.speech)} "
+                        "clips of other "
                         f"speech; {len(node.people)} people in all (model_version "
                         f"…{node.version}){own}")
     except ValueError as error:

@@ -148,9 +148,12 @@ class Enroller:
                 continue
             seconds = time.perf_counter() - started
             speech = len(job.takes.speech)
-            done = (f"enrolled {job.takes.person}: {job.takes.count} takes of "
-                    f"{len(job.takes.words)} words, {speech} "
-                    f"{'piece' if speech == 1 else 'pieces'} of speech")
+            words = len(job.takes.words)
+            done = (f"enrolled {job.takes.person}: {job.takes.count} takes of {words} "
+                    f"{'word' if words == 1 else 'words'}, {speech} "
+                    f"{'piece' if speech == 1 else 'pieces'} of speech"
+                    + (f"; its own words: {', '.join(job.takes.new_words)}"
+                       if job.takes.new_words else ""))
             log.info("%s on %s over the broker (%.1f s)", done, job.node_id, seconds)
             self._answer(job, True, done, people, version, seconds)
 

@@ -288,17 +288,30 @@ def run_demo(config: BrokerConfig, node_id: str, items: list[ReplayItem],
 def show_enrollment(config: BrokerConfig, node_id: str, collector: Worker,
                     listener: MqttClient, samples: Path) -> bool:
     """A second speaker says "go" (answered ``unknown``), enrolls with one take of each word
-    over the broker, as `python -m node enroll --send` does, and says it again."""
-    takes, spoken = samples / "enroll" / "sam", samples / "enroll" / "sam-go.wav"
-    if not takes.is_dir() or not spoken.is_file():
-        print(f"\n(no second speaker in {samples / 'enroll'}: enrollment not shown)")
-        return True
+    over the broker, as `python -m node enroll --send` does, and says it again; then a third
+    teaches the node a word of its own ("happy", no keyword) from two takes."""
+    lessons = (("sam", "go", ()), ("kim", "happy", ("happy",)))
+    for person, word, new_words in lessons:
+        takes, spoken = samples / "enroll" / person, samples / "enroll" / f"{person}-{word}.wav"
+        if not takes.is_dir() or not spoken.is_file():
+            print(f"\n(no takes of {person} in {samples / 'enroll'}: not shown)")
+            continue
+        if not teach(config, node_id, collector, listener, samples, person, word, new_words):
+            return False
+    return True
+
+
+def teach(config: BrokerConfig, node_id: str, collector: Worker, listener: MqttClient,
+          samples: Path, person: str, word: str, new_words: Sequence[str]) -> bool:
+    """``person`` says ``word``; enrolls (``new_words``: as a word of the node's own); says it
+    again: whether the enrolled node answered."""
+    takes, spoken = samples / "enroll" / person, samples / "enroll" / f"{person}-{word}.wav"
     rate, audio = read_wav(spoken)
-    with MqttClient(config, f"{node_id}-sam", publish_availability=False) as node:
+    with MqttClient(config, f"{node_id}-{person}", publish_availability=False) as node:
 
         said_at = [time.time()]
 
-        def say_go() -> KeywordResult | None:
+        def say() -> KeywordResult | None:
             # Said to the node's microphone (a sound event), each time seconds after the last:
             # words closer than a second are one utterance, answered once.
             said_at[0] = max(time.time(), said_at[0] + 5.0)
@@ -318,28 +331,37 @@ def show_enrollment(config: BrokerConfig, node_id: str, collector: Worker,
         def shown(result: KeywordResult | None) -> str:
             if result is None:
                 return "no answer"
-            return (f"{result.label!r} (\"go\" {result.probabilities.get('go', 0.0):.2f}, "
+            return (f"{result.label!r} (\"{word}\" {result.probabilities.get(word, 0.0):.2f}, "
                     f"model_version {result.model_version})")
 
-        print(f"\nteach it a voice: a second speaker, sam, says \"go\" ({spoken.name})")
-        before = say_go()
+        if new_words:
+            print(f"\nteach it a word of its own: {person} says \"{word}\", no keyword "
+                  f"({spoken.name})")
+        else:
+            print(f"\nteach it a voice: another speaker, {person}, says \"{word}\" "
+                  f"({spoken.name})")
+        before = say()
         print(f"  before enrolling: {shown(before)}")
-        answer = send_takes(node, node_id, "sam", takes, 60.0, say=lambda line: None)
+        answer = send_takes(node, node_id, person, takes, 60.0, say=lambda line: None,
+                            new_words=new_words)
         if answer is None or not answer.enrolled:
             print(f"  enrollment failed: {answer.reason if answer else 'no answer'}",
                   file=sys.stderr)
             return False
-        print(f"  python -m node enroll --send {takes.relative_to(samples.parent)} --person sam"
-              f" -> {answer.collector_id}: {answer.reason} ({answer.seconds:.1f} s)")
+        flags = "".join(f" --word {new}" for new in new_words)
+        print(f"  python -m node enroll --send {takes.relative_to(samples.parent)} --person "
+              f"{person}{flags} -> {answer.collector_id}: {answer.reason} "
+              f"({answer.seconds:.1f} s)")
+        version = answer.model_version
         after = None
         deadline = time.monotonic() + 10  # the collector reads its enrollment file every 2 s
         while time.monotonic() < deadline:
-            after = say_go()
-            if after is not None and "+enrolled-" in after.model_version:
+            after = say()
+            if after is not None and after.model_version == version:
                 break
             time.sleep(0.5)
         print(f"  after enrolling:  {shown(after)}")
-    return after is not None and "+enrolled-" in after.model_version
+    return after is not None and after.model_version == version
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,11 @@ def test_demo_with_private_mosquitto(capsys: pytest.CaptureFixture[str]) -> None
     assert "demo-collector: enrolled sam: 8 takes of 8 words" in output
     after = output.split("after enrolling:")[1].splitlines()[0]
     assert after.startswith("  'go'") and "+enrolled-" in after
+    # A third teaches the node "happy", no keyword, from two takes; their third is then found.
+    assert "demo-collector: enrolled kim: 2 takes of 1 word, 0 pieces of speech; its own " \
+           "words: happy" in output
+    happy = output.split("after enrolling:")[2].splitlines()[0]
+    assert happy.startswith("  'happy'") and "+enrolled-" in happy
 
 
 def test_demo_with_embedded_broker(capsys: pytest.CaptureFixture[str]) -> None:

@@ -512,7 +512,7 @@ def test_a_node_learns_a_word_of_its_own_and_only_that_node_answers_it(
     config = kws_e_config(tmp_path)
     code, out = run_enroll("kitchen", str(KIM), "--word", "happy", "--config", str(config))
     assert code == 0, out
-    assert "enrolled kim on kitchen: 2 takes of 1 words" in out
+    assert "enrolled kim on kitchen: 2 takes of 1 word" in out
     assert "its own words: happy" in out
     inference = kws_e_inference(tmp_path)
     (label, version), = keyword_answers(inference, "kitchen", [KIM_TEST])
@@ -549,6 +549,7 @@ def test_a_word_of_its_own_must_be_named_and_a_proper_word(tmp_path: Path) -> No
 
 def test_own_words_are_listed_kept_and_forgotten(tmp_path: Path) -> None:
     from collector.enrolled import Enrollments
+    from collector.homeassistant import trigger_removal_messages
 
     config = kws_e_config(tmp_path)
     assert run_enroll("kitchen", str(KIM), "--word", "happy", "--config", str(config))[0] == 0
@@ -565,9 +566,16 @@ def test_own_words_are_listed_kept_and_forgotten(tmp_path: Path) -> None:
     again = kws_e_inference(tmp_path)._enrolled["kitchen"]  # type: ignore[attr-defined]
     assert np.allclose(spotter.classify(samples, rate), again.classify(samples, rate))
     assert spotter.labels[-1] == "happy" and spotter.keywords[-1] == "happy"
+    assert inference.take_changed_words() == {"kitchen": ()}  # type: ignore[attr-defined]
     # Forgetting the word forgets kim (who enrolled nothing else); ann stays.
     code, out = run_enroll("kitchen", "--remove-word", "happy", "--config", str(config))
     assert code == 0 and "removed the word 'happy' from kitchen; 1 people left" in out, out
+    # A running collector sees it: Home Assistant's trigger for the word goes (empty config).
+    inference.refresh_enrollments()  # type: ignore[attr-defined]
+    assert inference.take_changed_words() == {"kitchen": ("happy",)}  # type: ignore[attr-defined]
+    assert "happy" not in inference.discovery_names("kitchen")[1]  # type: ignore[attr-defined]
+    (topic, payload), = trigger_removal_messages("kitchen", ["happy"])
+    assert topic.endswith("/keyword_happy/config") and payload == b""
     node = Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"]
     assert node.words == () and set(node.people) == {"ann"}
     (label, _), = keyword_answers(kws_e_inference(tmp_path), "kitchen", [KIM_TEST])

@@ -303,3 +303,64 @@ def test_the_collector_gathers_a_session_whole_and_bounded(
     with pytest.raises(PayloadError, match="refused whole"):
         for index in range(1, 9):
             inbox.add(take(index, session="aaaa0000", count=9))
+
+
+def test_a_word_of_the_households_own_is_learned_over_the_broker(
+        mosquitto: LocalMosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`node enroll --word happy`: the takes say it is a new word, the collector learns it for
+    this node only and answers it from then on, without a restart."""
+    kim = REPO_ROOT / "samples" / "enroll" / "kim"
+    rate, samples = read_wav(REPO_ROOT / "samples" / "enroll" / "kim-happy.wav")
+    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_e",
+                                  enrollment_path=str(tmp_path / "enrolled.json"))
+    observer = MqttClient(broker_config(mosquitto), "observer", publish_availability=False)
+    node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
+    try:
+        observer.connect().subscribe("predictions/#")
+        node.connect()
+
+        def answer(seq: int) -> KeywordResult:
+            clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
+                                          samples)
+            assert node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
+            message = observer.receive(timeout=10)
+            assert message is not None
+            return KeywordResult.decode(message.payload)
+
+        assert answer(0).label == "unknown"
+        # Without --word the takes of a word the model does not know are refused.
+        assert send(mosquitto, kim, "--person", "kim") == 1
+        assert "to teach it a word of its own, name it: --word happy" in \
+            capsys.readouterr().out
+        assert send(mosquitto, kim, "--person", "kim", "--word", "happy") == 0
+        out = capsys.readouterr().out
+        assert "collector-1: enrolled kim: 2 takes of 1 word" in out, out
+        after: list[KeywordResult] = []
+        assert wait_for(lambda: (after.append(answer(len(after) + 1))
+                                 or after[-1].label == "happy"), timeout=15)
+        assert "+enrolled-" in after[-1].model_version and "happy" in after[-1].probabilities
+        # A word that is no proper name is refused by the node before anything is sent.
+        assert main(["enroll", "--send", str(kim), "--node-id", "kitchen", "--word", "Happy!",
+                     "--broker", f"{mosquitto.host}:{mosquitto.port}"]) != 0
+    finally:
+        node.close()
+        observer.close()
+        stop_worker(worker, thread)
+
+
+def test_a_take_says_whether_its_word_is_a_new_one() -> None:
+    from tinyml_core.errors import PayloadError
+
+    def take(word: str, new_word: bool) -> EnrollmentTake:
+        return EnrollmentTake.from_samples("kitchen", "kim", "0123abcd", word, 0, 1, RATE,
+                                           sample("yes", 1), 1_767_225_600.0, new_word)
+
+    marked = take("lights", True)
+    assert b'"new_word":true' in marked.encode().replace(b" ", b"")
+    assert EnrollmentTake.decode(marked.encode()).new_word is True
+    plain = take("yes", False)
+    assert b"new_word" not in plain.encode()
+    assert EnrollmentTake.decode(plain.encode()).new_word is False
+    for word in ("_unknown_", "Lights"):
+        with pytest.raises(PayloadError, match="a word of a node's own"):
+            take(word, True)
