@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.enrolled import Enrollments, adaptation_models  # noqa: E402
-from collector.enrollment import read_takes  # noqa: E402
+from collector.enrollment.adapt import read_takes  # noqa: E402
+from collector.enrollment.store import Enrollments, adaptation_models  # noqa: E402
 from collector.settings import CollectorOptions  # noqa: E402
 from node.enroll import send_takes  # noqa: E402
 from tests.collector_runner import start_worker, stop_worker  # noqa: E402

@@ -19,7 +19,7 @@ the other words of other people (the negatives' held-back words) and the kitchen
 bursts): the enrolled members' test takes with the rest of their own other words, and the
 member who did not enroll's takes. The collector's keyword path answers them at the model's
 default threshold, with the shipped last layer and with the household's own
-(collector/enrollment.py). Prints recall and false accepts an hour per household and in all,
+(collector/enrollment/adapt.py). Prints recall and false accepts an hour per household and in all,
 and how long each enrollment took.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.enrollment import (  # noqa: E402
+from collector.enrollment.adapt import (  # noqa: E402
     AdaptSettings,
     Anchors,
     Takes,
@@ -105,11 +105,11 @@ def main() -> int:
                         help="takes per word to enroll with (default 1 2 3)")
     parser.add_argument("--threshold", type=float, help="default: the shipped model's")
     # Each setting's default is the model's own (its manifest's enrollment.settings, as
-    # `collector enroll` adapts it), else collector/enrollment.py's.
+    # `collector enroll` adapts it), else collector/enrollment/adapt.py's.
     tuning = parser.add_argument_group(
         "adaptation", "how the household's layer is made (default: as `collector enroll` "
         "makes it for the model: its manifest's enrollment settings, else "
-        "collector/enrollment.py's)")
+        "collector/enrollment/adapt.py's)")
     tuning.add_argument("--l2", type=float, help="pull towards the shipped layer")
     tuning.add_argument("--steps", type=int)
     tuning.add_argument("--variants", type=int,

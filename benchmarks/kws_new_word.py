@@ -14,7 +14,7 @@ One stream per household, built as kws_stream.py builds its own: the members' te
 the new word, ``--keyword-clips`` of the fold's keyword clips, the other words of the
 held-back part (never the new word, never the members' enrolled clips) alone and in
 phrases, and noise bursts. The collector's keyword path answers it with the shipped layer
-and with the node's layer after enrolling the word (collector/enrolled.py, as ``collector
+and with the node's layer after enrolling the word (collector/enrollment/store.py, as ``collector
 enroll --word`` makes it). Prints the new word's recall, the keywords' recall before and
 after, and false accepts an hour (and how many of them said the new word).
 """
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.kws_household import fold_anchors  # noqa: E402
-from collector.enrollment import Takes, adapt, adapt_settings  # noqa: E402
+from collector.enrollment.adapt import Takes, adapt, adapt_settings  # noqa: E402
 from collector.settings import CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force  # noqa: E402
 from tinyml_core.messages import UNKNOWN_LABEL, KeywordResult  # noqa: E402

@@ -25,8 +25,8 @@ from tinyml_core.errors import ConfigError, ModelLoadError, MqttError
 from tinyml_core.mqtt import MqttClient
 from tinyml_core.topics import validate_id
 
-from .enrolled import Enrollments, adaptation_models
-from .enrollment import read_takes
+from .enrollment.adapt import read_takes
+from .enrollment.store import Enrollments, adaptation_models
 from .homeassistant import removal_messages
 from .inference import Inference
 from .recorder import default_filters, open_output, record

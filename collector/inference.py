@@ -51,7 +51,7 @@ from tinyml_core.topics import (
 )
 
 from .confirmations import ConfirmationBook, Taking
-from .enrolled import Enrollments, adaptation_models, enrolled_spotters, version_of
+from .enrollment.store import Enrollments, adaptation_models, enrolled_spotters, version_of
 from .ratelimit import NodeRateLimit
 from .settings import (
     CollectorOptions,
@@ -169,7 +169,7 @@ class Inference:
         # Taken by handle(), recorded by commit() once the broker acknowledged the answers.
         self._pending: deque[_Handled] = deque()
         self.readings = 0  # readings recorded of the nodes this worker forecasts, repeats too
-        # Enrolled nodes answer with their own last layer (collector/enrolled.py).
+        # Enrolled nodes answer with their own last layer (collector/enrollment/store.py).
         self._models_dir, self._keyword_model = models_dir, keyword_model
         self.enrollments: Enrollments | None = None
         self._enrolled: dict[str, KeywordSpotter] = {}

@@ -38,7 +38,7 @@ from tinyml_core.topics import (
     shared_filter,
 )
 
-from .enroller import Enroller, TakesInbox
+from .enrollment.broker import Enroller, TakesInbox
 from .homeassistant import BIRTH_TOPIC, discovery_messages, trigger_removal_messages
 from .inference import Inference
 from .settings import CollectorSettings, enrollment_path

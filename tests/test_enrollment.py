@@ -1,4 +1,4 @@
-"""A node's own last layer (collector/enrollment.py) on the shipped kws_b and bundled clips:
+"""A node's own last layer (collector/enrollment/adapt.py) on the shipped kws_b and bundled clips:
 the shipped layer read out of the model answers as the model does, and a layer fitted to a
 person's takes answers their takes with their words."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collector.enrollment import AdaptSettings, Anchors, Takes, adapt, examples, fit_head
+from collector.enrollment.adapt import AdaptSettings, Anchors, Takes, adapt, examples, fit_head
 from tests.conftest import REPO_ROOT
 from tinyml_core.errors import ModelLoadError
 from tinyml_core.models import ClassifierHead, KeywordSpotter, load_keyword_spotter
@@ -262,7 +262,7 @@ def test_an_enrolled_node_answers_with_its_own_layer_and_says_so(tmp_path: Path)
 def test_the_enrollment_file_gives_back_the_same_answers(tmp_path: Path) -> None:
     import json
 
-    from collector.enrolled import Enrollments, adaptation_models
+    from collector.enrollment.store import Enrollments, adaptation_models
 
     spotter, anchors = adaptation_models(MODELS, "kws_b")
     store = Enrollments(tmp_path / "enrolled.json")
@@ -305,7 +305,7 @@ def test_two_enrollments_at_once_keep_both_people(tmp_path: Path) -> None:
     the second waits for the first instead of writing over the person it added."""
     import threading
 
-    from collector.enrolled import Enrollments, adaptation_models
+    from collector.enrollment.store import Enrollments, adaptation_models
 
     spotter, anchors = adaptation_models(MODELS, "kws_b")
     path = tmp_path / "enrolled.json"
@@ -461,8 +461,8 @@ def test_enrollment_works_on_the_pretrained_embedding_model(tmp_path: Path) -> N
 def test_a_model_is_adapted_with_the_settings_its_manifest_names(tmp_path: Path) -> None:
     """A pretrained embedding's likenesses are not kws_b's: `benchmarks/kws_household.py
     --record` stores each model's own settings, and enrolling uses them."""
-    from collector.enrolled import Enrollments, adaptation_models
-    from collector.enrollment import ADAPT, adapt_settings
+    from collector.enrollment.adapt import ADAPT, adapt_settings
+    from collector.enrollment.store import Enrollments, adaptation_models
 
     spotter, anchors = adaptation_models(MODELS, "kws_b")
     assert adapt_settings({}) == ADAPT
@@ -548,7 +548,7 @@ def test_a_word_of_its_own_must_be_named_and_a_proper_word(tmp_path: Path) -> No
 
 
 def test_own_words_are_listed_kept_and_forgotten(tmp_path: Path) -> None:
-    from collector.enrolled import Enrollments
+    from collector.enrollment.store import Enrollments
     from collector.homeassistant import trigger_removal_messages
 
     config = kws_e_config(tmp_path)

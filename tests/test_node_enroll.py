@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collector.enrollment import read_takes
+from collector.enrollment.adapt import read_takes
 from node.__main__ import main
 from node.enroll import DEFAULT_WORDS, TakeRules, enroll, judge
 from node.microphone import Capture, Clip, Microphone, RecordedStream
@@ -272,8 +272,8 @@ def test_without_a_collector_the_takes_stay_and_the_way_to_send_them_is_said(
 
 def test_the_collector_gathers_a_session_whole_and_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import collector.enroller as enroller
-    from collector.enroller import TakesInbox
+    import collector.enrollment.broker as enroller
+    from collector.enrollment.broker import TakesInbox
     from tinyml_core.errors import PayloadError
 
     now = [0.0]

@@ -1,6 +1,6 @@
 """``python -m training.anchors kws_b [--models DIR] [--count 2000]``: a keyword model's anchors.
 
-An enrolled node's last layer (collector/enrollment.py) is fitted to a household's takes and,
+An enrolled node's last layer (collector/enrollment/adapt.py) is fitted to a household's takes and,
 beside them, to these: the model's own embeddings of a sample of the windows it was trained on
 (keywords of the training split, the negatives' training words as ``unknown``, crops of the
 training part of the noise recordings as ``silence``), with their labels. Without them the

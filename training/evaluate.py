@@ -317,7 +317,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def enrolled_spotter(args: argparse.Namespace) -> KeywordSpotter:
     """The model answering with ``--node``'s layer from ``--enrolled``."""
-    from collector.enrolled import Enrollments, adaptation_models, enrolled_spotters
+    from collector.enrollment.store import Enrollments, adaptation_models, enrolled_spotters
 
     if not (args.enrolled and args.node):
         raise climate.DataError("--enrolled FILE and --node NODE_ID go together")

@@ -1,5 +1,5 @@
 """The enrolled nodes: each node's people, what their takes showed the model, and the last
-layer fitted to all of them (collector/enrollment.py); kept in a state file
+layer fitted to all of them (collector/enrollment/adapt.py); kept in a state file
 (``[collector] enrollment_path``) that ``python -m collector enroll`` changes and a running
 collector reads again when it changes.
 
@@ -35,7 +35,7 @@ from tinyml_core.models import (
 from tinyml_core.statefile import changing, read_state_file, write_state_file
 from tinyml_core.topics import validate_id
 
-from .enrollment import (
+from .adapt import (
     ADAPT,
     AdaptSettings,
     Anchors,

@@ -27,8 +27,8 @@ from tinyml_core.messages import UNKNOWN_FOLDER, EnrollmentResult, EnrollmentTak
 from tinyml_core.models import KeywordSpotter
 from tinyml_core.topics import enrolled_topic
 
-from .enrolled import Enrollments, adaptation_models, version_of
-from .enrollment import Anchors, Takes, check_take
+from .adapt import Anchors, Takes, check_take
+from .store import Enrollments, adaptation_models, version_of
 
 log = logging.getLogger(__name__)
 
