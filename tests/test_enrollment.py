@@ -606,3 +606,17 @@ def test_own_words_are_matched_on_the_model_input_at_any_offset() -> None:
     assert probability[-1] == pytest.approx(0.72, abs=0.01)
     with pytest.raises(ValueError, match="templates"):
         OwnWords(("a", "b"), take[None], np.array([2]), floor=0.5, threshold=0.7)
+
+
+def test_a_clipped_take_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    from tinyml_core.recordings import write_wav
+
+    config = kws_e_config(tmp_path)
+    folder = tmp_path / "loud"
+    (folder / "happy").mkdir(parents=True)
+    rate, samples = read_wav(KIM / "happy" / "take-1.wav")
+    loud = np.clip(samples.astype(np.int32) * 40, -32768, 32767).astype(np.int16)
+    write_wav(folder / "happy" / "take-1.wav", rate, loud)
+    code, out = run_enroll("kitchen", str(folder), "--word", "happy", "--config", str(config))
+    assert code != 0 and "take-1.wav: clipped" in out, out
+    assert not (tmp_path / "enrolled.json").exists()

@@ -385,6 +385,8 @@ def check_word(word: str, labels: Sequence[str]) -> str:
 
 MAX_TAKE_S = 10.0
 MIN_TAKE_S = 0.25
+FULL_SCALE = 32768
+CLIPPED_FRACTION = 0.001
 QUIET_DBFS = -70.0  # a take whose loudest 50 ms stays below this is silence (nothing recorded)
 
 
@@ -398,6 +400,11 @@ def check_take(path: Path | str, rate: int, samples: np.ndarray) -> None:
     loudest = float(block_levels_dbfs(samples, rate).max())
     if loudest < QUIET_DBFS:
         raise ValueError(f"{path}: silence (loudest {loudest:.0f} dBFS)")
+    # As `node enroll` judges a take (node/enroll.py TakeRules): a clipped take teaches the
+    # model the distortion, not the voice.
+    clipped = float(np.mean(np.abs(to_float(samples)) >= (FULL_SCALE - 1) / FULL_SCALE))
+    if clipped > CLIPPED_FRACTION:
+        raise ValueError(f"{path}: clipped ({clipped:.1%} of the samples at full scale)")
 
 
 def read_takes(folder: Path, person: str, keywords: Sequence[str],
