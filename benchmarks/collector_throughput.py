@@ -82,15 +82,14 @@ def start_workers(broker: LocalMosquitto, count: int, kind: str, scratch: Path,
 
 
 def wait_until_online(broker: LocalMosquitto, count: int, timeout_s: float = 60.0) -> None:
-    """Until every worker said ``online`` (its models loaded, connected): a keyword model on
-    the speech embedding loads three models, and a message sent before a worker subscribed
-    would be counted lost."""
+    """Until every worker said ``online`` (its models loaded, subscribed: a worker says it
+    only then): a keyword model on the speech embedding loads three models, and a message
+    sent before a worker subscribed would be counted lost."""
     done = subprocess.run(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
                            "-t", "status/+", "-C", str(count),
                            "-W", str(int(timeout_s))], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the workers did not come online in {timeout_s:.0f} s")
-    time.sleep(1.0)  # "online" goes out on connect, its subscriptions right after
 
 
 def cpu_seconds(processes: list[subprocess.Popen[str]]) -> float:

@@ -91,7 +91,8 @@ class Worker:
         # so paho's own publish window (costly per PUBACK) is not needed.
         self.client = MqttClient(settings.broker, options.id, persistent_session=True,
                                  manual_ack=True, max_inflight=0, handler=self.handle,
-                                 on_acknowledged=self._acknowledged)
+                                 on_acknowledged=self._acknowledged,
+                                 online_after_subscribing=True)
         self.counters = Counters()
         self.stop_requested = threading.Event()
         self.announced: set[str] = set()  # nodes whose Home Assistant discovery was sent
@@ -141,6 +142,8 @@ class Worker:
             log.info("subscribed to %s", topic_filter)
         if self.settings.collector.ha_discovery:
             self.client.subscribe(BIRTH_TOPIC)
+        # Only now: a node or benchmark that waits for `online` may send at once.
+        self.client.announce_online()
 
     def models_line(self) -> str:
         """Which models answer, and the keyword threshold in force (and whose it is)."""

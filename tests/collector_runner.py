@@ -64,7 +64,7 @@ def start_collector(broker: LocalMosquitto, log: Path,
 
 def wait_online(broker: LocalMosquitto) -> None:
     """Until the collector answers: a probe payload on a sensor topic gets its error record
-    ("online" alone is not enough: it goes out on connect, before the subscriptions)."""
+    (a retained "online" may still be a killed process's, until the broker notices)."""
     watcher = MqttClient(broker_config(broker), "readiness-probe",
                          publish_availability=False).connect()
     watcher.subscribe("errors/readiness-probe")

@@ -324,3 +324,40 @@ def test_closing_ends_a_subscribe_that_waits_for_its_suback(mosquitto: LocalMosq
     link.close()
     assert not thread.is_alive() and time.monotonic() - started < 3
     assert errors and "closed while subscribing" in str(errors[0])
+
+
+def test_a_consumer_says_online_only_once_a_message_sent_to_it_would_be_taken(
+        mosquitto: LocalMosquitto) -> None:
+    """With online_after_subscribing (the collector): not at CONNACK, but once it subscribed;
+    after the broker lost its session, once the subscriptions are back: whoever sends on
+    seeing `online` reaches it."""
+    import shutil
+
+    config = broker_config(mosquitto)
+    watcher = MqttClient(config, "watcher", publish_availability=False).connect()
+    watcher.subscribe("status/consumer")
+    consumer = MqttClient(config, "consumer", persistent_session=True,
+                          online_after_subscribing=True).connect()
+    assert watcher.receive(timeout=1.0) is None  # connected, subscribed to nothing: silent
+    consumer.subscribe("sensors/#")
+    consumer.announce_online()
+    said = watcher.receive(timeout=5)
+    assert said is not None and said.payload == b"online"
+    mosquitto.kill()
+    shutil.rmtree(mosquitto.directory / "data")  # the broker forgets the session
+    (mosquitto.directory / "data").mkdir()
+    mosquitto.start()
+    with MqttClient(config, "sender", publish_availability=False) as sender:
+        # The watcher reconnects too (the broker kept nothing: no stale status is retained).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            said = watcher.receive(timeout=0.5)
+            if said is not None and said.payload == b"online":
+                break
+        else:
+            raise AssertionError("no online after the reconnect")
+        assert sender.publish("sensors/pi-1/climate", b"x").wait(5)
+        message = consumer.receive(timeout=5)
+    assert message is not None and message.topic == "sensors/pi-1/climate"
+    consumer.close()
+    watcher.close()

@@ -8,7 +8,9 @@ caller's thread; or, for a consumer whose throughput matters, a ``handler`` is c
 network thread itself (handing each message to another thread costs more CPU than the
 handling: the two threads take turns at the GIL). Availability follows Home Assistant's
 conventions: a retained ``offline`` Last Will on ``status/<client_id>``, a retained
-``online`` after every CONNACK, and ``offline`` on a clean shutdown. A configured topic
+``online`` after every CONNACK (or, with ``online_after_subscribing``, once the caller said it
+is ready and after every reconnect once its subscriptions are back), and ``offline`` on a
+clean shutdown. A configured topic
 prefix is added and removed here and nowhere else.
 """
 
@@ -224,8 +226,14 @@ class MqttClient:
         handler: Callable[[InboundMessage], None] | None = None,
         track_acknowledgements: bool = False,
         on_acknowledged: Callable[[int], None] | None = None,
+        online_after_subscribing: bool = False,
     ) -> None:
         self.config = config
+        # A consumer (the collector) says `online` only when a message sent to it would be
+        # taken: after its subscriptions (announce_online(), then after every reconnect once
+        # the broker acknowledged them again), not at CONNACK.
+        self._online_after_subscribing = online_after_subscribing
+        self._may_announce = not online_after_subscribing
         self.client_id = client_id
         self.stats = ClientStats()
         self._persistent = persistent_session
@@ -475,9 +483,8 @@ class MqttClient:
             log.warning("the broker at %s no longer had this client's session; messages "
                         "queued for it while it was away may have been lost (is Mosquitto's "
                         "persistence on? see docs/security.md, 'Crashes')", self.config.address)
-        if self._status_topic is not None:
-            client.publish(self._full_topic(self._status_topic), Availability.ONLINE.encode(),
-                           qos=DEFAULT_QOS, retain=True)
+        if not self._online_after_subscribing:
+            self._say_online()
         with self._lock:
             self._restoring = set()
             for topic_filter, qos in self._subscriptions.items():
@@ -486,8 +493,26 @@ class MqttClient:
                     self._restoring.add(mid)
             restored = not self._restoring
         if restored:  # else when the last SUBACK arrives (_on_subscribe)
-            self._connected.set()
+            self._restored()
         self._connack_seen.set()
+
+    def _restored(self) -> None:
+        """Connected, every subscription acknowledged (again)."""
+        self._connected.set()
+        if self._online_after_subscribing and self._may_announce:
+            self._say_online()
+
+    def _say_online(self) -> None:
+        if self._status_topic is not None:
+            self._paho.publish(self._full_topic(self._status_topic),
+                               Availability.ONLINE.encode(), qos=DEFAULT_QOS, retain=True)
+
+    def announce_online(self) -> None:
+        """With ``online_after_subscribing``: the caller has subscribed to what it takes, so
+        say ``online`` now, and after every reconnect once the subscriptions are back."""
+        self._may_announce = True
+        if self._connected.is_set():
+            self._say_online()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -539,7 +564,7 @@ class MqttClient:
             self._restoring.discard(mid)
             restored = restored and not self._restoring
         if restored:
-            self._connected.set()
+            self._restored()
         if pending is not None:
             pending[1].extend(reason_codes)
             pending[0].set()
