@@ -10,6 +10,8 @@ and reads the entities back through Home Assistant's REST API:
 - the reading sensors show the last reading, the forecast sensors their model's next step
   with every step as attributes;
 - the word said twice fires the keyword event twice, and a noise fires nothing;
+- a word of the node's own (``collector enroll --word happy`` while the collector runs) joins
+  the event entity's types, and saying it fires the event;
 - the diagnostic entities show the node's diagnostics;
 - after ``python -m collector ha-remove``, the node's entities are gone.
 Prints one line per check and exits 1 if one fails. If Home Assistant cannot be installed or
@@ -187,10 +189,13 @@ def run_checks(home: HomeAssistant, broker: LocalMosquitto, scratch: Path) -> li
                                                                                          str]]:
     config = BrokerConfig(host=broker.host, port=broker.port)
     log = (scratch / "collector.log").open("wb")
+    settings = scratch / "collector.toml"
+    settings.write_text(f'[collector]\nenrollment_path = "{scratch / "enrolled.json"}"\n')
     collector = subprocess.Popen(
-        [sys.executable, "-m", "collector", "run", "--broker", broker.address, "--ha-discovery",
-         "--state", "", "--models", str(REPO / "models")], cwd=REPO, stdout=log,
-        stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        [sys.executable, "-m", "collector", "run", "--config", str(settings), "--broker",
+         broker.address, "--ha-discovery", "--state", "", "--models", str(REPO / "models")],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
     watcher = MqttClient(config, "check-watcher", publish_availability=False).connect()
     watcher.subscribe("predictions/#")
     node = MqttClient(config, NODE).connect()  # its status/<node> says online
@@ -264,6 +269,24 @@ def run_checks(home: HomeAssistant, broker: LocalMosquitto, scratch: Path) -> li
             fired.append(after["attributes"].get("event_type") if after else None)
         check(fired == ["yes", "yes", None],
               f"'yes' twice fires the keyword event twice, a noise nothing ({fired})")
+        enrolled = subprocess.run(
+            [sys.executable, "-m", "collector", "enroll", NODE,
+             str(REPO / "samples" / "enroll" / "kim"), "--word", "happy", "--config",
+             str(settings), "--models", str(REPO / "models")], cwd=REPO, capture_output=True,
+            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+        types = until(lambda: "happy" in (home.states().get(event, {}).get("attributes", {})
+                                         .get("event_types") or []), 20)
+        rate, happy = read_wav(REPO / "samples" / "enroll" / "kim-happy.wav")
+        before = home.states().get(event, {}).get("state")
+        node.publish(audio_topic(NODE), AudioClip.from_samples(
+            NODE, said + 9, 3, rate, happy).encode()).wait(5)
+        after = until(lambda: (s := home.states().get(event, {})).get("state") != before and s,
+                      10)
+        check(enrolled.returncode == 0 and bool(types) and bool(after)
+              and after["attributes"].get("event_type") == "happy",
+              f"a word of the node's own joins the event's types and fires it "
+              f"({enrolled.stdout.strip()[-80:] or enrolled.stderr.strip()[-200:]}; "
+              f"{after['attributes'].get('event_type') if after else None})")
         node.publish(diagnostics_topic(NODE), NodeDiagnostics(
             NODE, time.time(), 7, 3, 1, 2, 3, 0, 20, 0).encode(), retain=True).wait(5)
         backlog = until(lambda: home.states().get(f"{entity}_spool_backlog", {}).get(

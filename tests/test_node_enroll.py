@@ -5,6 +5,7 @@ clips with the faults a person makes in front of one (too quiet, clipped, said t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,10 +182,27 @@ class Enrolling:
     node: MqttClient
 
 
+    def answer(self, rate: int, samples: np.ndarray, seq: int) -> KeywordResult:
+        """The collector's answer to ``samples`` said at the node (sound event ``seq``)."""
+        clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
+                                      samples)
+        assert self.node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
+        message = self.observer.receive(timeout=10)
+        assert message is not None
+        return KeywordResult.decode(message.payload)
+
+
 @pytest.fixture
 def enrolling(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[Enrolling]:
+    with enrolling_on(mosquitto, tmp_path, "kws_b") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def enrolling_on(mosquitto: LocalMosquitto, tmp_path: Path, model: str
+                 ) -> Iterator[Enrolling]:
     enrolled_file = tmp_path / "enrolled.json"
-    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_b",
+    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model=model,
                                   enrollment_path=str(enrolled_file))
     observer = MqttClient(broker_config(mosquitto), "observer", publish_availability=False)
     node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
@@ -202,16 +220,11 @@ def enrolling(mosquitto: LocalMosquitto, tmp_path: Path) -> Iterator[Enrolling]:
 def test_takes_sent_over_the_broker_enroll_the_person_without_a_restart(
         mosquitto: LocalMosquitto, enrolling: Enrolling, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    observer, node, enrolled_file = enrolling.observer, enrolling.node, enrolling.enrolled_file
+    enrolled_file = enrolling.enrolled_file
     rate, samples = read_wav(SPEECH / MISSED[0] / MISSED[1])  # kws_b misses it
 
     def answer(seq: int) -> KeywordResult:
-        clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
-                                      samples)
-        assert node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
-        message = observer.receive(timeout=10)
-        assert message is not None
-        return KeywordResult.decode(message.payload)
+        return enrolling.answer(rate, samples, seq)
 
     before = answer(0)
     assert before.label != "go" and "+enrolled-" not in before.model_version
@@ -311,21 +324,10 @@ def test_a_word_of_the_households_own_is_learned_over_the_broker(
     this node only and answers it from then on, without a restart."""
     kim = REPO_ROOT / "samples" / "enroll" / "kim"
     rate, samples = read_wav(REPO_ROOT / "samples" / "enroll" / "kim-happy.wav")
-    worker, thread = start_worker(mosquitto, "collector-1", forecasts=(), keyword_model="kws_e",
-                                  enrollment_path=str(tmp_path / "enrolled.json"))
-    observer = MqttClient(broker_config(mosquitto), "observer", publish_availability=False)
-    node = MqttClient(broker_config(mosquitto), "kitchen", publish_availability=False)
-    try:
-        observer.connect().subscribe("predictions/#")
-        node.connect()
+    with enrolling_on(mosquitto, tmp_path, "kws_e") as enrolling:
 
         def answer(seq: int) -> KeywordResult:
-            clip = AudioClip.from_samples("kitchen", 1_767_225_600.0 + 10 * seq, seq, rate,
-                                          samples)
-            assert node.publish(audio_topic("kitchen"), clip.encode()).wait(5)
-            message = observer.receive(timeout=10)
-            assert message is not None
-            return KeywordResult.decode(message.payload)
+            return enrolling.answer(rate, samples, seq)
 
         assert answer(0).label == "unknown"
         # Without --word the takes of a word the model does not know are refused.
@@ -342,10 +344,6 @@ def test_a_word_of_the_households_own_is_learned_over_the_broker(
         # A word that is no proper name is refused by the node before anything is sent.
         assert main(["enroll", "--send", str(kim), "--node-id", "kitchen", "--word", "Happy!",
                      "--broker", f"{mosquitto.host}:{mosquitto.port}"]) != 0
-    finally:
-        node.close()
-        observer.close()
-        stop_worker(worker, thread)
 
 
 def test_a_take_says_whether_its_word_is_a_new_one() -> None:
