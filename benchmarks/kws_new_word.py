@@ -133,6 +133,9 @@ def main() -> int:
     parser.add_argument("--floors", type=float, nargs="+", metavar="LIKENESS",
                         help="likeness to a take at which the word is accepted, each tried "
                              "(default: the model's enrollment setting own_word_floor)")
+    parser.add_argument("--slope", type=float, metavar="LOGITS",
+                        help="logits per 1.0 of likeness beyond the floor (default: the "
+                             "model's enrollment setting own_word_slope)")
     parser.add_argument("--anchors", type=int, default=1000, metavar="N")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="FILE")
@@ -147,12 +150,15 @@ def main() -> int:
     noise = negatives.noise_audio("test", RATE)
     shipped = load_keyword_spotter(args.models, args.model)
     settings = adapt_settings(shipped.entry)
+    if args.slope is not None:
+        settings = replace(settings, own_word_slope=args.slope)
     threshold = args.threshold or threshold_in_force(scan_settings(CollectorOptions()), shipped)
     smoothing = smoothing_in_force(scan_settings(CollectorOptions()), shipped)
     sweep = sorted({*args.thresholds, threshold})
     floors = sorted({*(args.floors or ()), settings.own_word_floor})
     print(f"{args.model} at threshold {threshold:.2f}; folds {folds}; new words "
-          f"{', '.join(args.words)}; up to {args.takes} takes per member")
+          f"{', '.join(args.words)}; up to {args.takes} takes per member; likeness floors "
+          f"{', '.join(f'{f:.2f}' for f in floors)}, slope {settings.own_word_slope:g}")
     loaded: dict[int, Any] = {}
     rows: dict[tuple[str, float], list[StreamResult]] = defaultdict(list)
     counts: dict[tuple[str, float], np.ndarray] = defaultdict(lambda: np.zeros(5, int))
@@ -197,7 +203,8 @@ def main() -> int:
             assert head.own_words is not None
             for name, spotter in [("shipped", base)] + [
                     (_floor_name(floor), base.with_head(replace(
-                        head, own_words=replace(head.own_words, floor=floor))))
+                        head, own_words=replace(head.own_words, floor=floor,
+                                                slope=settings.own_word_slope))))
                     for floor in floors]:
                 once = ScansOnce(spotter)
                 for value in sweep:
