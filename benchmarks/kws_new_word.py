@@ -137,6 +137,9 @@ def main() -> int:
                         help="logits per 1.0 of likeness beyond the floor (default: the "
                              "model's enrollment setting own_word_slope)")
     parser.add_argument("--anchors", type=int, default=1000, metavar="N")
+    parser.add_argument("--no-running-speech", dest="running_speech", action="store_false",
+                        help="leave out the stream of running speech (Debian's Asterisk "
+                             "prompts, fetched into data/ when missing)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="FILE")
     args = parser.parse_args()
@@ -160,6 +163,9 @@ def main() -> int:
           f"{', '.join(args.words)}; up to {args.takes} takes per member; likeness floors "
           f"{', '.join(f'{f:.2f}' for f in floors)}, slope {settings.own_word_slope:g}")
     loaded: dict[int, Any] = {}
+    talk = running_speech(shipped.keywords, noise, args.seed) \
+        if args.running_speech else None
+    talking: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2, int))
     rows: dict[tuple[str, float], list[StreamResult]] = defaultdict(list)
     counts: dict[tuple[str, float], np.ndarray] = defaultdict(lambda: np.zeros(5, int))
     report, timings, number = [], [], 0
@@ -222,6 +228,15 @@ def main() -> int:
                                       "keywords_found": found_k, "keywords_said": said_k,
                                       "false_accepts": scored.false_accepts,
                                       "false_saying_the_word": false_word}
+                if talk is not None:  # the household talking: every result is false
+                    heard = run_stream(talk[1], directory, args.model, replace(
+                        scan_settings(CollectorOptions()), threshold=threshold,
+                        smoothing=smoothing), spotter=spotter)
+                    said_word = sum(result.label == word for result in heard)
+                    other = sum(result.label not in (word, UNKNOWN_LABEL) for result in heard)
+                    talking[name] += [said_word, other]
+                    line[name]["running_speech"] = {"saying_the_word": said_word,
+                                                    "keywords": other}
             report.append(line)
             chosen = line[_floor_name(settings.own_word_floor)]
             print(f"{word} household {number} (fold {fold}, {line['takes']} takes): the word "
@@ -251,12 +266,40 @@ def main() -> int:
                 "false_accepts_per_hour": round(total.false_per_hour, 2),
                 "false_accepts": total.false_accepts, "false_saying_the_word": int(false_word),
                 "false_by_kind": total.by_kind, "hours": round(total.hours, 3)}
+    if talk is not None:
+        hours = talk[0].hours * len(report)
+        print(f"\nrunning speech (Asterisk's held-back prompts, {talk[0].hours * 60:.1f} min "
+              f"after each household enrolled: {hours:.2f} h), at {threshold:.2f}: results "
+              "saying the word / a keyword, an hour")
+        for name in names:
+            said_word, other = talking[name]
+            print(f"{name:14} {said_word / hours:>8.1f} {other / hours:>8.1f}")
+            summary[f"running speech {name}"] = {
+                "saying_the_word_per_hour": round(said_word / hours, 2),
+                "keywords_per_hour": round(other / hours, 2), "hours": round(hours, 3)}
     print(f"learning the word: {np.mean(timings):.2f} s per household of {MEMBERS} "
           f"(max {max(timings):.2f} s)")
     if args.json:
         args.json.write_text(json.dumps({"threshold": threshold, "households": report,
                                          "summary": summary, "seconds": timings}, indent=1))
     return 0
+
+
+def running_speech(base_keywords: tuple[str, ...], noise: list[tuple[str, np.ndarray]],
+                   seed: int) -> tuple[Stream, list[bytes]] | None:
+    """The held-back part of Debian's Asterisk prompts (training/running_speech.py), one after
+    the other as a stream, and the node's events of it; None when it cannot be had."""
+    from training.climate import DataError
+    from training.running_speech import load
+
+    try:
+        prompts = load(base_keywords, RATE)["test"]
+    except (DataError, OSError) as error:
+        print(f"no running speech: {error}")
+        return None
+    stream = build_stream([], [(RATE, audio) for _, audio in prompts], noise, seed=seed,
+                          phrase_share=0.0, noise_bursts_per_keyword=0.0)
+    return stream, capture_events(stream)
 
 
 def _floor_name(floor: float) -> str:
