@@ -334,7 +334,7 @@ class OwnWords:
     labels: np.ndarray  # [T] index into ``words``
     floor: float
     threshold: float
-    slope: float = 20.0
+    slope: float = 40.0
     max_shift: int = 3
 
     def __post_init__(self) -> None:

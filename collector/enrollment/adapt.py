@@ -84,10 +84,12 @@ class AdaptSettings:
     exclusive: bool = True
     # A word of the node's own (tinyml_core.models.OwnWords) is accepted where a window is
     # this like one of its takes (cosine similarity of the pretrained embedding's frames; a
-    # person's next take is about 0.8 like their last, other words by anyone 0.25, and 0.59
-    # at most: benchmarks/kws_new_word.py).
-    own_word_floor: float = 0.55
-    own_word_slope: float = 20.0
+    # person's next take is about 0.8 like their last, other words by anyone 0.25 and 0.59
+    # at most), its probability rising 40 logits per 1.0 of likeness beyond: steep, so that
+    # a keyword a little like the word keeps its probability. Chosen for kws_e on 18
+    # households (benchmarks/kws_new_word.py; docs/models.md).
+    own_word_floor: float = 0.70
+    own_word_slope: float = 40.0
 
     def __post_init__(self) -> None:
         for name in ("prototype_floor", "anchor_floor", "own_word_floor"):
