@@ -137,6 +137,9 @@ def main() -> int:
                         help="logits per 1.0 of likeness beyond the floor (default: the "
                              "model's enrollment setting own_word_slope)")
     parser.add_argument("--anchors", type=int, default=1000, metavar="N")
+    parser.add_argument("--guests", type=int, default=6, metavar="N",
+                        help="voices not of the household saying the word, per household "
+                             "(default 6)")
     parser.add_argument("--no-running-speech", dest="running_speech", action="store_false",
                         help="leave out the stream of running speech (Debian's Asterisk "
                              "prompts, fetched into data/ when missing)")
@@ -166,6 +169,7 @@ def main() -> int:
     talk = running_speech(shipped.keywords, noise, args.seed) \
         if args.running_speech else None
     talking: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2, int))
+    heard_guests: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2, int))
     rows: dict[tuple[str, float], list[StreamResult]] = defaultdict(list)
     counts: dict[tuple[str, float], np.ndarray] = defaultdict(lambda: np.zeros(5, int))
     report, timings, number = [], [], 0
@@ -188,6 +192,12 @@ def main() -> int:
             picked = [keyword_clips[i] for i in
                       rng.permutation(len(keyword_clips))[:args.keyword_clips]]
             tests = [(word, *m.word_takes[-1]) for m in home]
+            # Voices of the held-back part that said the word and are not of this household:
+            # guests saying it (their first take each).
+            guests = [(word, *m.word_takes[0]) for m in members if m not in home][:args.guests]
+            guest_stream = build_stream(guests, [], noise, seed=seed + 1,
+                                        noise_bursts_per_keyword=0.0)
+            guest_events = capture_events(guest_stream)
             enrolled = [Takes(m.speaker, {word: m.word_takes[:-1][:args.takes]},
                               [clip for _, clip in m.other_words[:len(m.other_words) // 2]])
                         for m in home]
@@ -228,6 +238,12 @@ def main() -> int:
                                       "keywords_found": found_k, "keywords_said": said_k,
                                       "false_accepts": scored.false_accepts,
                                       "false_saying_the_word": false_word}
+                guest_results = run_stream(guest_events, directory, args.model, replace(
+                    scan_settings(CollectorOptions()), threshold=threshold,
+                    smoothing=smoothing), spotter=spotter)
+                said_g, found_g, _ = recall_of(guest_stream, guest_results, {word})
+                heard_guests[name] += [said_g, found_g]
+                line[name]["guests"] = {"word_found": found_g, "word_said": said_g}
                 if talk is not None:  # the household talking: every result is false
                     heard = run_stream(talk[1], directory, args.model, replace(
                         scan_settings(CollectorOptions()), threshold=threshold,
@@ -266,6 +282,13 @@ def main() -> int:
                 "false_accepts_per_hour": round(total.false_per_hour, 2),
                 "false_accepts": total.false_accepts, "false_saying_the_word": int(false_word),
                 "false_by_kind": total.by_kind, "hours": round(total.hours, 3)}
+    said_g = heard_guests[names[0]][0]
+    print(f"\nguests (held-back voices not of the household) saying the word, {said_g} takes: "
+          "found " + ", ".join(f"{name} {heard_guests[name][1] / max(1, said_g):.1%}"
+                               for name in names[1:]))
+    for name in names[1:]:
+        summary[f"guests {name}"] = {"word_found": int(heard_guests[name][1]),
+                                     "word_said": int(said_g)}
     if talk is not None:
         hours = talk[0].hours * len(report)
         print(f"\nrunning speech (Asterisk's held-back prompts, {talk[0].hours * 60:.1f} min "
