@@ -548,6 +548,8 @@ def test_a_word_of_its_own_must_be_named_and_a_proper_word(tmp_path: Path) -> No
 
 
 def test_own_words_are_listed_kept_and_forgotten(tmp_path: Path) -> None:
+    import shutil
+
     from collector.enrollment.store import Enrollments
     from collector.homeassistant import trigger_removal_messages
 
@@ -582,6 +584,14 @@ def test_own_words_are_listed_kept_and_forgotten(tmp_path: Path) -> None:
     assert label == "unknown"
     code, out = run_enroll("kitchen", "--remove-word", "happy", "--config", str(config))
     assert code != 0 and "not a word of kitchen's own" in out
+    # Kim enrolled again with other speech only: the word nobody has takes of goes with it.
+    assert run_enroll("kitchen", str(KIM), "--word", "happy", "--config", str(config))[0] == 0
+    speech_only = tmp_path / "kim-speech"
+    shutil.copytree(SPEECH / "yes", speech_only / "yes")
+    code, out = run_enroll("kitchen", str(speech_only), "--person", "kim", "--config",
+                           str(config))
+    assert code == 0, out
+    assert Enrollments.load(tmp_path / "enrolled.json").nodes["kitchen"].words == ()
 
 
 def test_own_words_are_matched_on_the_model_input_at_any_offset() -> None:

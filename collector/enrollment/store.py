@@ -248,6 +248,8 @@ class Enrollments:
             _half(found.embeddings), found.targets.astype(np.int16),
             {word: (_half(embeddings), _half(templates))
              for word, (embeddings, templates) in found.own.items()})
+        # A person enrolled again without their takes of a word may leave it with none.
+        words = [word for word in words if any(word in p.own for p in people.values())]
         fitted = EnrolledNode(node_id, spotter.name, sha, people, settings=settings,
                               words=tuple(words))
         fitted.layer = _fit(spotter, fitted, anchors)
