@@ -362,3 +362,27 @@ def test_a_take_says_whether_its_word_is_a_new_one() -> None:
     for word in ("_unknown_", "Lights"):
         with pytest.raises(PayloadError, match="a word of a node's own"):
             take(word, True)
+
+
+def test_a_word_of_ones_own_is_recorded_like_a_keyword_and_named_on_sending(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`node enroll --word happy` records only that word (no keywords, no soundalikes), and
+    the way to send the takes keeps --word."""
+    kim = REPO_ROOT / "samples" / "enroll" / "kim" / "happy"
+    takes = [read_wav(path)[1] for path in sorted(kim.glob("*.wav"))]
+    recording = tmp_path / "kim.wav"
+    write_wav(recording, RATE, np.concatenate([quiet(1.0), takes[0], quiet(2.5), takes[1],
+                                               quiet(2.5)]))
+    code = main(["enroll", "--microphone", str(recording), "--out", str(tmp_path / "kim"),
+                 "--person", "kim", "--word", "happy", "--takes", "2", "--speech-s", "0",
+                 "--no-send", "--node-id", "kitchen"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 takes of happy" in out and "words like them" not in out
+    assert sorted(p.name for p in (tmp_path / "kim").iterdir()) == ["happy"]
+    assert f"--send {tmp_path / 'kim'} --person kim --word happy" in out
+    assert f"collector enroll kitchen {tmp_path / 'kim'} --person kim --word happy" in out
+    for bad in ("Happy", "two words", "stop!"):
+        assert main(["enroll", "--word", bad, "--no-send", "--microphone", str(recording)]) != 0
+        said = capsys.readouterr()
+        assert "a word of the household's own is 1-24 lower-case" in said.out + said.err
