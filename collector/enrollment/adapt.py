@@ -10,6 +10,11 @@ towards the shipped layer by an L2 penalty, so that what the takes do not show (
 words, other voices) keeps the shipped model's answers. Everything before the last layer is
 the shipped model: the front end and the threshold stay what they were.
 benchmarks/kws_household.py measures it on households the model never heard.
+
+A word of the node's own (``--word``), which the model does not know, is not a row of that
+layer: its takes' windows are kept as templates of the model's input and matched there
+(:func:`own_words`, tinyml_core.models.OwnWords); to the layer they are ``unknown``, so that
+no keyword answers them. benchmarks/kws_new_word.py measures it.
 """
 
 from __future__ import annotations
@@ -156,13 +161,9 @@ def _take_windows(spotter: KeywordSpotter, word: str, clip: Clip, hop_s: float
     return windows, int((energy[ends] - energy[starts]).argmax())
 
 
-def take_examples(spotter: KeywordSpotter, word: str, clip: Clip,
-                  hop_s: float = 0.1) -> np.ndarray:
-    """Embeddings of the windows where the word is (:func:`_take_windows`) and of their
-    neighbours."""
-    windows, peak = _take_windows(spotter, word, clip, hop_s)
-    chosen = sorted({min(len(windows) - 1, max(0, peak + shift)) for shift in SHIFTS})
-    return spotter.embed_features(windows[chosen])
+def _around(windows: np.ndarray, peak: int) -> np.ndarray:
+    """The window where the word is and its neighbours (:data:`SHIFTS`)."""
+    return windows[sorted({min(len(windows) - 1, max(0, peak + shift)) for shift in SHIFTS})]
 
 
 def speech_examples(spotter: KeywordSpotter, clip: Clip, hop_s: float = 0.1) -> np.ndarray:
@@ -201,9 +202,7 @@ def takes_examples(spotter: KeywordSpotter, households: Iterable[Takes],
             for take in clips:
                 for clip in variants(take, settings.variants, rng):
                     windows, peak = _take_windows(spotter, word, clip, settings.hop_s)
-                    chosen = sorted({min(len(windows) - 1, max(0, peak + shift))
-                                     for shift in SHIFTS})
-                    found = spotter.embed_features(windows[chosen])
+                    found = spotter.embed_features(_around(windows, peak))
                     if word in labels:
                         rows.append(found)
                         targets += [labels.index(word)] * len(found)
