@@ -42,7 +42,9 @@ from collector.settings import CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import smoothing_in_force, threshold_in_force  # noqa: E402
 from tinyml_core.messages import UNKNOWN_LABEL, KeywordResult  # noqa: E402
 from tinyml_core.models import load_keyword_spotter  # noqa: E402
+from training.climate import DataError  # noqa: E402
 from training.negatives import Negatives, find_negatives, speaker, speaker_part  # noqa: E402
+from training.running_speech import talk_stream  # noqa: E402
 from training.speakers import fold_dir, fold_of  # noqa: E402
 from training.speech import SpeechData, read_clip, split_paths  # noqa: E402
 from training.stream import (  # noqa: E402
@@ -308,21 +310,14 @@ def main() -> int:
     return 0
 
 
-def running_speech(base_keywords: tuple[str, ...], noise: list[tuple[str, np.ndarray]],
+def running_speech(keywords: tuple[str, ...], noise: list[tuple[str, np.ndarray]],
                    seed: int) -> tuple[Stream, list[bytes]] | None:
-    """The held-back part of Debian's Asterisk prompts (training/running_speech.py), one after
-    the other as a stream, and the node's events of it; None when it cannot be had."""
-    from training.climate import DataError
-    from training.running_speech import load
-
+    """The held-back Asterisk prompts as a stream and its events; None when unavailable."""
     try:
-        prompts = load(base_keywords, RATE)["test"]
+        return talk_stream(keywords, "test", noise, seed)
     except (DataError, OSError) as error:
         print(f"no running speech: {error}")
         return None
-    stream = build_stream([], [(RATE, audio) for _, audio in prompts], noise, seed=seed,
-                          phrase_share=0.0, noise_bursts_per_keyword=0.0)
-    return stream, capture_events(stream)
 
 
 def _floor_name(floor: float) -> str:

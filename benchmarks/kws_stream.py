@@ -23,6 +23,7 @@ import sys
 import time
 import wave
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,9 +31,12 @@ sys.path.insert(0, str(REPO))
 
 from collector.settings import KEYWORD_MODELS, CollectorOptions, scan_settings  # noqa: E402
 from tinyml_core.keywords import threshold_in_force  # noqa: E402
+from tinyml_core.messages import UNKNOWN_LABEL  # noqa: E402
 from tinyml_core.models import load_keyword_spotter  # noqa: E402
+from training.climate import DataError  # noqa: E402
 from training.evaluate import evaluate_negatives  # noqa: E402
 from training.negatives import Negatives  # noqa: E402
+from training.running_speech import talk_stream  # noqa: E402
 from training.speech import SpeechData  # noqa: E402
 from training.stream import (  # noqa: E402
     RATE,
@@ -42,6 +46,7 @@ from training.stream import (  # noqa: E402
     choose_threshold,
     part_stream,
     print_table,
+    run_stream,
     threshold_table,
 )
 
@@ -112,6 +117,12 @@ def main() -> int:
             for page in stream.pages():
                 out.writeframes(page.tobytes())
         print(f"wrote {args.save_wav}")
+    try:  # a household talking: real running speech, none of it a keyword
+        talk = talk_stream(tuple(speech.labels), args.part,
+                           negatives.noise_audio(args.part, RATE), args.seed)
+    except (DataError, OSError) as error:
+        talk = None
+        print(f"no running speech: {error}")
     options = CollectorOptions()
     report = {}
     for model in (KEYWORD_MODELS if args.all else (args.model,)):
@@ -138,6 +149,19 @@ def main() -> int:
               f"{singles['words_as_keyword']:.1%} of {singles['word_clips']}, noise "
               f"{singles['noise_as_keyword']:.1%} of {singles['noise_clips']}")
         report[model] = {"stream": [row.row() for row in rows], "singles": singles}
+        if talk is not None:  # every keyword result in running speech is false
+            heard = run_stream(talk[1], args.models, model, replace(base, threshold=default))
+            said = Counter(r.label for r in heard if r.label != UNKNOWN_LABEL)
+            per_hour = sum(said.values()) / talk[0].hours
+            print(f"running speech (the {args.part} part's Asterisk prompts, "
+                  f"{talk[0].hours * 60:.1f} min) at {default:.2f}: {sum(said.values())} "
+                  f"keyword results, {per_hour:.1f} an hour"
+                  + (f" ({', '.join(f'{w} {n}' for w, n in said.most_common())})"
+                     if said else ""))
+            report[model]["running_speech"] = {
+                "minutes": round(talk[0].hours * 60, 1), "threshold": default,
+                "keyword_results": sum(said.values()), "per_hour": round(per_hour, 2),
+                "by_word": dict(said)}
         if args.record and not args.choose_threshold:  # the table the report shows
             from tinyml_core.models import read_manifest, write_manifest_entry
 

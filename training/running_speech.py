@@ -16,6 +16,7 @@ import logging
 import subprocess
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from tinyml_core.recordings import RecordingError, read_wav
 
 from . import DATA_DIR
 from .climate import DataError
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +96,16 @@ def _extract() -> Path:
         raise DataError(f"running speech: {PACKAGE} could not be fetched ({error}); on Debian, "
                         f"`apt-get install {PACKAGE}` puts it in {INSTALLED}") from None
     return EXTRACTED / "usr/share/asterisk/sounds"
+
+
+def talk_stream(keywords: tuple[str, ...], part: str, noise: list[tuple[str, np.ndarray]],
+                seed: int = 0) -> tuple[Stream, list[bytes]]:
+    """One part's prompts one after the other, 1.5-3.5 s apart over the room tone of
+    ``noise`` (training/stream.py), and the node's sound events of it: a household talking,
+    where every keyword result is false. DataError when the prompts cannot be had."""
+    from .stream import RATE, build_stream, capture_events
+
+    prompts = load(keywords, RATE)[part]
+    stream = build_stream([], [(RATE, audio) for _, audio in prompts], noise, seed=seed,
+                          phrase_share=0.0, noise_bursts_per_keyword=0.0)
+    return stream, capture_events(stream)
