@@ -9,7 +9,9 @@ apart over a quiet room tone. The node's capture cuts it into sound events at it
 settings; the collector's keyword path (scan, smoothing, threshold, one result per
 utterance) answers each. Prints recall and false accepts per hour over a range of
 thresholds, the model's default threshold marked, and how often held-back single clips of
-other words and noise get a keyword label. ``--part validation`` builds the stream from the
+other words and noise get a keyword label; then two rows of what a home says: the held-back
+confusable words ("on", "off") sent alone, and the part's running speech (Debian's Asterisk
+prompts, where every keyword result is false). ``--part validation`` builds the stream from the
 validation split and negatives: each model's default threshold is chosen there, never on the
 test part (``--part validation --choose-threshold --record`` stores it in the manifest, where
 the collector reads it). Needs the datasets (../shared/data or data/).
@@ -25,12 +27,13 @@ import wave
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from collector.settings import KEYWORD_MODELS, CollectorOptions, scan_settings  # noqa: E402
-from tinyml_core.keywords import threshold_in_force  # noqa: E402
+from tinyml_core.keywords import ScanSettings, find_keywords, threshold_in_force  # noqa: E402
 from tinyml_core.messages import UNKNOWN_LABEL  # noqa: E402
 from tinyml_core.models import load_keyword_spotter  # noqa: E402
 from training.climate import DataError  # noqa: E402
@@ -51,6 +54,26 @@ from training.stream import (  # noqa: E402
 )
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+# Words a home says that share sounds with a keyword ("off" and "up", "on" and "no"); the
+# negatives hold only these two, and only 4 clips of them by held-back speakers.
+CONFUSABLE = ("on", "off")
+
+
+def confusable_words(spotter: Any, negatives: Negatives, part: str, base: ScanSettings
+                     ) -> dict[str, str]:
+    """Each held-back clip of a confusable word sent alone, as the collector decides one (at
+    the model's clip threshold): {"off #1": what it answered, ...}."""
+    out: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for name, (rate, clip) in zip(negatives.word_names[part], negatives.words[part],
+                                  strict=True):
+        if name in CONFUSABLE:
+            counts[name] += 1
+            detections, _ = find_keywords(spotter, clip, rate, base, clip=True)
+            out[f"{name} #{counts[name]}"] = max(detections, key=lambda d: d.score).label
+    return out
 
 
 def record_default(models: Path, model: str, chosen: StreamResult, args: argparse.Namespace,
@@ -149,6 +172,17 @@ def main() -> int:
               f"{singles['words_as_keyword']:.1%} of {singles['word_clips']}, noise "
               f"{singles['noise_as_keyword']:.1%} of {singles['noise_clips']}")
         report[model] = {"stream": [row.row() for row in rows], "singles": singles}
+        confusable = confusable_words(spotter, negatives, args.part, base)
+        if confusable:
+            taken = [f"{clip} as {said}" for clip, said in confusable.items()
+                     if said != UNKNOWN_LABEL]
+            print(f"confusable words ({', '.join(CONFUSABLE)} held back by speaker: "
+                  f"{len(confusable)} clips), each sent alone: {len(taken)} given a keyword"
+                  + (f" ({', '.join(taken)})" if taken else "")
+                  + " (a count: the negatives hold no more)")
+            report[model]["confusable_words"] = {
+                "clips": len(confusable), "given_a_keyword": len(taken),
+                "answers": list(confusable.items())}
         if talk is not None:  # every keyword result in running speech is false
             heard = run_stream(talk[1], args.models, model, replace(base, threshold=default))
             said = Counter(r.label for r in heard if r.label != UNKNOWN_LABEL)
