@@ -276,20 +276,16 @@ class Prototypes:
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, keywords: Sequence[int],
            center: np.ndarray, lift: float, floor: float, keyword_penalty: float,
-           not_words: np.ndarray | None = None, exclusive: bool = False,
-           penalized: Sequence[int] | None = None) -> Prototypes:
+           not_words: np.ndarray | None = None, exclusive: bool = False) -> Prototypes:
         """From takes' embeddings [P, D] and their labels (only keyword labels are kept),
-        with ``not_words`` [M, D], embeddings of noise and other speech, as the rivals.
-        ``penalized``: the keywords the penalty lowers (default: all of them; a node's own
-        word has no shipped confidence to discount)."""
+        with ``not_words`` [M, D], embeddings of noise and other speech, as the rivals."""
         if not 0 <= floor < 1:
             raise ValueError(f"a prototype floor is a similarity in [0, 1), not {floor}")
         keep = np.flatnonzero(np.isin(labels, keywords))
         keep = keep[np.argsort(labels[keep], kind="stable")]  # each word's takes together
         rivals = _unit(not_words, center) if not_words is not None and len(not_words) else None
         return cls(np.asarray(center, np.float32), _unit(embeddings[keep], center),
-                   np.asarray(labels[keep], np.int64),
-                   np.asarray(keywords if penalized is None else penalized, np.int64),
+                   np.asarray(labels[keep], np.int64), np.asarray(keywords, np.int64),
                    float(lift), float(floor), float(keyword_penalty), rivals, exclusive)
 
     def offsets(self, embeddings: np.ndarray, labels: int) -> np.ndarray:
