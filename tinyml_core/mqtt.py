@@ -8,8 +8,8 @@ caller's thread; or, for a consumer whose throughput matters, a ``handler`` is c
 network thread itself (handing each message to another thread costs more CPU than the
 handling: the two threads take turns at the GIL). Availability follows Home Assistant's
 conventions: a retained ``offline`` Last Will on ``status/<client_id>``, a retained
-``online`` after every CONNACK (or, with ``online_after_subscribing``, once the caller said it
-is ready and after every reconnect once its subscriptions are back), and ``offline`` on a
+``online`` after every (re)connect once the broker holds its subscriptions again (with
+``online_after_subscribing``, only once the caller said it is ready), and ``offline`` on a
 clean shutdown. A configured topic
 prefix is added and removed here and nowhere else.
 """
@@ -229,10 +229,9 @@ class MqttClient:
         online_after_subscribing: bool = False,
     ) -> None:
         self.config = config
-        # A consumer (the collector) says `online` only when a message sent to it would be
-        # taken: after its subscriptions (announce_online(), then after every reconnect once
-        # the broker acknowledged them again), not at CONNACK.
-        self._online_after_subscribing = online_after_subscribing
+        # `online` means a message sent to us now would be taken: said once the broker holds
+        # our subscriptions; a consumer (the collector) also waits for its first ones
+        # (announce_online()).
         self._may_announce = not online_after_subscribing
         self.client_id = client_id
         self.stats = ClientStats()
@@ -483,8 +482,6 @@ class MqttClient:
             log.warning("the broker at %s no longer had this client's session; messages "
                         "queued for it while it was away may have been lost (is Mosquitto's "
                         "persistence on? see docs/security.md, 'Crashes')", self.config.address)
-        if not self._online_after_subscribing:
-            self._say_online()
         with self._lock:
             self._restoring = set()
             for topic_filter, qos in self._subscriptions.items():
@@ -499,7 +496,7 @@ class MqttClient:
     def _restored(self) -> None:
         """Connected, every subscription acknowledged (again)."""
         self._connected.set()
-        if self._online_after_subscribing and self._may_announce:
+        if self._may_announce:
             self._say_online()
 
     def _say_online(self) -> None:
