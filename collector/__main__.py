@@ -221,23 +221,23 @@ def enroll_command(args: argparse.Namespace, settings: CollectorSettings) -> int
             known = enrolled.words if enrolled is not None else ()  # its own words so far
             takes = read_takes(args.folder, args.person or args.folder.resolve().name,
                                spotter.contract.keywords, [*known, *args.word])
+            takes.new_words = [word for word in args.word if word not in known]
         # Held from reading the file to writing it: a running collector enrolling someone
         # over the broker meanwhile waits, and neither loses the other's person.
         with Enrollments.changing(path) as store:
-            if args.remove_word:
-                left = store.remove_word(args.node_id, args.remove_word, spotter,
-                                         anchors=anchors)
-                done = (f"removed the word {args.remove_word!r} from {args.node_id}; "
-                        + (f"{len(left.people)} people left" if left is not None
-                           else "it answers with the shipped model again"))
-            elif takes is None:
-                left = store.remove(args.node_id, args.remove, spotter, anchors=anchors)
-                done = (f"removed {args.remove} from {args.node_id}; "
+            if takes is None:
+                if args.remove_word:
+                    left = store.remove_word(args.node_id, args.remove_word, spotter,
+                                             anchors=anchors)
+                    removed = f"the word {args.remove_word!r}"
+                else:
+                    left = store.remove(args.node_id, args.remove, spotter, anchors=anchors)
+                    removed = args.remove
+                done = (f"removed {removed} from {args.node_id}; "
                         + (f"{len(left.people)} people left" if left is not None
                            else "it answers with the shipped model again"))
             else:
-                node = store.add(args.node_id, takes, spotter, anchors=anchors,
-                                 new_words=[w for w in args.word if w not in known])
+                node = store.add(args.node_id, takes, spotter, anchors=anchors)
                 own = f"; its own words: {', '.join(node.words)}" if node.words else ""
                 words = len(takes.words)
                 done = (f"enrolled {takes.person} on {args.node_id}: {takes.count} takes of "

@@ -169,8 +169,7 @@ class Enroller:
         # Read again each time, and held meanwhile: `collector enroll` may change it too.
         # It refuses a word that is no keyword, nor the node's own, nor one to learn.
         with Enrollments.changing(self.path) as store:
-            node = store.add(job.node_id, job.takes, spotter, anchors=anchors,
-                             new_words=job.takes.new_words)
+            node = store.add(job.node_id, job.takes, spotter, anchors=anchors)
         return len(node.people), version_of(spotter, node)
 
     def _answer(self, job: _Job, enrolled: bool, reason: str, people: int, version: str,

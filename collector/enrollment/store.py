@@ -15,7 +15,7 @@ import base64
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,13 +198,13 @@ class Enrollments:
             node_id: _node_document(node) for node_id, node in sorted(self.nodes.items())}})
 
     def add(self, node_id: str, takes: Takes, spotter: KeywordSpotter,
-            settings: AdaptSettings | None = None, anchors: Anchors | None = None,
-            new_words: Sequence[str] = ()) -> EnrolledNode:
+            settings: AdaptSettings | None = None, anchors: Anchors | None = None
+            ) -> EnrolledNode:
         """Enroll (or enroll again) one person of ``node_id``; the node's layer is fitted again
         over everyone enrolled there (``settings``: the model's own, :func:`adapt_settings`).
         A take of a word that is no keyword must be of one of the node's own words, or of
-        ``new_words``, which it then learns (:func:`check_word`). Nothing changes when it
-        fails."""
+        ``takes.new_words``, which it then learns (:func:`check_word`). Nothing changes when
+        it fails."""
         validate_id(node_id)
         if not takes.person or len(takes.person) > MAX_NAME or not takes.person.isprintable():
             raise ValueError(f"a person's name is 1-{MAX_NAME} printable characters")
@@ -222,7 +222,7 @@ class Enrollments:
         if settings is None:
             settings = adapt_settings(spotter.entry)
         words = list(node.words) if node is not None else []
-        for word in new_words:
+        for word in takes.new_words:
             if word not in words:
                 check_word(word, spotter.contract.labels)
                 if word not in takes.words:
